@@ -1,0 +1,137 @@
+//! A llava-hf checkpoint directory as it comes from the hub: `config.json`, `model.safetensors` or
+//! shards listed in `model.safetensors.index.json`, `tokenizer.json`, `preprocessor_config.json`.
+//!
+//! Everything is checked before any weight is mapped, so a damaged download is reported by file name
+//! and cause rather than as a panic deep in a forward pass.
+
+use crate::models::llava;
+use crate::{Error, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub config: llava::Config,
+    pub weight_files: Vec<PathBuf>,
+    pub prefixes: llava::WeightPrefixes,
+    pub tokenizer_file: PathBuf,
+    /// Absent in some conversions; the CLIP defaults apply then.
+    pub preprocessor_file: Option<PathBuf>,
+    /// `eos_token_id` from `generation_config.json` when present.
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl Checkpoint {
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::io(dir, "model directory not found (expected a llava-hf checkpoint directory)"));
+        }
+        let config_path = dir.join("config.json");
+        let text = read_to_string(&config_path)?;
+        let config = llava::Config::from_json(&text).map_err(|m| Error::config(&config_path, m))?;
+
+        let weight_files = weight_files(dir)?;
+        let mut names = BTreeSet::new();
+        for f in &weight_files {
+            names.extend(safetensors_names(f)?);
+        }
+        let prefixes = llava::WeightPrefixes::detect(names.iter().map(String::as_str))
+            .map_err(|m| Error::checkpoint(dir, m))?;
+
+        let tokenizer_file = dir.join("tokenizer.json");
+        if !tokenizer_file.is_file() {
+            return Err(Error::io(&tokenizer_file, "not found (the fast-tokenizer file is required)"));
+        }
+        let preprocessor_file = Some(dir.join("preprocessor_config.json")).filter(|p| p.is_file());
+        let eos_token_ids = generation_eos(&dir.join("generation_config.json"))?;
+        Ok(Self { dir: dir.to_path_buf(), config, weight_files, prefixes, tokenizer_file, preprocessor_file, eos_token_ids })
+    }
+}
+
+fn read_to_string(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
+/// The shard list from the index when there is one, else the single `model.safetensors`.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            weight_map: BTreeMap<String, String>,
+        }
+        let parsed: Index = serde_json::from_str(&read_to_string(&index)?)
+            .map_err(|e| Error::config(&index, format!("malformed shard index (expected a `weight_map`): {e}")))?;
+        let shards: BTreeSet<&String> = parsed.weight_map.values().collect();
+        return shards
+            .into_iter()
+            .map(|s| {
+                let p = dir.join(s);
+                if p.is_file() {
+                    Ok(p)
+                } else {
+                    Err(Error::io(&p, format!("shard listed in {} is missing", index.display())))
+                }
+            })
+            .collect();
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    Err(Error::io(dir, "no weights: expected model.safetensors or model.safetensors.index.json"))
+}
+
+/// Reads and checks a safetensors header: its length, its JSON, and that every tensor's bytes lie
+/// inside the file (a truncated download fails here, by name).
+pub fn safetensors_names(path: &Path) -> Result<Vec<String>> {
+    use std::io::Read;
+    let bad = |msg: String| Error::checkpoint(path, msg);
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut len_bytes = [0u8; 8];
+    f.read_exact(&mut len_bytes)
+        .map_err(|_| bad(format!("not a safetensors file: {file_len} bytes, too short for a header")))?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > file_len.saturating_sub(8) || header_len > 100_000_000 {
+        return Err(bad(format!("corrupt safetensors header: declares {header_len} header bytes in a {file_len}-byte file")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("corrupt safetensors header (not JSON): {e}")))?;
+    let data_len = file_len - 8 - header_len;
+    let mut names = Vec::with_capacity(header.len());
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let end = info
+            .get("data_offsets")
+            .and_then(|o| o.get(1))
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| bad(format!("corrupt safetensors header: tensor {name} has no data_offsets")))?;
+        if end > data_len {
+            return Err(bad(format!(
+                "truncated: tensor {name} ends at byte {end} of the data section but the file holds {data_len} \
+                 (re-download the file)"
+            )));
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn generation_eos(path: &Path) -> Result<Vec<u32>> {
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let v: serde_json::Value = serde_json::from_str(&read_to_string(path)?)
+        .map_err(|e| Error::config(path, format!("malformed JSON: {e}")))?;
+    Ok(match v.get("eos_token_id") {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|n| n as u32).collect(),
+        _ => Vec::new(),
+    })
+}

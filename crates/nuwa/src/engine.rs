@@ -1,0 +1,455 @@
+//! The pipeline: image → vision encoder → token reduction → projector → sequence with positions →
+//! decoder (with an optional mid-stack cut) → generation. This is the one place where a pruning method
+//! meets the models' hooks.
+
+use crate::checkpoint::Checkpoint;
+use crate::generation::{Sampler, Sampling};
+use crate::models::{clip, llama, llava::Llava};
+use crate::preprocess::{self, Geometry, PreprocessConfig};
+use crate::prompt::{PromptTokens, TextTokenizer};
+use crate::prune::{nuwa, Method};
+use crate::{Error, Result};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::VarBuilder;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { dtype: DType::F32, device: Device::Cpu }
+    }
+}
+
+/// A loaded model ready to answer requests.
+pub struct Engine {
+    pub model: Llava,
+    pub tokenizer: TextTokenizer,
+    pub preprocess: PreprocessConfig,
+    eos_token_ids: Vec<u32>,
+    device: Device,
+}
+
+/// Where the image comes from.
+#[derive(Debug, Clone)]
+pub enum ImageInput {
+    Path(PathBuf),
+    /// Already preprocessed pixel values, (3, S, S).
+    Pixels(Tensor),
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    pub image: Option<ImageInput>,
+    pub method: Method,
+    pub sampling: Sampling,
+    pub max_new_tokens: usize,
+}
+
+/// What the vision side hands to the decoder for one image.
+#[derive(Debug, Clone)]
+pub struct EncodedImage {
+    /// Patch grid (rows, columns).
+    pub grid: (usize, usize),
+    /// Kept patches in raster order, one per token.
+    pub kept: Vec<usize>,
+    /// Stage-1 pillars (raster indices), for methods that have them.
+    pub pillars: Vec<usize>,
+    /// Per-patch [CLS] saliency when the method computed it.
+    pub saliency: Option<Vec<f32>>,
+    /// Vision features of the kept tokens before the projector, (K, vision hidden).
+    pub features: Tensor,
+    /// The same after the projector, (K, text hidden).
+    pub tokens: Tensor,
+    /// How the original image maps onto the model's square input (absent for raw pixel values).
+    pub geometry: Option<Geometry>,
+    pub vision_ms: f64,
+    pub stage1_ms: f64,
+}
+
+/// What pruning did to one request, as reported to users.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VisionReport {
+    pub grid: [usize; 2],
+    pub method: &'static str,
+    pub budget: Option<usize>,
+    pub k1: usize,
+    pub k2: Option<usize>,
+    /// Raster indices kept by stage 1, ascending.
+    pub stage1: Vec<usize>,
+    pub pillars: Vec<usize>,
+    /// Raster indices that survive stage 2 (equal to `stage1` without a cut).
+    pub stage2: Vec<usize>,
+    pub stage2_layer: Option<usize>,
+    /// Mean number of vision tokens over the decoder's layers.
+    pub avg_vision_tokens: f64,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Timings {
+    pub vision_ms: f64,
+    pub stage1_ms: f64,
+    pub prefill_ms: f64,
+    pub decode_ms_per_token: f64,
+}
+
+/// The state after prefill: what decoding continues from.
+pub struct Prefill {
+    pub logits: Tensor,
+    pub cache: llama::Cache,
+    /// Position id of the next token: the unpruned sequence length.
+    pub next_position: usize,
+    /// Position ids of the prefill sequence as it entered the decoder.
+    pub positions: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub vision: Option<VisionReport>,
+    pub encoded: Option<EncodedImage>,
+    pub timings: Timings,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub prompt_tokens: usize,
+    /// `eos`, `length` (max new tokens) or `context` (the context window is full).
+    pub stop_reason: &'static str,
+    pub timings: Timings,
+    pub vision: Option<VisionReport>,
+    pub kv_cache_bytes: usize,
+}
+
+impl Engine {
+    /// Loads a llava-hf checkpoint directory.
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let ckpt = Checkpoint::open(dir)?;
+        // SAFETY: the files were validated just above; mapping them is how candle avoids a copy.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&ckpt.weight_files, opts.dtype, &opts.device) }
+            .map_err(|e| Error::checkpoint(dir, e.to_string()))?;
+        let model = Llava::new(&ckpt.config, &ckpt.prefixes, vb).map_err(|e| Error::checkpoint(dir, e.to_string()))?;
+        let tokenizer = TextTokenizer::from_file(&ckpt.tokenizer_file)?;
+        let preprocess = match &ckpt.preprocessor_file {
+            Some(p) => PreprocessConfig::from_file(p)?,
+            None => PreprocessConfig::default(),
+        };
+        let eos = if ckpt.eos_token_ids.is_empty() { tokenizer.token_id("</s>").into_iter().collect() } else { ckpt.eos_token_ids.clone() };
+        Ok(Self::from_parts(model, tokenizer, preprocess, eos, opts.device.clone()))
+    }
+
+    pub fn from_parts(
+        model: Llava,
+        tokenizer: TextTokenizer,
+        preprocess: PreprocessConfig,
+        eos_token_ids: Vec<u32>,
+        device: Device,
+    ) -> Self {
+        Self { model, tokenizer, preprocess, eos_token_ids, device }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn grid(&self) -> (usize, usize) {
+        let g = self.model.config.vision_config.grid_side();
+        (g, g)
+    }
+
+    /// Reads an image file and preprocesses it as the checkpoint's processor does.
+    pub fn load_pixels(&self, path: &Path) -> Result<(Tensor, Geometry)> {
+        let img = preprocess::load_image(path)?;
+        let pre = preprocess::preprocess(&img, &self.preprocess);
+        let pixels = Tensor::from_vec(pre.pixels, (3, pre.height as usize, pre.width as usize), &self.device)?;
+        Ok((pixels, pre.geometry))
+    }
+
+    /// Encodes one image and reduces its tokens as `method` says, up to (not including) the decoder.
+    pub fn encode_image(&self, pixels: &Tensor, method: &Method) -> Result<EncodedImage> {
+        let cfg = &self.model.config;
+        let depth = cfg.vision_config.num_hidden_layers;
+        let feature_layer = cfg.feature_layer().map_err(Error::InvalidArgument)?;
+        let (h, w) = self.grid();
+        let stage1 = match method {
+            Method::Nuwa(c) if c.stages != nuwa::Stages::Two => Some(c),
+            _ => None,
+        };
+        let mut request = clip::VisionRequest { hidden_states: vec![feature_layer], cls_attention_layer: None };
+        if stage1.is_some() {
+            let first = (depth + 1).saturating_sub(nuwa::SIMILARITY_LAYERS);
+            request.hidden_states.extend(first..=depth);
+            request.cls_attention_layer = Some(feature_layer - 1);
+        }
+        let pixels = pixels.to_device(&self.device)?;
+        let t0 = Instant::now();
+        let out = self.model.vision.forward(&pixels, &request)?;
+        let vision_ms = ms(t0);
+        let patches = |i: usize| -> Result<Tensor> {
+            let hs = &out.hidden_states[&i];
+            Ok(hs.narrow(0, 1, hs.dim(0)? - 1)?)
+        };
+        let x = patches(feature_layer)?;
+
+        let t1 = Instant::now();
+        let (kept, pillars, saliency, features) = match stage1 {
+            Some(c) => {
+                let cls = out.cls_attention.as_ref().expect("requested above");
+                let saliency = clip::cls_saliency(cls)?.to_vec1::<f32>()?;
+                let hidden = request.hidden_states[1..].iter().map(|&i| patches(i)).collect::<Result<Vec<_>>>()?;
+                let m = nuwa::similarity_features(&hidden)?;
+                let budgets = nuwa::budgets(c.budget, c.stages, h, w);
+                let s1 = nuwa::stage1(&saliency, &x, &m, (h, w), &budgets, c)?;
+                let pillars = s1.anchors.iter().zip(&s1.pillars).filter(|(_, &p)| p).map(|(&a, _)| a).collect();
+                (s1.anchors, pillars, Some(saliency), s1.tokens)
+            }
+            None => ((0..h * w).collect(), Vec::new(), None, x),
+        };
+        let stage1_ms = if stage1.is_some() { ms(t1) } else { 0.0 };
+        let tokens = self.model.projector.forward(&features)?;
+        Ok(EncodedImage { grid: (h, w), kept, pillars, saliency, features, tokens, geometry: None, vision_ms, stage1_ms })
+    }
+
+    /// Tokenises, encodes and runs the prompt through the decoder.
+    pub fn prefill(&self, req: &GenerateRequest) -> Result<Prefill> {
+        let prompt = self.tokenizer.prompt(&req.prompt, req.image.is_some())?;
+        let encoded = match &req.image {
+            None => None,
+            Some(ImageInput::Pixels(p)) => Some(self.encode_image(&check_pixels(p, &self.model.config.vision_config)?, &req.method)?),
+            Some(ImageInput::Path(path)) => {
+                let (pixels, geometry) = self.load_pixels(path)?;
+                let mut e = self.encode_image(&pixels, &req.method)?;
+                e.geometry = Some(geometry);
+                Some(e)
+            }
+        };
+        self.prefill_encoded(&prompt, encoded, &req.method)
+    }
+
+    /// Prefill from an already tokenised prompt and encoded image (so an image can be encoded once and
+    /// asked several questions).
+    pub fn prefill_encoded(&self, prompt: &PromptTokens, encoded: Option<EncodedImage>, method: &Method) -> Result<Prefill> {
+        let seq = self.sequence(prompt, encoded.as_ref())?;
+        let llm = &self.model.llm;
+        let mut cut = match (method, &seq.vision) {
+            (Method::Nuwa(c), Some(slots)) => {
+                let k2 = nuwa::budgets(c.budget, c.stages, self.grid().0, self.grid().1).k2;
+                let layer = c.stage2_layer(llm.config().num_hidden_layers)?;
+                k2.filter(|&k2| k2 < slots.len()).map(|k2| VisionCut {
+                    layer,
+                    slots: slots.clone(),
+                    k2,
+                    rule: c.stage2_rule,
+                    seed: c.seed,
+                    kept: None,
+                })
+            }
+            _ => None,
+        };
+        let mut cache = llm.new_cache(0);
+        let t0 = Instant::now();
+        let logits = llm.forward(&seq.embeds, &seq.positions, &mut cache, cut.as_mut().map(|c| c as &mut dyn llama::TokenDropper))?;
+        let prefill_ms = ms(t0);
+        let vision = encoded.as_ref().map(|e| self.report(e, method, cut.as_ref()));
+        let timings = Timings {
+            vision_ms: encoded.as_ref().map_or(0.0, |e| e.vision_ms),
+            stage1_ms: encoded.as_ref().map_or(0.0, |e| e.stage1_ms),
+            prefill_ms,
+            decode_ms_per_token: 0.0,
+        };
+        Ok(Prefill {
+            logits,
+            cache,
+            next_position: seq.next_position,
+            positions: seq.positions,
+            prompt_tokens: prompt.prefix.len() + prompt.suffix.len(),
+            vision,
+            encoded,
+            timings,
+        })
+    }
+
+    /// Runs one generated token through the decoder at `position`, returning the next logits.
+    pub fn decode_step(&self, token: u32, position: usize, cache: &mut llama::Cache) -> Result<Tensor> {
+        let embeds = self.model.llm.embed(&[token])?;
+        self.model.llm.forward(&embeds, &[position as u32], cache, None)
+    }
+
+    /// Generates an answer, calling `on_text` with each new piece of text as it is decoded.
+    pub fn generate(&self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str)) -> Result<Generation> {
+        if req.max_new_tokens == 0 {
+            return Err(Error::InvalidArgument("--max-new-tokens must be at least 1".into()));
+        }
+        let mut state = self.prefill(req)?;
+        let context = self.model.llm.config().max_position_embeddings;
+        let mut sampler = Sampler::new(&req.sampling)?;
+        let mut tokens = Vec::new();
+        let mut printed = 0;
+        let mut stop_reason = "length";
+        let t0 = Instant::now();
+        let mut logits = state.logits.clone();
+        loop {
+            let token = sampler.sample(&logits)?;
+            if self.eos_token_ids.contains(&token) {
+                stop_reason = "eos";
+                break;
+            }
+            tokens.push(token);
+            let text = self.tokenizer.decode(&tokens)?;
+            // Hold back an incomplete UTF-8 sequence until its last byte arrives.
+            if !text.ends_with('\u{FFFD}') && text.len() > printed {
+                on_text(&text[printed..]);
+                printed = text.len();
+            }
+            if tokens.len() >= req.max_new_tokens {
+                break;
+            }
+            if state.next_position >= context {
+                stop_reason = "context";
+                break;
+            }
+            logits = self.decode_step(token, state.next_position, &mut state.cache)?;
+            state.next_position += 1;
+        }
+        let decode_steps = tokens.len().saturating_sub(1).max(1);
+        state.timings.decode_ms_per_token = if tokens.len() > 1 { ms(t0) / decode_steps as f64 } else { 0.0 };
+        let text = self.tokenizer.decode(&tokens)?;
+        if text.len() > printed {
+            on_text(&text[printed..]);
+        }
+        Ok(Generation {
+            text,
+            tokens,
+            prompt_tokens: state.prompt_tokens,
+            stop_reason,
+            timings: state.timings,
+            vision: state.vision,
+            kv_cache_bytes: state.cache.bytes(),
+        })
+    }
+
+    /// Lays out prefix, vision tokens and suffix with the positions the unpruned model would give them.
+    fn sequence(&self, prompt: &PromptTokens, encoded: Option<&EncodedImage>) -> Result<Sequence> {
+        let llm = &self.model.llm;
+        let p = prompt.prefix.len();
+        let s = prompt.suffix.len();
+        let image_positions = encoded.map_or(0, |e| e.grid.0 * e.grid.1);
+        let needed = p + image_positions + s;
+        let context = llm.config().max_position_embeddings;
+        if needed > context {
+            return Err(Error::ContextOverflow { needed, context });
+        }
+        let mut parts = vec![llm.embed(&prompt.prefix)?];
+        let mut positions: Vec<u32> = (0..p as u32).collect();
+        let mut vision = None;
+        if let Some(e) = encoded {
+            parts.push(e.tokens.to_dtype(llm.dtype())?);
+            positions.extend(e.kept.iter().map(|&i| (p + i) as u32));
+            vision = Some(p..p + e.kept.len());
+        }
+        if s > 0 {
+            parts.push(llm.embed(&prompt.suffix)?);
+            positions.extend((0..s).map(|k| (p + image_positions + k) as u32));
+        }
+        Ok(Sequence { embeds: Tensor::cat(&parts, 0)?, positions, vision, next_position: needed })
+    }
+
+    fn report(&self, e: &EncodedImage, method: &Method, cut: Option<&VisionCut>) -> VisionReport {
+        let depth = self.model.llm.config().num_hidden_layers;
+        let k1 = e.kept.len();
+        let (stage2, k2, layer) = match cut.and_then(|c| c.kept.as_ref().map(|k| (k, c.layer))) {
+            Some((kept, layer)) => (kept.iter().map(|&i| e.kept[i]).collect::<Vec<_>>(), Some(kept.len()), Some(layer)),
+            None => (e.kept.clone(), None, None),
+        };
+        let avg = match (k2, layer) {
+            (Some(k2), Some(l)) => (k1 * l + k2 * (depth - l)) as f64 / depth as f64,
+            _ => k1 as f64,
+        };
+        VisionReport {
+            grid: [e.grid.0, e.grid.1],
+            method: method.name(),
+            budget: match method {
+                Method::Nuwa(c) => Some(c.budget),
+                Method::None => None,
+            },
+            k1,
+            k2,
+            stage1: e.kept.clone(),
+            pillars: e.pillars.clone(),
+            stage2,
+            stage2_layer: layer,
+            avg_vision_tokens: avg,
+        }
+    }
+}
+
+struct Sequence {
+    embeds: Tensor,
+    positions: Vec<u32>,
+    /// Slots of the vision tokens in the sequence.
+    vision: Option<Range<usize>>,
+    next_position: usize,
+}
+
+/// Nüwa's stage 2 as a token dropper: keeps every text slot and the `k2` vision slots ranked best.
+struct VisionCut {
+    layer: usize,
+    slots: Range<usize>,
+    k2: usize,
+    rule: nuwa::Stage2Rule,
+    seed: u64,
+    /// Chosen vision tokens, as indices into the stage-1 tokens.
+    kept: Option<Vec<usize>>,
+}
+
+impl llama::TokenDropper for VisionCut {
+    fn cut_layers(&self) -> Vec<usize> {
+        vec![self.layer]
+    }
+
+    fn keep(&mut self, _layer: usize, last_row: &[f32]) -> Result<Vec<usize>> {
+        let chosen = nuwa::stage2_keep(&last_row[self.slots.clone()], self.k2, self.rule, self.seed);
+        let keep = (0..self.slots.start)
+            .chain(chosen.iter().map(|&i| self.slots.start + i))
+            .chain(self.slots.end..last_row.len())
+            .collect();
+        self.kept = Some(chosen);
+        Ok(keep)
+    }
+}
+
+fn check_pixels(p: &Tensor, cfg: &clip::Config) -> Result<Tensor> {
+    let p = if p.rank() == 4 && p.dim(0)? == 1 { p.squeeze(0)? } else { p.clone() };
+    let want = (cfg.num_channels, cfg.image_size, cfg.image_size);
+    if p.dims() != [want.0, want.1, want.2] {
+        return Err(Error::InvalidArgument(format!(
+            "pixel values have shape {:?}; this model expects [{}, {}, {}] or [1, {}, {}, {}]",
+            p.dims(),
+            want.0,
+            want.1,
+            want.2,
+            want.0,
+            want.1,
+            want.2
+        )));
+    }
+    Ok(p.to_dtype(DType::F32)?)
+}
+
+/// Reads the `pixel_values` tensor of a safetensors file.
+pub fn read_pixel_values(path: &Path, device: &Device) -> Result<Tensor> {
+    let tensors = candle_core::safetensors::load(path, device).map_err(|e| Error::io(path, format!("cannot read safetensors: {e}")))?;
+    tensors
+        .get("pixel_values")
+        .cloned()
+        .ok_or_else(|| Error::config(path, "no tensor named `pixel_values` (expected [3,H,W] or [1,3,H,W])"))
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}

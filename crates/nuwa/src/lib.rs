@@ -1,0 +1,19 @@
+//! nuwa: LLaVA inference with spatially faithful visual-token pruning.
+//!
+//! Load a llava-hf checkpoint with [`Engine::load`], describe a request with [`GenerateRequest`] (the
+//! pruning method is [`prune::Method`]), and call [`Engine::generate`].
+
+pub mod checkpoint;
+pub mod engine;
+pub mod error;
+pub mod generation;
+pub mod models;
+pub mod preprocess;
+pub mod prompt;
+pub mod prune;
+pub mod score;
+
+pub use engine::{Engine, GenerateRequest, Generation, ImageInput, LoadOptions, VisionReport};
+pub use error::{Error, Result};
+pub use generation::Sampling;
+pub use prune::{nuwa::NuwaConfig, Method};

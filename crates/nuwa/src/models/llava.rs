@@ -1,0 +1,174 @@
+//! LLaVA-1.5 (Liu et al., "Improved Baselines with Visual Instruction Tuning", 2023), after transformers'
+//! `LlavaForConditionalGeneration`: a CLIP vision tower, a two-layer GELU projector, a LLaMA decoder.
+//!
+//! This file holds the configuration and the weights; how an image and a prompt become a sequence (and
+//! which vision tokens survive) is the pipeline's business.
+
+use super::{clip, llama};
+use candle_core::{Module, Tensor};
+use candle_nn::{linear_b, Linear, VarBuilder};
+use serde::Deserialize;
+
+/// `LlavaConfig` from a llava-hf `config.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    #[serde(default = "default_vision_config")]
+    pub vision_config: clip::Config,
+    #[serde(default = "default_text_config")]
+    pub text_config: llama::Config,
+    #[serde(default = "default_image_token_index", alias = "image_token_id")]
+    pub image_token_index: u32,
+    #[serde(default = "default_projector_hidden_act")]
+    pub projector_hidden_act: String,
+    #[serde(default = "default_vision_feature_layer")]
+    pub vision_feature_layer: i64,
+    #[serde(default = "default_select_strategy")]
+    pub vision_feature_select_strategy: String,
+    #[serde(default = "default_true")]
+    pub multimodal_projector_bias: bool,
+    /// Older llava-hf configs keep the vocabulary size here rather than in `text_config`.
+    pub vocab_size: Option<usize>,
+    #[serde(alias = "dtype")]
+    pub torch_dtype: Option<String>,
+}
+
+fn default_vision_config() -> clip::Config {
+    // transformers' LlavaConfig builds CLIP ViT-L/14-336 when the key is absent.
+    serde_json::from_value(serde_json::json!({
+        "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+        "num_attention_heads": 16, "image_size": 336, "patch_size": 14, "projection_dim": 768,
+    }))
+    .expect("static CLIP config")
+}
+fn default_text_config() -> llama::Config {
+    serde_json::from_value(serde_json::json!({})).expect("static LLaMA config")
+}
+fn default_image_token_index() -> u32 {
+    32000
+}
+fn default_projector_hidden_act() -> String {
+    "gelu".into()
+}
+fn default_vision_feature_layer() -> i64 {
+    -2
+}
+fn default_select_strategy() -> String {
+    "default".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Config {
+    /// Parses a `config.json`, resolving values a hub config may leave out, and checks what this
+    /// implementation supports. Errors name the field.
+    pub fn from_json(text: &str) -> std::result::Result<Self, String> {
+        let mut cfg: Config = serde_json::from_str(text).map_err(|e| format!("malformed config: {e}"))?;
+        if cfg.text_config.vocab_size.is_none() {
+            cfg.text_config.vocab_size = cfg.vocab_size;
+        }
+        cfg.text_config.validate()?;
+        cfg.vision_config.validate()?;
+        if cfg.projector_hidden_act != "gelu" {
+            return Err(format!("projector_hidden_act {:?} is not supported (gelu)", cfg.projector_hidden_act));
+        }
+        if cfg.vision_feature_select_strategy != "default" {
+            return Err(format!(
+                "vision_feature_select_strategy {:?} is not supported (\"default\": patch tokens without [CLS])",
+                cfg.vision_feature_select_strategy
+            ));
+        }
+        cfg.feature_layer()?;
+        Ok(cfg)
+    }
+
+    /// Index into the vision encoder's hidden states that feeds the projector (`-2` → `L - 1`).
+    pub fn feature_layer(&self) -> std::result::Result<usize, String> {
+        let depth = self.vision_config.num_hidden_layers as i64;
+        let idx = if self.vision_feature_layer < 0 { depth + 1 + self.vision_feature_layer } else { self.vision_feature_layer };
+        if !(1..=depth).contains(&idx) {
+            return Err(format!(
+                "vision_feature_layer {} is outside the vision encoder's {} layers",
+                self.vision_feature_layer, depth
+            ));
+        }
+        Ok(idx as usize)
+    }
+}
+
+/// Where each part's weights live in the checkpoint: llava-hf releases before transformers 4.52 use
+/// `language_model.model.*`, later ones `model.language_model.*`; the vision tower may or may not nest
+/// its weights under `vision_model`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightPrefixes {
+    pub vision: String,
+    pub projector: String,
+    pub llm: String,
+    pub lm_head: String,
+}
+
+impl WeightPrefixes {
+    /// Derives the prefixes from the tensor names in a checkpoint.
+    pub fn detect<'a>(names: impl Iterator<Item = &'a str> + Clone) -> std::result::Result<Self, String> {
+        let has = |needle: &str| names.clone().any(|n| n.starts_with(needle));
+        let (root, llm, lm_head) = if has("model.language_model.") {
+            ("model.", "model.language_model", "lm_head")
+        } else if has("language_model.model.") {
+            ("", "language_model.model", "language_model.lm_head")
+        } else {
+            return Err("no decoder weights: expected tensors named `language_model.model.*` or \
+                        `model.language_model.*` (a llava-hf checkpoint)"
+                .into());
+        };
+        let tower = format!("{root}vision_tower.");
+        let vision = if has(&format!("{tower}vision_model.")) {
+            format!("{tower}vision_model")
+        } else if has(&tower) {
+            format!("{root}vision_tower")
+        } else {
+            return Err(format!("no vision weights: expected tensors named `{tower}vision_model.*` or `{tower}*`"));
+        };
+        Ok(Self { vision, projector: format!("{root}multi_modal_projector"), llm: llm.into(), lm_head: lm_head.into() })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Projector {
+    linear_1: Linear,
+    linear_2: Linear,
+}
+
+impl Projector {
+    fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+        let (v, t) = (cfg.vision_config.hidden_size, cfg.text_config.hidden_size);
+        Ok(Self {
+            linear_1: linear_b(v, t, cfg.multimodal_projector_bias, vb.pp("linear_1"))?,
+            linear_2: linear_b(t, t, cfg.multimodal_projector_bias, vb.pp("linear_2"))?,
+        })
+    }
+}
+
+impl Module for Projector {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.linear_2.forward(&self.linear_1.forward(x)?.gelu_erf()?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Llava {
+    pub vision: clip::ClipVisionModel,
+    pub projector: Projector,
+    pub llm: llama::Llama,
+    pub config: Config,
+}
+
+impl Llava {
+    pub fn new(cfg: &Config, prefixes: &WeightPrefixes, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            vision: clip::ClipVisionModel::new(&cfg.vision_config, vb.pp(&prefixes.vision))?,
+            projector: Projector::new(cfg, vb.pp(&prefixes.projector))?,
+            llm: llama::Llama::new(&cfg.text_config, vb.pp(&prefixes.llm), vb.pp(&prefixes.lm_head))?,
+            config: cfg.clone(),
+        })
+    }
+}

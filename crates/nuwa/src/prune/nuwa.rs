@@ -1,0 +1,311 @@
+//! Nüwa (Huang et al., "Nüwa: Mending the Spatial Integrity Torn by VLM Token Pruning", ICLR 2026).
+//!
+//! Stage 1, after the vision encoder: anchors spread over the patch grid (top-n per 2×2 cell, then the
+//! global top-K1 by [CLS] saliency), the most salient anchors ("pillars") kept as they are and the others
+//! ("collectors") folding in similar nearby patches. Stage 2, halfway up the decoder: keep the K2 vision
+//! tokens the last prompt token attends to most. Tokens keep their original positions (the pipeline's job).
+//! Where the paper and the released code differ, this follows the released code (see SPEC-nuwa.md).
+
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+
+/// Which stages run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stages {
+    #[default]
+    Both,
+    /// Stage 1 only: K1 = B, no cut in the decoder.
+    #[serde(rename = "1")]
+    One,
+    /// Stage 2 only: every patch enters the decoder, K2 = B survive the cut.
+    #[serde(rename = "2")]
+    Two,
+}
+
+/// How stage 2 ranks the vision tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage2Rule {
+    /// The last prompt token's attention in the layer before the cut, averaged over heads.
+    #[default]
+    Attention,
+    /// A seeded random subset (an ablation).
+    Random,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NuwaConfig {
+    /// Mean number of vision tokens over the decoder's layers.
+    pub budget: usize,
+    pub stages: Stages,
+    /// Squared radius of the similarity fall-off, in patches².
+    pub distance: f64,
+    pub pillar_quantile: f64,
+    /// 2×2 cell grouping before the global top-K1 (off = the "no region" ablation).
+    pub cells: bool,
+    /// Decoder layer before which stage 2 cuts; `None` = half the depth.
+    pub stage2_layer: Option<usize>,
+    pub stage2_rule: Stage2Rule,
+    pub seed: u64,
+}
+
+impl Default for NuwaConfig {
+    fn default() -> Self {
+        Self {
+            budget: 128,
+            stages: Stages::Both,
+            distance: 280.0,
+            pillar_quantile: 0.55,
+            cells: true,
+            stage2_layer: None,
+            stage2_rule: Stage2Rule::Attention,
+            seed: 0,
+        }
+    }
+}
+
+impl NuwaConfig {
+    /// Rejects values no model could run with; layer bounds are checked against the model later.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.budget == 0 {
+            return bad("--budget must be at least 1 vision token".into());
+        }
+        if !(self.distance > 0.0 && self.distance.is_finite()) {
+            return bad(format!("--distance must be a positive number of patches², got {}", self.distance));
+        }
+        if !(0.0..=1.0).contains(&self.pillar_quantile) {
+            return bad(format!("--pillar-quantile must be within [0, 1], got {}", self.pillar_quantile));
+        }
+        Ok(())
+    }
+
+    /// The stage-2 layer for a decoder of `depth` layers, checked.
+    pub fn stage2_layer(&self, depth: usize) -> Result<usize> {
+        let layer = self.stage2_layer.unwrap_or(depth / 2);
+        if layer == 0 || layer >= depth {
+            return Err(Error::InvalidArgument(format!(
+                "--stage2-layer must be within 1..={} for this {depth}-layer decoder, got {layer}",
+                depth - 1
+            )));
+        }
+        Ok(layer)
+    }
+}
+
+/// Token counts for one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Budgets {
+    /// Anchors kept by stage 1 (every patch when stage 1 is off).
+    pub k1: usize,
+    /// Survivors of stage 2; `None` when there is no cut (stage 1 only, or K2 ≥ K1).
+    pub k2: Option<usize>,
+    /// Candidates per 2×2 cell.
+    pub top_n: usize,
+}
+
+/// Resolves budget B on an `h`×`w` grid into (K1, K2, n).
+///
+/// The published table (B = 64/128/192 → K1 = 112/224/336, K2 = 16/32/48, n = 1/2/3) extends as
+/// K1 = round(1.75·B), K2 = 2·B − K1, n = ceil(K1 / cells). K1 is also capped at 2·B − 1 so that K2 ≥ 1
+/// and (K1 + K2) / 2 = B holds for every B (at B = 2 the uncapped rule would average 2.5).
+pub fn budgets(budget: usize, stages: Stages, h: usize, w: usize) -> Budgets {
+    let n = h * w;
+    let cells = (h / 2) * (w / 2);
+    let top_n = |k1: usize| if cells == 0 { 4 } else { k1.div_ceil(cells).clamp(1, 4) };
+    match stages {
+        Stages::Both => {
+            let k1 = ((1.75 * budget as f64).round() as usize).min(2 * budget - 1).clamp(1, n);
+            let k2 = (2 * budget - k1).max(1);
+            Budgets { k1, k2: (k2 < k1).then_some(k2), top_n: top_n(k1) }
+        }
+        Stages::One => {
+            let k1 = budget.min(n);
+            Budgets { k1, k2: None, top_n: top_n(k1) }
+        }
+        Stages::Two => Budgets { k1: n, k2: (budget < n).then_some(budget), top_n: 4 },
+    }
+}
+
+/// Indices of `values` ordered by value descending; ties go to the lower index.
+fn rank_desc(values: &[f32], indices: &mut [usize]) {
+    indices.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+}
+
+/// Stage-1 anchors: top-`top_n` per 2×2 cell by saliency, then the `k1` most salient of those, returned
+/// in raster order. With `cells` off, the plain global top-`k1`.
+///
+/// When `k1` exceeds the candidates, n is raised to ceil(4·k1 / N); at 4 every patch is an anchor.
+pub fn select_anchors(saliency: &[f32], h: usize, w: usize, k1: usize, top_n: usize, cells: bool) -> Vec<usize> {
+    let n = h * w;
+    assert_eq!(saliency.len(), n, "saliency must have one value per patch");
+    let mut candidates: Vec<usize> = if cells {
+        let n_cells = (h / 2) * (w / 2);
+        let mut top_n = top_n;
+        if k1 > top_n * n_cells {
+            top_n = (4 * k1).div_ceil(n);
+        }
+        if top_n >= 4 || n_cells == 0 {
+            return (0..n).collect();
+        }
+        let mut out = Vec::with_capacity(n_cells * top_n);
+        for r in (0..h - h % 2).step_by(2) {
+            for c in (0..w - w % 2).step_by(2) {
+                let mut cell = [r * w + c, r * w + c + 1, (r + 1) * w + c, (r + 1) * w + c + 1];
+                rank_desc(saliency, &mut cell);
+                out.extend_from_slice(&cell[..top_n]);
+            }
+        }
+        out
+    } else {
+        (0..n).collect()
+    };
+    rank_desc(saliency, &mut candidates);
+    candidates.truncate(k1);
+    candidates.sort_unstable();
+    candidates
+}
+
+/// The q-quantile with linear interpolation, computed as torch.quantile does in float32.
+pub fn quantile(values: &[f32], q: f64) -> f32 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let rank = q as f32 * (sorted.len() - 1) as f32;
+    let below = rank as usize;
+    let above = (rank.ceil() as usize).min(sorted.len() - 1);
+    let (start, end, weight) = (sorted[below], sorted[above], rank - below as f32);
+    // torch.lerp's two-sided form keeps the ends exact.
+    if weight < 0.5 {
+        start + weight * (end - start)
+    } else {
+        end - (end - start) * (1.0 - weight)
+    }
+}
+
+/// Pillars are the anchors whose saliency reaches the q-quantile of the anchors' saliencies.
+pub fn pillars(anchor_saliency: &[f32], q: f64) -> Vec<bool> {
+    let theta = quantile(anchor_saliency, q);
+    anchor_saliency.iter().map(|&s| s >= theta).collect()
+}
+
+/// Rows of the similarity graph for the given patches: `G[a, j] = ReLU(cos(M_a, M_j)) · P_aj`, with the
+/// distance fall-off `P = 1 − min(d / √distance, 1)` on the `h`×`w` grid. `m` is (N, D); result (rows, N) f32.
+pub fn similarity_rows(m: &Tensor, rows: &[usize], h: usize, w: usize, distance: f64) -> Result<Tensor> {
+    let dev = m.device();
+    let m = m.to_dtype(DType::F32)?;
+    let norms = m.sqr()?.sum_keepdim(1)?.sqrt()?;
+    let unit = m.broadcast_div(&norms.clamp(1e-8f32, f32::INFINITY)?)?;
+    let picked = unit.index_select(&index_tensor(rows, dev)?, 0)?;
+    let cos = picked.matmul(&unit.t()?)?.relu()?;
+    Ok((cos * falloff(rows, h, w, distance, dev)?)?)
+}
+
+/// `P[a, j] = 1 − min(d(a, j) / τ, 1)`, τ = √distance, for the given rows.
+fn falloff(rows: &[usize], h: usize, w: usize, distance: f64, dev: &Device) -> Result<Tensor> {
+    let tau = distance.sqrt();
+    let mut p = Vec::with_capacity(rows.len() * h * w);
+    for &a in rows {
+        let (ar, ac) = ((a / w) as f64, (a % w) as f64);
+        for j in 0..h * w {
+            let (jr, jc) = ((j / w) as f64, (j % w) as f64);
+            let d = ((ar - jr).powi(2) + (ac - jc).powi(2)).sqrt();
+            p.push((1.0 - (d / tau).min(1.0)) as f32);
+        }
+    }
+    Ok(Tensor::from_vec(p, (rows.len(), h * w), dev)?)
+}
+
+fn index_tensor(idx: &[usize], dev: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), dev)?)
+}
+
+/// Collector outputs: `Σ_j w_j X_j` with `w = G_a / (Σ_k G_ak + 1e-8)` and the self weight set to 1.
+/// `graph` is (C, N) for the collectors `rows`; `x` is (N, D). Result (C, D) in `x`'s dtype.
+pub fn aggregate(graph: &Tensor, rows: &[usize], x: &Tensor) -> Result<Tensor> {
+    let (c, n) = graph.dims2()?;
+    let weights = graph.broadcast_div(&(graph.sum_keepdim(1)? + 1e-8)?)?;
+    let mut self_mask = vec![0f32; c * n];
+    for (i, &a) in rows.iter().enumerate() {
+        self_mask[i * n + a] = 1.0;
+    }
+    let self_mask = Tensor::from_vec(self_mask, (c, n), x.device())?;
+    // w·(1 − e_a) + e_a replaces the self weight exactly with 1.
+    let weights = ((weights * (1.0 - &self_mask)?)? + self_mask)?;
+    Ok(weights.matmul(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?)
+}
+
+/// What stage 1 produced for one image.
+#[derive(Debug, Clone)]
+pub struct Stage1 {
+    /// Kept patches, raster order.
+    pub anchors: Vec<usize>,
+    /// Per anchor: a pillar (kept unchanged) or a collector (aggregated).
+    pub pillars: Vec<bool>,
+    /// (K1, D): one token per anchor, in anchor order.
+    pub tokens: Tensor,
+}
+
+/// Runs stage 1 on one image: `saliency` per patch, aggregation features `x` (N, D), similarity features
+/// `m` (N, D') on an `h`×`w` grid.
+pub fn stage1(
+    saliency: &[f32],
+    x: &Tensor,
+    m: &Tensor,
+    (h, w): (usize, usize),
+    budgets: &Budgets,
+    cfg: &NuwaConfig,
+) -> Result<Stage1> {
+    let anchors = select_anchors(saliency, h, w, budgets.k1, budgets.top_n, cfg.cells);
+    let anchor_saliency: Vec<f32> = anchors.iter().map(|&a| saliency[a]).collect();
+    let pillars = pillars(&anchor_saliency, cfg.pillar_quantile);
+    let (pillar_rows, collector_rows): (Vec<usize>, Vec<usize>) = {
+        let (p, c): (Vec<_>, Vec<_>) = anchors.iter().zip(&pillars).partition(|(_, &is_p)| is_p);
+        (p.into_iter().map(|(&a, _)| a).collect(), c.into_iter().map(|(&a, _)| a).collect())
+    };
+    let dev = x.device();
+    let kept = x.index_select(&index_tensor(&pillar_rows, dev)?, 0)?;
+    let tokens = if collector_rows.is_empty() {
+        kept
+    } else {
+        let graph = similarity_rows(m, &collector_rows, h, w, cfg.distance)?;
+        let folded = aggregate(&graph, &collector_rows, x)?;
+        // Rows of cat([pillars, collectors]) back into anchor order.
+        let (mut next_p, mut next_c) = (0, pillar_rows.len());
+        let order: Vec<usize> = pillars
+            .iter()
+            .map(|&is_p| {
+                let slot = if is_p { &mut next_p } else { &mut next_c };
+                *slot += 1;
+                *slot - 1
+            })
+            .collect();
+        Tensor::cat(&[&kept, &folded], 0)?.index_select(&index_tensor(&order, dev)?, 0)?
+    };
+    Ok(Stage1 { anchors, pillars, tokens })
+}
+
+/// The similarity features: the mean of the encoder's last hidden states (each (N, D), [CLS] removed).
+pub fn similarity_features(hidden: &[Tensor]) -> Result<Tensor> {
+    let stacked = Tensor::stack(&hidden.iter().map(|t| t.to_dtype(DType::F32)).collect::<candle_core::Result<Vec<_>>>()?, 0)?;
+    Ok(stacked.mean(0)?)
+}
+
+/// How many trailing hidden states feed the similarity features.
+pub const SIMILARITY_LAYERS: usize = 9;
+
+/// Stage 2: which of the `scores.len()` vision tokens survive, ascending. `Attention` keeps the `k2`
+/// highest scores (ties to the lower index); `Random` a seeded uniform subset.
+pub fn stage2_keep(scores: &[f32], k2: usize, rule: Stage2Rule, seed: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    match rule {
+        Stage2Rule::Attention => rank_desc(scores, &mut idx),
+        Stage2Rule::Random => {
+            use rand::{seq::SliceRandom, SeedableRng};
+            idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+        }
+    }
+    idx.truncate(k2);
+    idx.sort_unstable();
+    idx
+}

@@ -1,0 +1,51 @@
+//! Shared helpers for the fixture tests: paths, the golden tensors, the tiny engine.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use candle_core::{Device, Tensor};
+use nuwa::{Engine, LoadOptions};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+pub fn tiny_dir() -> PathBuf {
+    fixtures().join("tiny-llava-1.5")
+}
+
+pub fn golden() -> &'static HashMap<String, Tensor> {
+    static G: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
+    G.get_or_init(|| candle_core::safetensors::load(tiny_dir().join("golden.safetensors"), &Device::Cpu).unwrap())
+}
+
+pub fn golden_json() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(tiny_dir().join("golden.json")).unwrap()).unwrap()
+}
+
+pub fn g(name: &str) -> &'static Tensor {
+    golden().get(name).unwrap_or_else(|| panic!("golden tensor {name} missing"))
+}
+
+pub fn ids(name: &str) -> Vec<u32> {
+    g(name).to_vec1::<i64>().unwrap().into_iter().map(|v| v as u32).collect()
+}
+
+pub fn usizes(name: &str) -> Vec<usize> {
+    g(name).to_vec1::<i64>().unwrap().into_iter().map(|v| v as usize).collect()
+}
+
+pub fn engine() -> &'static Engine {
+    static E: OnceLock<Engine> = OnceLock::new();
+    E.get_or_init(|| Engine::load(&tiny_dir(), &LoadOptions::default()).unwrap())
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let a = a.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap();
+    let b = b.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap();
+    (a - b).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+pub const QUESTION: &str = "What is shown in this image?";
