@@ -135,3 +135,55 @@ fn generation_eos(path: &Path) -> Result<Vec<u32>> {
         _ => Vec::new(),
     })
 }
+
+/// Turns `--model` into a directory: a local path as is; with the `hub` feature, a hub id
+/// (`org/name`) not present locally is downloaded into the hub cache.
+pub fn resolve(model: &str) -> Result<PathBuf> {
+    let local = PathBuf::from(model);
+    if local.exists() || !looks_like_hub_id(model) {
+        return Ok(local);
+    }
+    download(model)
+}
+
+fn looks_like_hub_id(model: &str) -> bool {
+    let parts: Vec<&str> = model.split('/').collect();
+    parts.len() == 2 && parts.iter().all(|p| !p.is_empty() && !p.starts_with('.'))
+}
+
+#[cfg(feature = "hub")]
+fn download(id: &str) -> Result<PathBuf> {
+    let fail = |e: &dyn std::fmt::Display| Error::io(id, format!("cannot download from the hub: {e}"));
+    let repo = hf_hub::api::sync::Api::new().map_err(|e| fail(&e))?.model(id.to_string());
+    let config = repo.get("config.json").map_err(|e| fail(&e))?;
+    for optional in ["preprocessor_config.json", "generation_config.json"] {
+        let _ = repo.get(optional);
+    }
+    repo.get("tokenizer.json").map_err(|e| fail(&e))?;
+    match repo.get("model.safetensors.index.json") {
+        Ok(index) => {
+            let text = read_to_string(&index)?;
+            let parsed: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::config(&index, format!("malformed shard index: {e}")))?;
+            let shards: BTreeSet<String> = parsed["weight_map"]
+                .as_object()
+                .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+                .unwrap_or_default();
+            for s in shards {
+                repo.get(&s).map_err(|e| fail(&e))?;
+            }
+        }
+        Err(_) => {
+            repo.get("model.safetensors").map_err(|e| fail(&e))?;
+        }
+    }
+    Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+#[cfg(not(feature = "hub"))]
+fn download(id: &str) -> Result<PathBuf> {
+    Err(Error::io(
+        id,
+        "no such directory; to download from the hub, build with `--features hub` (or pass a local checkpoint directory)",
+    ))
+}

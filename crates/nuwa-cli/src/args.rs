@@ -1,0 +1,175 @@
+//! Command-line flags. Pruning and model flags are shared by every command that runs the model.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nuwa::prune::nuwa::{NuwaConfig, Stage2Rule, Stages};
+use nuwa::Method;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "nuwa", version, about = "LLaVA inference with spatially faithful visual-token pruning (Nüwa)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Answer a question about an image (or a text-only prompt), streaming the answer.
+    Generate(GenerateArgs),
+    /// Score saved model answers against ground truth.
+    #[command(subcommand)]
+    Score(ScoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScoreCommand {
+    /// Referring-expression grounding (RefCOCO style): IoU, Acc@0.1…0.9, centre accuracy.
+    Rec {
+        /// JSONL file, one object per line with `response` (the model's text) and `bbox`
+        /// ([x1, y1, x2, y2] normalised to the image).
+        #[arg(long)]
+        predictions: PathBuf,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A llava-hf checkpoint directory (config.json, *.safetensors, tokenizer.json,
+    /// preprocessor_config.json). With the `hub` feature, a hub id such as llava-hf/llava-1.5-7b-hf.
+    #[arg(long, value_name = "DIR")]
+    pub model: String,
+    /// Weight and activation dtype.
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    pub dtype: DTypeArg,
+    /// Where to run: cpu, or cuda (needs a build with `--features cuda`).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DTypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum PruneArg {
+    /// Keep every vision token.
+    None,
+    /// Nüwa two-stage pruning.
+    Nuwa,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StagesArg {
+    Both,
+    #[value(name = "1")]
+    One,
+    #[value(name = "2")]
+    Two,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Stage2RuleArg {
+    Attention,
+    Random,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Visual-token reduction method.
+    #[arg(long, value_enum, default_value_t = PruneArg::Nuwa)]
+    pub prune: PruneArg,
+    /// Mean number of vision tokens over the decoder's layers (64 → K1 112 / K2 16, 128 → 224 / 32,
+    /// 192 → 336 / 48; other values by the same rule).
+    #[arg(long, default_value_t = 128)]
+    pub budget: usize,
+    /// Which Nüwa stages run: both, 1 (K1 = budget, no cut) or 2 (all patches in, budget survive the cut).
+    #[arg(long, value_enum, default_value_t = StagesArg::Both)]
+    pub stages: StagesArg,
+    /// Squared radius (patches²) of the similarity fall-off in stage 1.
+    #[arg(long, default_value_t = 280.0)]
+    pub distance: f64,
+    /// Anchors at or above this quantile of anchor saliency are pillars (kept unchanged).
+    #[arg(long, default_value_t = 0.55)]
+    pub pillar_quantile: f64,
+    /// Select anchors by global saliency only, without the 2×2 cell grouping (ablation).
+    #[arg(long)]
+    pub no_cells: bool,
+    /// Decoder layer before which stage 2 cuts [default: half the decoder depth].
+    #[arg(long)]
+    pub stage2_layer: Option<usize>,
+    /// How stage 2 ranks vision tokens: the last prompt token's attention, or a seeded random subset.
+    #[arg(long, value_enum, default_value_t = Stage2RuleArg::Attention)]
+    pub stage2_rule: Stage2RuleArg,
+}
+
+impl PruneArgs {
+    pub fn method(&self, seed: u64) -> nuwa::Result<Method> {
+        Ok(match self.prune {
+            PruneArg::None => Method::None,
+            PruneArg::Nuwa => {
+                let cfg = NuwaConfig {
+                    budget: self.budget,
+                    stages: match self.stages {
+                        StagesArg::Both => Stages::Both,
+                        StagesArg::One => Stages::One,
+                        StagesArg::Two => Stages::Two,
+                    },
+                    distance: self.distance,
+                    pillar_quantile: self.pillar_quantile,
+                    cells: !self.no_cells,
+                    stage2_layer: self.stage2_layer,
+                    stage2_rule: match self.stage2_rule {
+                        Stage2RuleArg::Attention => Stage2Rule::Attention,
+                        Stage2RuleArg::Random => Stage2Rule::Random,
+                    },
+                    seed,
+                };
+                cfg.validate()?;
+                Method::Nuwa(cfg)
+            }
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Image file (PNG, JPEG, WebP, BMP, GIF, TIFF).
+    #[arg(long, conflicts_with = "pixel_values")]
+    pub image: Option<PathBuf>,
+    /// A safetensors file whose `pixel_values` tensor ([3,H,W] or [1,3,H,W]) replaces preprocessing.
+    #[arg(long, value_name = "FILE")]
+    pub pixel_values: Option<PathBuf>,
+    /// The question; it goes into the vicuna_v1 conversation after the image.
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Seed for sampling and for `--stage2-rule random`.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub prune: PruneArgs,
+    /// Print one JSON object (text, tokens, timings, what pruning kept) instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,154 @@
+//! `nuwa` end to end on the tiny fixture: the same tokens and kept sets as the reference, and clear
+//! errors (exit status 1, a message naming the flag or file, never a panic) for bad input.
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(rel)
+}
+
+fn nuwa(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nuwa")).args(args).output().expect("run nuwa")
+}
+
+fn golden() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("tiny-llava-1.5/golden.json")).unwrap()).unwrap()
+}
+
+fn generate_json(extra: &[&str]) -> serde_json::Value {
+    let model = fixture("tiny-llava-1.5");
+    let pixels = fixture("tiny-llava-1.5/golden.safetensors");
+    let mut args = vec![
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--pixel-values",
+        pixels.to_str().unwrap(),
+        "--prompt",
+        "What is shown in this image?",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = nuwa(&args);
+    assert!(out.status.success(), "nuwa failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+#[test]
+fn generate_json_unpruned_matches_reference() {
+    let v = generate_json(&["--prune", "none"]);
+    assert_eq!(v["tokens"], golden()["runs"]["unpruned"]["greedy"]);
+    assert_eq!(v["prompt_tokens"], 49);
+    for key in ["vision", "prefill", "decode_per_token"] {
+        assert!(v["timings_ms"][key].is_number(), "timings_ms.{key}");
+    }
+    assert_eq!(v["vision"]["avg_vision_tokens"], 576.0);
+}
+
+#[test]
+fn generate_json_nuwa_matches_reference_at_each_budget() {
+    for budget in ["64", "128", "192"] {
+        let v = generate_json(&["--prune", "nuwa", "--budget", budget]);
+        let run = &golden()["runs"][format!("nuwa{budget}")];
+        assert_eq!(v["tokens"], run["greedy"], "budget {budget}");
+        assert_eq!(v["vision"]["stage2"], run["stage2_kept_raster"], "budget {budget}");
+        assert_eq!(v["vision"]["k1"], run["k1"]);
+        assert_eq!(v["vision"]["k2"], run["k2"]);
+        assert_eq!(v["vision"]["pillars"].as_array().unwrap().len() as u64, run["pillars"].as_u64().unwrap());
+        assert_eq!(v["vision"]["avg_vision_tokens"].as_f64().unwrap(), budget.parse::<f64>().unwrap());
+        let stage1 = v["vision"]["stage1"].as_array().unwrap();
+        assert!(stage1.windows(2).all(|w| w[0].as_u64() < w[1].as_u64()), "stage1 ascending");
+    }
+}
+
+#[test]
+fn generate_streams_text_from_an_image_file() {
+    let out = nuwa(&[
+        "generate",
+        "--model",
+        fixture("tiny-llava-1.5").to_str().unwrap(),
+        "--image",
+        fixture("tiny-llava-1.5/image.png").to_str().unwrap(),
+        "--prompt",
+        "What is shown in this image?",
+        "--max-new-tokens",
+        "8",
+        "--prune",
+        "none",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.trim(), golden()["runs"]["unpruned"]["text"].as_str().unwrap().trim());
+}
+
+/// Runs a failing command and returns its stderr, checking it failed cleanly.
+fn fails(args: &[&str]) -> String {
+    let out = nuwa(args);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "expected failure for {args:?}");
+    assert!(!err.contains("panicked"), "panic for {args:?}: {err}");
+    err
+}
+
+#[test]
+fn bad_flags_are_rejected_with_the_flag_named() {
+    let model = fixture("tiny-llava-1.5");
+    let m = model.to_str().unwrap();
+    let base = ["generate", "--model", m, "--prompt", "hi"];
+    let with = |extra: &[&'static str]| [&base[..], extra].concat();
+    assert!(fails(&with(&["--max-new-tokens", "0"])).contains("--max-new-tokens"));
+    assert!(fails(&with(&["--budget", "0"])).contains("--budget"));
+    assert!(fails(&with(&["--pillar-quantile", "1.5"])).contains("--pillar-quantile"));
+    assert!(fails(&with(&["--distance", "0"])).contains("--distance"));
+    assert!(fails(&with(&["--temperature", "-1"])).contains("--temperature"));
+}
+
+#[test]
+fn stage2_layer_out_of_range_is_rejected() {
+    let model = fixture("tiny-llava-1.5");
+    let pixels = fixture("tiny-llava-1.5/golden.safetensors");
+    let err = fails(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--pixel-values",
+        pixels.to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--stage2-layer",
+        "32",
+    ]);
+    assert!(err.contains("--stage2-layer") && err.contains("1..=31"), "{err}");
+}
+
+#[test]
+fn missing_model_dir_is_named() {
+    let err = fails(&["generate", "--model", "/nonexistent/model", "--prompt", "hi"]);
+    assert!(err.contains("/nonexistent/model"), "{err}");
+}
+
+#[test]
+fn score_rec_prints_the_means() {
+    let dir = std::env::temp_dir().join(format!("nuwa-cli-score-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("preds.jsonl");
+    std::fs::write(
+        &file,
+        "{\"response\": \"[0.1, 0.1, 0.5, 0.5]\", \"bbox\": [0.1, 0.1, 0.5, 0.5]}\n\
+         {\"response\": \"no box\", \"bbox\": [0.2, 0.2, 0.4, 0.4]}\n",
+    )
+    .unwrap();
+    let out = nuwa(&["score", "rec", "--predictions", file.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["n"], 2);
+    assert_eq!(v["iou"], 0.5);
+    assert_eq!(v["acc@0.5"], 0.5);
+    assert_eq!(v["center"], 0.5);
+
+    std::fs::write(&file, "{\"response\": \"[0, 0, 1, 1]\", \"bbox\": [0.1]}\n").unwrap();
+    let err = fails(&["score", "rec", "--predictions", file.to_str().unwrap()]);
+    assert!(err.contains("preds.jsonl:1") && err.contains("bbox"), "{err}");
+}
