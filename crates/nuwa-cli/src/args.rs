@@ -98,10 +98,10 @@ pub struct PruneArgs {
     #[arg(long, value_enum, default_value_t = StagesArg::Both)]
     pub stages: StagesArg,
     /// Squared radius (patches²) of the similarity fall-off in stage 1.
-    #[arg(long, default_value_t = 280.0)]
+    #[arg(long, default_value_t = 280.0, allow_negative_numbers = true)]
     pub distance: f64,
     /// Anchors at or above this quantile of anchor saliency are pillars (kept unchanged).
-    #[arg(long, default_value_t = 0.55)]
+    #[arg(long, default_value_t = 0.55, allow_negative_numbers = true)]
     pub pillar_quantile: f64,
     /// Select anchors by global saliency only, without the 2×2 cell grouping (ablation).
     #[arg(long)]
@@ -159,7 +159,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 is greedy decoding.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub temperature: f64,
     /// Nucleus sampling: keep the most likely tokens up to this probability mass.
     #[arg(long, default_value_t = 1.0)]

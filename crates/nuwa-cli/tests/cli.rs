@@ -102,6 +102,7 @@ fn bad_flags_are_rejected_with_the_flag_named() {
     assert!(fails(&with(&["--budget", "0"])).contains("--budget"));
     assert!(fails(&with(&["--pillar-quantile", "1.5"])).contains("--pillar-quantile"));
     assert!(fails(&with(&["--distance", "0"])).contains("--distance"));
+    assert!(fails(&with(&["--pillar-quantile", "-0.1"])).contains("--pillar-quantile"));
     assert!(fails(&with(&["--temperature", "-1"])).contains("--temperature"));
 }
 
