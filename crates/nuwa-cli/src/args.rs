@@ -16,6 +16,10 @@ pub struct Cli {
 pub enum Command {
     /// Answer a question about an image (or a text-only prompt), streaming the answer.
     Generate(GenerateArgs),
+    /// Locate a referring expression in an image: the box as parsed, in the original image, drawn.
+    Ground(crate::commands::ground::GroundArgs),
+    /// Measure prefill latency, FLOPs and KV-cache memory for pruning methods and budgets.
+    Bench(crate::commands::bench::BenchArgs),
     /// Score saved model answers against ground truth.
     #[command(subcommand)]
     Score(ScoreCommand),

@@ -1,0 +1,59 @@
+//! `nuwa generate`: answer one prompt, streaming text or printing one JSON object.
+
+use super::load_engine;
+use crate::args::GenerateArgs;
+use anyhow::{bail, Result};
+use nuwa::{GenerateRequest, ImageInput, Sampling};
+use serde_json::json;
+use std::io::Write;
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    if args.max_new_tokens == 0 {
+        bail!("--max-new-tokens must be at least 1");
+    }
+    let method = args.prune.method(args.seed)?;
+    let engine = load_engine(&args.model)?;
+    let image = match (&args.image, &args.pixel_values) {
+        (Some(p), _) => Some(ImageInput::Path(p.clone())),
+        (None, Some(p)) => Some(ImageInput::Pixels(nuwa::engine::read_pixel_values(p, engine.device())?)),
+        (None, None) => None,
+    };
+    let req = GenerateRequest {
+        prompt: args.prompt.clone(),
+        image,
+        method,
+        sampling: Sampling { temperature: args.temperature, top_p: args.top_p, seed: args.seed },
+        max_new_tokens: args.max_new_tokens,
+    };
+    let mut stdout = std::io::stdout();
+    let out = if args.json {
+        engine.generate(&req, &mut |_| {})?
+    } else {
+        let out = engine.generate(&req, &mut |piece| {
+            let _ = write!(stdout, "{piece}");
+            let _ = stdout.flush();
+        })?;
+        println!();
+        out
+    };
+    if args.json {
+        let t = &out.timings;
+        let value = json!({
+            "text": out.text,
+            "tokens": out.tokens,
+            "prompt_tokens": out.prompt_tokens,
+            "stop_reason": out.stop_reason,
+            "timings_ms": {
+                "vision": t.vision_ms,
+                "stage1": t.stage1_ms,
+                "prefill": t.prefill_ms,
+                "decode_per_token": t.decode_ms_per_token,
+            },
+            "kv_cache_bytes": out.kv_cache_bytes,
+            "vision": out.vision,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    }
+    Ok(())
+}
+

@@ -1,0 +1,35 @@
+//! `nuwa score`: score saved answers.
+
+use anyhow::{Context, Result};
+use nuwa::score::rec;
+use std::io::BufRead;
+use std::path::Path;
+
+pub fn rec(path: &Path, as_json: bool) -> Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("{}: cannot read line {}", path.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("{}: not JSON", at()))?;
+        let response = v["response"].as_str().with_context(|| format!("{}: missing string field `response`", at()))?;
+        let bbox: [f64; 4] = serde_json::from_value(v["bbox"].clone())
+            .with_context(|| format!("{}: field `bbox` must be [x1, y1, x2, y2] (normalised numbers)", at()))?;
+        rows.push(rec::score_row(response, bbox));
+    }
+    let summary = rec::summarize(&rows);
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&summary.to_json())?);
+    } else {
+        println!("n        {}", summary.n);
+        println!("IoU      {:.4}", summary.iou);
+        for (t, acc) in rec::THRESHOLDS.iter().zip(summary.acc) {
+            println!("Acc@{t:<4} {acc:.4}");
+        }
+        println!("centre   {:.4}", summary.center);
+    }
+    Ok(())
+}
