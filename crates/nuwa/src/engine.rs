@@ -30,7 +30,8 @@ impl Default for LoadOptions {
 /// A loaded model ready to answer requests.
 pub struct Engine {
     pub model: Llava,
-    pub tokenizer: TextTokenizer,
+    /// Absent for random-weight benchmark models, which are fed token ids directly.
+    pub tokenizer: Option<TextTokenizer>,
     pub preprocess: PreprocessConfig,
     eos_token_ids: Vec<u32>,
     device: Device,
@@ -62,8 +63,8 @@ pub struct EncodedImage {
     pub kept: Vec<usize>,
     /// Stage-1 pillars (raster indices), for methods that have them.
     pub pillars: Vec<usize>,
-    /// Per-patch [CLS] saliency when the method computed it.
-    pub saliency: Option<Vec<f32>>,
+    /// Per-patch [CLS] saliency (summed over heads) at the feature layer.
+    pub saliency: Vec<f32>,
     /// Vision features of the kept tokens before the projector, (K, vision hidden).
     pub features: Tensor,
     /// The same after the projector, (K, text hidden).
@@ -124,6 +125,9 @@ pub struct Generation {
     pub timings: Timings,
     pub vision: Option<VisionReport>,
     pub kv_cache_bytes: usize,
+    /// The encoded image (kept patches, saliency, geometry) for overlays; not serialised.
+    #[serde(skip)]
+    pub encoded: Option<EncodedImage>,
 }
 
 impl Engine {
@@ -140,12 +144,12 @@ impl Engine {
             None => PreprocessConfig::default(),
         };
         let eos = if ckpt.eos_token_ids.is_empty() { tokenizer.token_id("</s>").into_iter().collect() } else { ckpt.eos_token_ids.clone() };
-        Ok(Self::from_parts(model, tokenizer, preprocess, eos, opts.device.clone()))
+        Ok(Self::from_parts(model, Some(tokenizer), preprocess, eos, opts.device.clone()))
     }
 
     pub fn from_parts(
         model: Llava,
-        tokenizer: TextTokenizer,
+        tokenizer: Option<TextTokenizer>,
         preprocess: PreprocessConfig,
         eos_token_ids: Vec<u32>,
         device: Device,
@@ -155,6 +159,12 @@ impl Engine {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    pub fn tokenizer(&self) -> Result<&TextTokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            Error::InvalidArgument("this engine has no tokenizer (a random-weight preset): pass token ids".into())
+        })
     }
 
     fn grid(&self) -> (usize, usize) {
@@ -180,11 +190,13 @@ impl Engine {
             Method::Nuwa(c) if c.stages != nuwa::Stages::Two => Some(c),
             _ => None,
         };
-        let mut request = clip::VisionRequest { hidden_states: vec![feature_layer], cls_attention_layer: None };
+        // The [CLS] row of the feature layer's attention costs one row of work: always read it, so the
+        // saliency is there for overlays whatever the method.
+        let mut request =
+            clip::VisionRequest { hidden_states: vec![feature_layer], cls_attention_layer: Some(feature_layer - 1) };
         if stage1.is_some() {
             let first = (depth + 1).saturating_sub(nuwa::SIMILARITY_LAYERS);
             request.hidden_states.extend(first..=depth);
-            request.cls_attention_layer = Some(feature_layer - 1);
         }
         let pixels = pixels.to_device(&self.device)?;
         let t0 = Instant::now();
@@ -196,19 +208,19 @@ impl Engine {
         };
         let x = patches(feature_layer)?;
 
+        let cls = out.cls_attention.as_ref().expect("requested above");
+        let saliency = clip::cls_saliency(cls)?.to_vec1::<f32>()?;
         let t1 = Instant::now();
-        let (kept, pillars, saliency, features) = match stage1 {
+        let (kept, pillars, features) = match stage1 {
             Some(c) => {
-                let cls = out.cls_attention.as_ref().expect("requested above");
-                let saliency = clip::cls_saliency(cls)?.to_vec1::<f32>()?;
                 let hidden = request.hidden_states[1..].iter().map(|&i| patches(i)).collect::<Result<Vec<_>>>()?;
                 let m = nuwa::similarity_features(&hidden)?;
                 let budgets = nuwa::budgets(c.budget, c.stages, h, w);
                 let s1 = nuwa::stage1(&saliency, &x, &m, (h, w), &budgets, c)?;
                 let pillars = s1.anchors.iter().zip(&s1.pillars).filter(|(_, &p)| p).map(|(&a, _)| a).collect();
-                (s1.anchors, pillars, Some(saliency), s1.tokens)
+                (s1.anchors, pillars, s1.tokens)
             }
-            None => ((0..h * w).collect(), Vec::new(), None, x),
+            None => ((0..h * w).collect(), Vec::new(), x),
         };
         let stage1_ms = if stage1.is_some() { ms(t1) } else { 0.0 };
         let tokens = self.model.projector.forward(&features)?;
@@ -217,7 +229,7 @@ impl Engine {
 
     /// Tokenises, encodes and runs the prompt through the decoder.
     pub fn prefill(&self, req: &GenerateRequest) -> Result<Prefill> {
-        let prompt = self.tokenizer.prompt(&req.prompt, req.image.is_some())?;
+        let prompt = self.tokenizer()?.prompt(&req.prompt, req.image.is_some())?;
         let encoded = match &req.image {
             None => None,
             Some(ImageInput::Pixels(p)) => Some(self.encode_image(&check_pixels(p, &self.model.config.vision_config)?, &req.method)?),
@@ -300,7 +312,7 @@ impl Engine {
                 break;
             }
             tokens.push(token);
-            let text = self.tokenizer.decode(&tokens)?;
+            let text = self.tokenizer()?.decode(&tokens)?;
             // Hold back an incomplete UTF-8 sequence until its last byte arrives.
             if !text.ends_with('\u{FFFD}') && text.len() > printed {
                 on_text(&text[printed..]);
@@ -318,7 +330,7 @@ impl Engine {
         }
         let decode_steps = tokens.len().saturating_sub(1).max(1);
         state.timings.decode_ms_per_token = if tokens.len() > 1 { ms(t0) / decode_steps as f64 } else { 0.0 };
-        let text = self.tokenizer.decode(&tokens)?;
+        let text = self.tokenizer()?.decode(&tokens)?;
         if text.len() > printed {
             on_text(&text[printed..]);
         }
@@ -330,6 +342,7 @@ impl Engine {
             timings: state.timings,
             vision: state.vision,
             kv_cache_bytes: state.cache.bytes(),
+            encoded: state.encoded,
         })
     }
 

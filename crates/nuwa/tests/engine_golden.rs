@@ -6,7 +6,7 @@ use nuwa::{GenerateRequest, ImageInput, Method, Sampling};
 
 #[test]
 fn prompt_chunks_match_reference_tokens() {
-    let p = engine().tokenizer.prompt(QUESTION, true).unwrap();
+    let p = engine().tokenizer().unwrap().prompt(QUESTION, true).unwrap();
     assert_eq!(p.prefix, ids("input_ids.prefix"));
     assert_eq!(p.suffix, ids("input_ids.suffix"));
     assert_eq!(p.prefix.len(), golden_json()["prefix_len"].as_u64().unwrap() as usize);

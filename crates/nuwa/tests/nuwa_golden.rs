@@ -69,7 +69,7 @@ fn check_budget(budget: usize) {
     assert!(d_logits <= 2e-3, "{run}: logits max |Δ| {d_logits}");
 
     // Stage 1 alone: the same anchors with no cut in the decoder.
-    let prompt = e.tokenizer.prompt(QUESTION, true).unwrap();
+    let prompt = e.tokenizer().unwrap().prompt(QUESTION, true).unwrap();
     let only1 = e.prefill_encoded(&prompt, pre.encoded.clone(), &Method::None).unwrap();
     let d_only1 = max_abs_diff(&only1.logits, g(&format!("{run}.stage1_only.logits_last")));
     assert!(d_only1 <= 2e-3, "{run}: stage-1-only logits max |Δ| {d_only1}");
