@@ -63,7 +63,11 @@ impl Config {
     /// Parses a `config.json`, resolving values a hub config may leave out, and checks what this
     /// implementation supports. Errors name the field.
     pub fn from_json(text: &str) -> std::result::Result<Self, String> {
-        let mut cfg: Config = serde_json::from_str(text).map_err(|e| format!("malformed config: {e}"))?;
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| match e.path().to_string() {
+            p if p == "." => format!("malformed config: {}", e.inner()),
+            p => format!("field `{p}`: {}", e.inner()),
+        })?;
         if cfg.text_config.vocab_size.is_none() {
             cfg.text_config.vocab_size = cfg.vocab_size;
         }

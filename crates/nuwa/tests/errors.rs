@@ -1,0 +1,221 @@
+//! Bad input gets an error that names the file or field and what was expected — never a panic.
+mod common;
+use candle_core::{DType, Device, Tensor};
+use common::*;
+use nuwa::{Engine, Error, GenerateRequest, ImageInput, LoadOptions, Method, NuwaConfig, Sampling};
+use std::path::{Path, PathBuf};
+
+/// A copy of the tiny checkpoint in a fresh directory, with `edit` applied.
+fn broken_checkpoint(name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("nuwa-errors-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "generation_config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json"] {
+        std::fs::copy(tiny_dir().join(f), dir.join(f)).unwrap();
+    }
+    edit(&dir);
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    match Engine::load(dir, &LoadOptions::default()) {
+        Ok(_) => panic!("loading {} should fail", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn missing_model_dir() {
+    let err = load_err(Path::new("/nonexistent/nuwa-model"));
+    assert!(err.contains("/nonexistent/nuwa-model") && err.contains("not found"), "{err}");
+}
+
+#[test]
+fn missing_files_are_named() {
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        let dir = broken_checkpoint(&format!("missing-{file}"), |d| std::fs::remove_file(d.join(file)).unwrap());
+        let err = load_err(&dir);
+        assert!(err.contains(file) || err.contains("model.safetensors"), "{file}: {err}");
+    }
+}
+
+#[test]
+fn truncated_safetensors_is_named() {
+    let dir = broken_checkpoint("truncated", |d| {
+        let f = d.join("model.safetensors");
+        let len = std::fs::metadata(&f).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len / 2).unwrap();
+    });
+    let err = load_err(&dir);
+    assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn corrupt_safetensors_is_named() {
+    let dir = broken_checkpoint("corrupt", |d| std::fs::write(d.join("model.safetensors"), b"\x10\0\0\0\0\0\0\0not json at all!").unwrap());
+    let err = load_err(&dir);
+    assert!(err.contains("model.safetensors") && err.contains("corrupt"), "{err}");
+    let dir = broken_checkpoint("tiny", |d| std::fs::write(d.join("model.safetensors"), b"abc").unwrap());
+    let err = load_err(&dir);
+    assert!(err.contains("model.safetensors") && err.contains("not a safetensors file"), "{err}");
+}
+
+#[test]
+fn missing_shard_is_named() {
+    let dir = broken_checkpoint("shards", |d| {
+        std::fs::remove_file(d.join("model.safetensors")).unwrap();
+        std::fs::write(
+            d.join("model.safetensors.index.json"),
+            r#"{"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors"}}"#,
+        )
+        .unwrap();
+    });
+    let err = load_err(&dir);
+    assert!(err.contains("model-00001-of-00002.safetensors") && err.contains("missing"), "{err}");
+}
+
+#[test]
+fn sharded_checkpoint_loads_like_a_single_file() {
+    let dir = broken_checkpoint("sharded-ok", |d| {
+        let all = candle_core::safetensors::load(d.join("model.safetensors"), &Device::Cpu).unwrap();
+        std::fs::remove_file(d.join("model.safetensors")).unwrap();
+        let (vision, text): (Vec<_>, Vec<_>) = all.into_iter().partition(|(k, _)| k.starts_with("vision_tower"));
+        let mut map = serde_json::Map::new();
+        for (i, part) in [vision, text].into_iter().enumerate() {
+            let name = format!("model-0000{}-of-00002.safetensors", i + 1);
+            for (k, _) in &part {
+                map.insert(k.clone(), name.clone().into());
+            }
+            let part: std::collections::HashMap<_, _> = part.into_iter().collect();
+            candle_core::safetensors::save(&part, d.join(&name)).unwrap();
+        }
+        let index = serde_json::json!({"metadata": {}, "weight_map": map});
+        std::fs::write(d.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    });
+    let e = Engine::load(&dir, &LoadOptions::default()).unwrap();
+    let pre = e.prefill(&request(Method::None, 1)).unwrap();
+    assert!(max_abs_diff(&pre.logits, g("unpruned.logits_last")) <= 2e-3);
+}
+
+#[test]
+fn wrong_tensor_shape_is_named() {
+    let dir = broken_checkpoint("shape", |d| {
+        let f = d.join("model.safetensors");
+        let mut all = candle_core::safetensors::load(&f, &Device::Cpu).unwrap();
+        all.insert(
+            "multi_modal_projector.linear_1.weight".into(),
+            Tensor::zeros((64, 31), DType::F16, &Device::Cpu).unwrap(),
+        );
+        candle_core::safetensors::save(&all, &f).unwrap();
+    });
+    let err = load_err(&dir);
+    assert!(err.contains("multi_modal_projector.linear_1.weight") && err.contains("shape"), "{err}");
+}
+
+#[test]
+fn malformed_config_is_named() {
+    let dir = broken_checkpoint("config", |d| std::fs::write(d.join("config.json"), "{\"text_config\": {\"hidden_size\": \"big\"}}").unwrap());
+    let err = load_err(&dir);
+    assert!(err.contains("config.json") && err.contains("hidden_size"), "{err}");
+    let dir = broken_checkpoint("config-syntax", |d| std::fs::write(d.join("config.json"), "{ not json").unwrap());
+    assert!(load_err(&dir).contains("config.json"));
+}
+
+#[test]
+fn config_defaults_fill_omitted_keys() {
+    // A hub text_config often gives only what differs from LlamaConfig's defaults.
+    let cfg = nuwa::models::llava::Config::from_json(
+        r#"{"text_config": {"vocab_size": 32064, "rms_norm_eps": 1e-5, "rope_parameters": {"rope_theta": 5e5, "rope_type": "default"}}, "dtype": "bfloat16"}"#,
+    )
+    .unwrap();
+    assert_eq!(cfg.text_config.hidden_size, 4096);
+    assert_eq!(cfg.text_config.num_hidden_layers, 32);
+    assert_eq!(cfg.text_config.num_key_value_heads(), 32);
+    assert_eq!(cfg.text_config.rope_theta(), 5e5);
+    assert_eq!(cfg.vision_config.num_hidden_layers, 24);
+    assert_eq!(cfg.vision_config.grid_side(), 24);
+    assert_eq!(cfg.feature_layer().unwrap(), 23);
+    assert_eq!(cfg.torch_dtype.as_deref(), Some("bfloat16"));
+    let err = nuwa::models::llava::Config::from_json(r#"{"text_config": {"hidden_act": "gelu"}}"#).unwrap_err();
+    assert!(err.contains("hidden_act"), "{err}");
+}
+
+fn request(method: Method, max_new_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        prompt: QUESTION.into(),
+        image: Some(ImageInput::Pixels(g("pixel_values").clone())),
+        method,
+        sampling: Sampling::default(),
+        max_new_tokens,
+    }
+}
+
+fn image_err(name: &str, bytes: &[u8]) -> String {
+    let dir = std::env::temp_dir().join(format!("nuwa-errors-img-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let mut req = request(Method::None, 1);
+    req.image = Some(ImageInput::Path(path.clone()));
+    let err = engine().generate(&req, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains(path.to_str().unwrap()), "{err}");
+    err
+}
+
+#[test]
+fn bad_images_are_named() {
+    image_err("empty.png", b"");
+    image_err("corrupt.png", b"\x89PNG\r\n\x1a\n garbage that is not a png");
+    let png = std::fs::read(tiny_dir().join("image.png")).unwrap();
+    image_err("truncated.png", &png[..png.len() / 2]);
+    let mut req = request(Method::None, 1);
+    req.image = Some(ImageInput::Path("/nonexistent/picture.jpg".into()));
+    let err = engine().generate(&req, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/picture.jpg"), "{err}");
+}
+
+#[test]
+fn wrong_pixel_shape_is_rejected() {
+    let mut req = request(Method::None, 1);
+    req.image = Some(ImageInput::Pixels(Tensor::zeros((3, 224, 224), DType::F32, &Device::Cpu).unwrap()));
+    let err = engine().generate(&req, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("[3, 336, 336]"), "{err}");
+}
+
+#[test]
+fn prompt_longer_than_the_context() {
+    let long = "word ".repeat(4000);
+    let mut req = request(Method::None, 1);
+    req.prompt = long;
+    match engine().generate(&req, &mut |_| {}) {
+        Err(Error::ContextOverflow { needed, context }) => assert!(needed > context && context == 4096),
+        other => panic!("expected a context overflow, got {:?}", other.map(|g| g.tokens)),
+    }
+}
+
+#[test]
+fn zero_new_tokens_and_impossible_pruning_values() {
+    let err = engine().generate(&request(Method::None, 0), &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("--max-new-tokens"), "{err}");
+    for (cfg, flag) in [
+        (NuwaConfig { budget: 0, ..NuwaConfig::default() }, "--budget"),
+        (NuwaConfig { pillar_quantile: 1.2, ..NuwaConfig::default() }, "--pillar-quantile"),
+        (NuwaConfig { distance: 0.0, ..NuwaConfig::default() }, "--distance"),
+    ] {
+        assert!(cfg.validate().unwrap_err().to_string().contains(flag));
+    }
+    for layer in [0, 32] {
+        let m = Method::Nuwa(NuwaConfig { stage2_layer: Some(layer), ..NuwaConfig::default() });
+        let err = engine().generate(&request(m, 1), &mut |_| {}).unwrap_err().to_string();
+        assert!(err.contains("--stage2-layer"), "layer {layer}: {err}");
+    }
+}
+
+#[test]
+fn text_only_prompt_runs() {
+    let mut req = request(Method::None, 3);
+    req.image = None;
+    let gen = engine().generate(&req, &mut |_| {}).unwrap();
+    assert_eq!(gen.tokens.len(), 3);
+    assert!(gen.vision.is_none());
+}
