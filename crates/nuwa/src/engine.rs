@@ -358,17 +358,16 @@ impl Engine {
             return Err(Error::ContextOverflow { needed, context });
         }
         let mut parts = vec![llm.embed(&prompt.prefix)?];
-        let mut positions: Vec<u32> = (0..p as u32).collect();
         let mut vision = None;
         if let Some(e) = encoded {
             parts.push(e.tokens.to_dtype(llm.dtype())?);
-            positions.extend(e.kept.iter().map(|&i| (p + i) as u32));
             vision = Some(p..p + e.kept.len());
         }
         if s > 0 {
             parts.push(llm.embed(&prompt.suffix)?);
-            positions.extend((0..s).map(|k| (p + image_positions + k) as u32));
         }
+        let kept = encoded.map_or(&[][..], |e| &e.kept[..]);
+        let positions = original_positions(p, kept, image_positions, s);
         Ok(Sequence { embeds: Tensor::cat(&parts, 0)?, positions, vision, next_position: needed })
     }
 
@@ -399,6 +398,17 @@ impl Engine {
             avg_vision_tokens: avg,
         }
     }
+}
+
+/// Position ids that keep the spatial frame: prefix token t at t, the vision token of patch i at P + i,
+/// the k-th text token after the image at P + N + k — what the unpruned model would use.
+pub fn original_positions(prefix_len: usize, kept: &[usize], n_patches: usize, suffix_len: usize) -> Vec<u32> {
+    let p = prefix_len;
+    (0..p)
+        .chain(kept.iter().map(|&i| p + i))
+        .chain((0..suffix_len).map(|k| p + n_patches + k))
+        .map(|v| v as u32)
+        .collect()
 }
 
 struct Sequence {
