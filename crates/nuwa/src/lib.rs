@@ -17,3 +17,8 @@ pub use engine::{Engine, GenerateRequest, Generation, ImageInput, LoadOptions, V
 pub use error::{Error, Result};
 pub use generation::Sampling;
 pub use prune::{nuwa::NuwaConfig, Method};
+
+/// The README's Rust examples compile as doctests, so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
