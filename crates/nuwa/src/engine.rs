@@ -182,49 +182,80 @@ impl Engine {
 
     /// Encodes one image and reduces its tokens as `method` says, up to (not including) the decoder.
     pub fn encode_image(&self, pixels: &Tensor, method: &Method) -> Result<EncodedImage> {
+        let features = self.encode_vision(pixels, needs_similarity(method))?;
+        self.reduce(&features, method)
+    }
+
+    /// Runs the vision encoder once, keeping what any method may need: the projector's input layer, the
+    /// [CLS] saliency row and, with `similarity`, the trailing hidden states Nüwa's stage 1 compares.
+    /// One result serves every pruning configuration ([`Engine::reduce`]).
+    pub fn encode_vision(&self, pixels: &Tensor, similarity: bool) -> Result<VisionFeatures> {
         let cfg = &self.model.config;
         let depth = cfg.vision_config.num_hidden_layers;
         let feature_layer = cfg.feature_layer().map_err(Error::InvalidArgument)?;
-        let (h, w) = self.grid();
-        let stage1 = match method {
-            Method::Nuwa(c) if c.stages != nuwa::Stages::Two => Some(c),
-            _ => None,
-        };
         // The [CLS] row of the feature layer's attention costs one row of work: always read it, so the
         // saliency is there for overlays whatever the method.
         let mut request =
             clip::VisionRequest { hidden_states: vec![feature_layer], cls_attention_layer: Some(feature_layer - 1) };
-        if stage1.is_some() {
-            let first = (depth + 1).saturating_sub(nuwa::SIMILARITY_LAYERS);
-            request.hidden_states.extend(first..=depth);
+        let first_similarity = (depth + 1).saturating_sub(nuwa::SIMILARITY_LAYERS);
+        if similarity {
+            request.hidden_states.extend(first_similarity..=depth);
         }
         let pixels = pixels.to_device(&self.device)?;
         let t0 = Instant::now();
         let out = self.model.vision.forward(&pixels, &request)?;
         let vision_ms = ms(t0);
+        // Patch rows only: the [CLS] token never reaches the decoder.
         let patches = |i: usize| -> Result<Tensor> {
             let hs = &out.hidden_states[&i];
             Ok(hs.narrow(0, 1, hs.dim(0)? - 1)?)
         };
-        let x = patches(feature_layer)?;
-
         let cls = out.cls_attention.as_ref().expect("requested above");
-        let saliency = clip::cls_saliency(cls)?.to_vec1::<f32>()?;
+        let similarity_features = if similarity {
+            let hidden = (first_similarity..=depth).map(patches).collect::<Result<Vec<_>>>()?;
+            Some(nuwa::similarity_features(&hidden)?)
+        } else {
+            None
+        };
+        Ok(VisionFeatures {
+            grid: self.grid(),
+            features: patches(feature_layer)?,
+            similarity: similarity_features,
+            saliency: clip::cls_saliency(cls)?.to_vec1::<f32>()?,
+            geometry: None,
+            vision_ms,
+        })
+    }
+
+    /// Applies `method`'s vision-side reduction and the projector to an encoded image.
+    pub fn reduce(&self, v: &VisionFeatures, method: &Method) -> Result<EncodedImage> {
+        let (h, w) = v.grid;
         let t1 = Instant::now();
-        let (kept, pillars, features) = match stage1 {
-            Some(c) => {
-                let hidden = request.hidden_states[1..].iter().map(|&i| patches(i)).collect::<Result<Vec<_>>>()?;
-                let m = nuwa::similarity_features(&hidden)?;
+        let (kept, pillars, features) = match method {
+            Method::Nuwa(c) if c.stages != nuwa::Stages::Two => {
+                let m = v.similarity.as_ref().ok_or_else(|| {
+                    Error::InvalidArgument("Nüwa stage 1 needs the similarity features: encode with similarity".into())
+                })?;
                 let budgets = nuwa::budgets(c.budget, c.stages, h, w);
-                let s1 = nuwa::stage1(&saliency, &x, &m, (h, w), &budgets, c)?;
+                let s1 = nuwa::stage1(&v.saliency, &v.features, m, (h, w), &budgets, c)?;
                 let pillars = s1.anchors.iter().zip(&s1.pillars).filter(|(_, &p)| p).map(|(&a, _)| a).collect();
                 (s1.anchors, pillars, s1.tokens)
             }
-            None => ((0..h * w).collect(), Vec::new(), x),
+            _ => ((0..h * w).collect(), Vec::new(), v.features.clone()),
         };
-        let stage1_ms = if stage1.is_some() { ms(t1) } else { 0.0 };
+        let stage1_ms = if needs_similarity(method) { ms(t1) } else { 0.0 };
         let tokens = self.model.projector.forward(&features)?;
-        Ok(EncodedImage { grid: (h, w), kept, pillars, saliency, features, tokens, geometry: None, vision_ms, stage1_ms })
+        Ok(EncodedImage {
+            grid: v.grid,
+            kept,
+            pillars,
+            saliency: v.saliency.clone(),
+            features,
+            tokens,
+            geometry: v.geometry,
+            vision_ms: v.vision_ms,
+            stage1_ms,
+        })
     }
 
     /// Tokenises, encodes and runs the prompt through the decoder.
@@ -235,9 +266,9 @@ impl Engine {
             Some(ImageInput::Pixels(p)) => Some(self.encode_image(&check_pixels(p, &self.model.config.vision_config)?, &req.method)?),
             Some(ImageInput::Path(path)) => {
                 let (pixels, geometry) = self.load_pixels(path)?;
-                let mut e = self.encode_image(&pixels, &req.method)?;
-                e.geometry = Some(geometry);
-                Some(e)
+                let mut v = self.encode_vision(&pixels, needs_similarity(&req.method))?;
+                v.geometry = Some(geometry);
+                Some(self.reduce(&v, &req.method)?)
             }
         };
         self.prefill_encoded(&prompt, encoded, &req.method)
@@ -297,9 +328,24 @@ impl Engine {
         if req.max_new_tokens == 0 {
             return Err(Error::InvalidArgument("--max-new-tokens must be at least 1".into()));
         }
-        let mut state = self.prefill(req)?;
+        let state = self.prefill(req)?;
+        self.generate_from(state, &req.sampling, req.max_new_tokens, on_text)
+    }
+
+    /// Decodes from a prefill state (see [`Engine::prefill_encoded`]) until EOS, `max_new_tokens` or a
+    /// full context.
+    pub fn generate_from(
+        &self,
+        mut state: Prefill,
+        sampling: &Sampling,
+        max_new_tokens: usize,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation> {
+        if max_new_tokens == 0 {
+            return Err(Error::InvalidArgument("--max-new-tokens must be at least 1".into()));
+        }
         let context = self.model.llm.config().max_position_embeddings;
-        let mut sampler = Sampler::new(&req.sampling)?;
+        let mut sampler = Sampler::new(sampling)?;
         let mut tokens = Vec::new();
         let mut printed = 0;
         let mut stop_reason = "length";
@@ -318,7 +364,7 @@ impl Engine {
                 on_text(&text[printed..]);
                 printed = text.len();
             }
-            if tokens.len() >= req.max_new_tokens {
+            if tokens.len() >= max_new_tokens {
                 break;
             }
             if state.next_position >= context {
@@ -409,6 +455,25 @@ pub fn original_positions(prefix_len: usize, kept: &[usize], n_patches: usize, s
         .chain((0..suffix_len).map(|k| p + n_patches + k))
         .map(|v| v as u32)
         .collect()
+}
+
+/// One vision-encoder pass over an image, before any token reduction.
+#[derive(Debug, Clone)]
+pub struct VisionFeatures {
+    pub grid: (usize, usize),
+    /// Projector input for every patch, (N, vision hidden).
+    pub features: Tensor,
+    /// Mean of the trailing hidden states, (N, vision hidden), when asked for.
+    pub similarity: Option<Tensor>,
+    /// Per-patch [CLS] saliency, summed over heads.
+    pub saliency: Vec<f32>,
+    pub geometry: Option<Geometry>,
+    pub vision_ms: f64,
+}
+
+/// Whether a method's vision side compares patches by their trailing hidden states.
+pub fn needs_similarity(method: &Method) -> bool {
+    matches!(method, Method::Nuwa(c) if c.stages != nuwa::Stages::Two)
 }
 
 struct Sequence {

@@ -103,3 +103,19 @@ fn ragged_cache_after_cut() {
     assert!(lens[16..].iter().all(|&l| l == p + 16 + s), "{lens:?}");
     assert_eq!(pre.next_position, p + 576 + s);
 }
+
+#[test]
+fn one_vision_pass_serves_every_configuration() {
+    let e = engine();
+    let shared = e.encode_vision(g("pixel_values"), true).unwrap();
+    for method in [
+        Method::None,
+        Method::Nuwa(NuwaConfig { budget: 64, ..NuwaConfig::default() }),
+        Method::Nuwa(NuwaConfig { budget: 192, ..NuwaConfig::default() }),
+    ] {
+        let reused = e.reduce(&shared, &method).unwrap();
+        let direct = e.encode_image(g("pixel_values"), &method).unwrap();
+        assert_eq!(reused.kept, direct.kept);
+        assert_eq!(max_abs_diff(&reused.tokens, &direct.tokens), 0.0, "{method:?}");
+    }
+}
