@@ -4,6 +4,7 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::generation::{Sampler, Sampling};
+use crate::hooks::{Cut, DecoderProbe, TokenDropper};
 use crate::models::{clip, llama, llava::Llava};
 use crate::preprocess::{self, Geometry, PreprocessConfig};
 use crate::prompt::{PromptTokens, TextTokenizer};
@@ -296,7 +297,7 @@ impl Engine {
         };
         let mut cache = llm.new_cache(0);
         let t0 = Instant::now();
-        let logits = llm.forward(&seq.embeds, &seq.positions, &mut cache, cut.as_mut().map(|c| c as &mut dyn llama::TokenDropper))?;
+        let logits = llm.forward(&seq.embeds, &seq.positions, &mut cache, cut.as_mut().map(|c| c as &mut dyn TokenDropper))?;
         let prefill_ms = ms(t0);
         let vision = encoded.as_ref().map(|e| self.report(e, method, cut.as_ref()));
         let timings = Timings {
@@ -495,19 +496,20 @@ struct VisionCut {
     kept: Option<Vec<usize>>,
 }
 
-impl llama::TokenDropper for VisionCut {
+impl TokenDropper for VisionCut {
     fn cut_layers(&self) -> Vec<usize> {
         vec![self.layer]
     }
 
-    fn keep(&mut self, _layer: usize, last_row: &[f32]) -> Result<Vec<usize>> {
-        let chosen = nuwa::stage2_keep(&last_row[self.slots.clone()], self.k2, self.rule, self.seed);
+    fn cut(&mut self, probe: &dyn DecoderProbe) -> Result<Cut> {
+        let row = probe.prev_attention().expect("the last row was asked for").squeeze(0)?.to_vec1::<f32>()?;
+        let chosen = nuwa::stage2_keep(&row[self.slots.clone()], self.k2, self.rule, self.seed);
         let keep = (0..self.slots.start)
             .chain(chosen.iter().map(|&i| self.slots.start + i))
-            .chain(self.slots.end..last_row.len())
+            .chain(self.slots.end..row.len())
             .collect();
         self.kept = Some(chosen);
-        Ok(keep)
+        Ok(Cut { keep, insert: None, positions: None })
     }
 }
 

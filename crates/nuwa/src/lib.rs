@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod engine;
 pub mod error;
 pub mod generation;
+pub mod hooks;
 pub mod models;
 pub mod preprocess;
 pub mod prompt;

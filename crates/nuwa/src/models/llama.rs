@@ -2,12 +2,14 @@
 //!
 //! What differs from candle-transformers' llama: every token carries an explicit position id (RoPE is
 //! gathered from a precomputed table, so a pruned sequence keeps its original positions), each layer has
-//! its own KV cache (after a mid-stack cut the caches are ragged), and a [`TokenDropper`] can drop tokens
-//! before chosen layers after reading the last query row's attention one layer earlier.
+//! its own KV cache (after a mid-stack cut the caches are ragged), and a [`TokenDropper`] can drop, merge
+//! or renumber tokens before chosen layers after probing the decoder ([`DecoderProbe`]).
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{embedding, kv_cache::KvCache, linear_b, rms_norm, Embedding, Linear, RmsNorm, VarBuilder};
 use serde::Deserialize;
+
+use crate::hooks::{DecoderProbe, TokenDropper};
 
 /// `LlamaConfig` as a hub `config.json` (or LLaVA's `text_config`) holds it; omitted keys take
 /// transformers' defaults.
@@ -118,19 +120,6 @@ impl Config {
     }
 }
 
-/// Drops tokens from the sequence in the middle of the decoder during prefill.
-///
-/// Before each layer in [`TokenDropper::cut_layers`] the decoder asks which sequence slots to keep,
-/// passing the head-averaged softmax attention that the last query pays to every slot in the layer
-/// before. Only that one row is read, so attention itself never has to be materialised for the caller.
-pub trait TokenDropper {
-    /// Layers (0-based, ≥ 1, ascending) before which tokens may be dropped.
-    fn cut_layers(&self) -> Vec<usize>;
-    /// Slots of the current sequence to keep, ascending. `last_row[j]` is the attention of the last
-    /// query to slot `j` in layer `layer - 1`.
-    fn keep(&mut self, layer: usize, last_row: &[f32]) -> crate::Result<Vec<usize>>;
-}
-
 /// RoPE cos/sin tables for every position, gathered per token by position id.
 #[derive(Debug, Clone)]
 struct RotaryTable {
@@ -184,8 +173,30 @@ impl Attention {
         })
     }
 
-    /// Returns the attention output and, when `probe` is set, the last query row's attention
-    /// probabilities averaged over heads (one value per key).
+    /// (b, heads, T, head_dim) queries and keys with RoPE applied, and the values.
+    fn qkv(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = x.dims3()?;
+        let split = |proj: &Linear, heads: usize| -> candle_core::Result<Tensor> {
+            proj.forward(x)?.reshape((b, t, heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+        };
+        let q = candle_nn::rotary_emb::rope(&split(&self.q_proj, self.num_heads)?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&split(&self.k_proj, self.num_kv_heads)?, cos, sin)?;
+        Ok((q, k, split(&self.v_proj, self.num_kv_heads)?))
+    }
+
+    /// Softmax attention probabilities in f32 (transformers' choice whatever the weights' dtype).
+    fn probs(&self, q: &Tensor, k: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)
+    }
+
+    /// Returns the attention output and the head-averaged probabilities of the `probe_rows` queries
+    /// (rows, keys) when any are asked for.
     fn forward(
         &self,
         x: &Tensor,
@@ -193,39 +204,40 @@ impl Attention {
         sin: &Tensor,
         mask: Option<&Tensor>,
         cache: &mut KvCache,
-        probe: bool,
-    ) -> candle_core::Result<(Tensor, Option<Vec<f32>>)> {
+        probe_rows: &[usize],
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let (b, t, _) = x.dims3()?;
-        let split = |proj: &Linear, heads: usize| -> candle_core::Result<Tensor> {
-            // (b, heads, t, head_dim)
-            proj.forward(x)?.reshape((b, t, heads, self.head_dim))?.transpose(1, 2)?.contiguous()
-        };
-        let q = candle_nn::rotary_emb::rope(&split(&self.q_proj, self.num_heads)?, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&split(&self.k_proj, self.num_kv_heads)?, cos, sin)?;
-        let v = split(&self.v_proj, self.num_kv_heads)?;
+        let (q, k, v) = self.qkv(x, cos, sin)?;
         let (k, v) = cache.append(&k, &v)?;
         let k = repeat_kv(k, self.num_heads / self.num_kv_heads)?.contiguous()?;
         let v = repeat_kv(v, self.num_heads / self.num_kv_heads)?.contiguous()?;
-
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        // Softmax in f32 whatever the weights' dtype, as transformers does.
-        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?;
-        let probe_row = if probe {
-            // (b, heads, keys) -> mean over heads of batch 0
-            let row = probs.i((0, .., t - 1, ..))?.mean(0)?;
-            Some(row.to_vec1::<f32>()?)
-        } else {
-            None
-        };
+        let probs = self.probs(&q, &k, mask)?;
+        let rows = if probe_rows.is_empty() { None } else { Some(head_mean_rows(&probs, probe_rows)?) };
         let out = probs.to_dtype(v.dtype())?.matmul(&v)?;
         let out = out.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
-        Ok((self.o_proj.forward(&out)?, probe_row))
+        Ok((self.o_proj.forward(&out)?, rows))
     }
+
+    /// The head-averaged attention of `rows` over the whole input `x`, without touching the cache.
+    fn preview(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, rows: &[usize]) -> candle_core::Result<Tensor> {
+        let (q, k, _) = self.qkv(x, cos, sin)?;
+        let k = repeat_kv(k, self.num_heads / self.num_kv_heads)?.contiguous()?;
+        let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), x.device())?;
+        let q = q.index_select(&idx, 2)?;
+        let t = x.dim(1)?;
+        // Causal: query row r sees keys 0..=r.
+        let mask: Vec<f32> =
+            rows.iter().flat_map(|&r| (0..t).map(move |j| if j > r { f32::NEG_INFINITY } else { 0.0 })).collect();
+        let mask = Tensor::from_vec(mask, (rows.len(), t), x.device())?.to_dtype(q.dtype())?;
+        let probs = self.probs(&q, &k, Some(&mask))?;
+        probs.i(0)?.mean(0)
+    }
+}
+
+/// Rows `rows` of (b, heads, T, keys) probabilities, averaged over heads, batch 0: (rows, keys).
+fn head_mean_rows(probs: &Tensor, rows: &[usize]) -> candle_core::Result<Tensor> {
+    let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), probs.device())?;
+    probs.i(0)?.index_select(&idx, 1)?.mean(0)
 }
 
 fn repeat_kv(x: Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
@@ -284,13 +296,13 @@ impl Block {
         sin: &Tensor,
         mask: Option<&Tensor>,
         cache: &mut KvCache,
-        probe: bool,
-    ) -> candle_core::Result<(Tensor, Option<Vec<f32>>)> {
-        let (attn, row) =
-            self.self_attn.forward(&self.input_layernorm.forward(x)?, cos, sin, mask, cache, probe)?;
+        probe_rows: &[usize],
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let (attn, rows) =
+            self.self_attn.forward(&self.input_layernorm.forward(x)?, cos, sin, mask, cache, probe_rows)?;
         let x = (x + attn)?;
         let x = (&x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?)?;
-        Ok((x, row))
+        Ok((x, rows))
     }
 }
 
@@ -300,6 +312,9 @@ pub struct Cache {
     layers: Vec<Option<KvCache>>,
     /// Room reserved per layer beyond its prefill length (the tokens still to be generated).
     reserve: usize,
+    /// Per layer, what to add to a generated token's position: a cut that renumbers the sequence
+    /// shifts every later layer's positions, and decoding continues each layer's own numbering.
+    position_offsets: Vec<i64>,
 }
 
 impl Cache {
@@ -380,12 +395,12 @@ impl Llama {
 
     /// An empty cache with room for `reserve` generated tokens per layer after the prompt.
     pub fn new_cache(&self, reserve: usize) -> Cache {
-        Cache { layers: vec![None; self.layers.len()], reserve }
+        Cache { layers: vec![None; self.layers.len()], reserve, position_offsets: vec![0; self.layers.len()] }
     }
 
     /// Runs `embeds` (T, hidden) at `positions` through the decoder, appending to `cache`, and returns
-    /// the logits (vocab,) of the last position in f32. Tokens are dropped before the layers the
-    /// `dropper` names; generated tokens (T = 1 with a filled cache) are never dropped.
+    /// the logits (vocab,) of the last position in f32. The `dropper` may change the sequence before the
+    /// layers it names (prefill only: a single generated token with a filled cache is never dropped).
     pub fn forward(
         &self,
         embeds: &Tensor,
@@ -396,41 +411,137 @@ impl Llama {
         let cuts = dropper.as_ref().map(|d| d.cut_layers()).unwrap_or_default();
         if let Some(&bad) = cuts.iter().find(|&&l| l == 0 || l >= self.layers.len()) {
             return Err(crate::Error::InvalidArgument(format!(
-                "cannot drop tokens before decoder layer {bad}: the layer must be in 1..{}",
+                "cannot change the sequence before decoder layer {bad}: the layer must be in 1..{}",
                 self.layers.len()
             )));
         }
+        let input_last = *positions.last().ok_or_else(|| crate::Error::InvalidArgument("empty sequence".into()))?;
         let mut x = embeds.unsqueeze(0)?;
         let mut positions = positions.to_vec();
-        let mut rope = self.rotary.gather(&Tensor::new(positions.as_slice(), &self.device)?)?;
-        let mut probe_row: Option<Vec<f32>> = None;
+        let mut rope = self.rope_for(&positions, 0, cache)?;
+        let mut prev_rows: Option<Tensor> = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            if let (Some(d), Some(row)) = (dropper.as_deref_mut(), probe_row.take()) {
-                let keep = d.keep(i, &row)?;
-                if keep.iter().any(|&k| k >= positions.len()) || keep.windows(2).any(|w| w[0] >= w[1]) {
-                    return Err(crate::Error::InvalidArgument(format!(
-                        "token dropper before layer {i} returned slots that are not ascending within 0..{}",
-                        positions.len()
-                    )));
+            if let Some(d) = dropper.as_deref_mut().filter(|_| cuts.contains(&i)) {
+                let hidden = x.squeeze(0)?;
+                let probe = Probe { llama: self, layer: i, hidden: &hidden, positions: &positions, prev_rows: prev_rows.as_ref(), cache };
+                let cut = d.cut(&probe)?;
+                let (next_x, next_positions) = apply_cut(&hidden, &positions, cut, i)?;
+                x = next_x.unsqueeze(0)?;
+                positions = next_positions;
+                let offset = *positions.last().expect("the last token is always kept") as i64 - input_last as i64;
+                for o in &mut cache.position_offsets[i..] {
+                    *o = offset;
                 }
-                let idx = Tensor::new(keep.iter().map(|&k| k as u32).collect::<Vec<_>>(), &self.device)?;
-                x = x.index_select(&idx, 1)?;
-                positions = keep.iter().map(|&k| positions[k]).collect();
-                rope = self.rotary.gather(&Tensor::new(positions.as_slice(), &self.device)?)?;
+                rope = self.rope_for(&positions, 0, cache)?;
+            } else if positions.len() == 1 && i > 0 && cache.position_offsets[i] != cache.position_offsets[i - 1] {
+                rope = self.rope_for(&positions, i, cache)?;
+            } else if positions.len() == 1 && i == 0 && cache.position_offsets[0] != 0 {
+                rope = self.rope_for(&positions, 0, cache)?;
             }
+            let probe_rows = match dropper.as_ref() {
+                Some(d) if cuts.contains(&(i + 1)) => d.attention_rows(i + 1, positions.len()),
+                _ => Vec::new(),
+            };
             let slot = &mut cache.layers[i];
             let kv = slot.get_or_insert_with(|| KvCache::new(2, positions.len() + cache.reserve));
-            let past = kv.current_seq_len();
-            let mask = causal_mask(positions.len(), past, self.dtype, &self.device)?;
-            let probe = cuts.contains(&(i + 1)) && dropper.is_some();
-            let (next, row) = layer.forward(&x, &rope.0, &rope.1, mask.as_ref(), kv, probe)?;
+            let mask = causal_mask(positions.len(), kv.current_seq_len(), self.dtype, &self.device)?;
+            let (next, rows) = layer.forward(&x, &rope.0, &rope.1, mask.as_ref(), kv, &probe_rows)?;
             x = next;
-            probe_row = row;
+            prev_rows = rows;
         }
         let last = x.i((0, x.dim(1)? - 1))?.unsqueeze(0)?;
         let logits = self.lm_head.forward(&self.norm.forward(&last)?)?;
         Ok(logits.squeeze(0)?.to_dtype(DType::F32)?)
     }
+
+    /// RoPE tables for `positions` as layer `layer` numbers them: a generated token (one position)
+    /// takes the layer's offset; a prefill sequence is already in the layer's numbering.
+    fn rope_for(&self, positions: &[u32], layer: usize, cache: &Cache) -> crate::Result<(Tensor, Tensor)> {
+        let offset = if positions.len() == 1 { cache.position_offsets[layer] } else { 0 };
+        let shifted = positions
+            .iter()
+            .map(|&p| u32::try_from(p as i64 + offset).map_err(|_| crate::Error::InvalidArgument(format!("position {p} + {offset} is negative"))))
+            .collect::<crate::Result<Vec<u32>>>()?;
+        if let Some(&max) = shifted.iter().max() {
+            if max as usize >= self.cfg.max_position_embeddings {
+                return Err(crate::Error::ContextOverflow { needed: max as usize + 1, context: self.cfg.max_position_embeddings });
+            }
+        }
+        Ok(self.rotary.gather(&Tensor::new(shifted.as_slice(), &self.device)?)?)
+    }
+}
+
+/// The decoder's side of [`DecoderProbe`], valid before one layer during prefill.
+struct Probe<'a> {
+    llama: &'a Llama,
+    layer: usize,
+    hidden: &'a Tensor,
+    positions: &'a [u32],
+    prev_rows: Option<&'a Tensor>,
+    cache: &'a Cache,
+}
+
+impl DecoderProbe for Probe<'_> {
+    fn layer(&self) -> usize {
+        self.layer
+    }
+    fn hidden(&self) -> &Tensor {
+        self.hidden
+    }
+    fn positions(&self) -> &[u32] {
+        self.positions
+    }
+    fn prev_attention(&self) -> Option<&Tensor> {
+        self.prev_rows
+    }
+    fn preview_attention(&self, rows: &[usize]) -> crate::Result<Tensor> {
+        let block = &self.llama.layers[self.layer];
+        let (cos, sin) = self.llama.rope_for(self.positions, self.layer, self.cache)?;
+        let x = block.input_layernorm.forward(&self.hidden.unsqueeze(0)?)?;
+        Ok(block.self_attn.preview(&x, &cos, &sin, rows)?)
+    }
+    fn final_norm(&self) -> crate::Result<Tensor> {
+        Ok(self.llama.norm.forward(self.hidden)?)
+    }
+    fn prev_keys(&self) -> crate::Result<Tensor> {
+        let attn = &self.llama.layers[self.layer - 1].self_attn;
+        let kv = self.cache.layers[self.layer - 1].as_ref().expect("the previous layer has run");
+        let k = kv.k()?.expect("the previous layer cached its keys");
+        let k = repeat_kv(k, attn.num_heads / attn.num_kv_heads)?;
+        // (1, heads, T, d) -> (T, heads·d)
+        let (_, h, t, d) = k.dims4()?;
+        Ok(k.squeeze(0)?.transpose(0, 1)?.reshape((t, h * d))?)
+    }
+}
+
+/// The sequence after a cut: kept rows, inserted rows, and their positions.
+fn apply_cut(hidden: &Tensor, positions: &[u32], cut: crate::hooks::Cut, layer: usize) -> crate::Result<(Tensor, Vec<u32>)> {
+    let t = positions.len();
+    let bad = |m: String| crate::Error::InvalidArgument(format!("token dropper before layer {layer}: {m}"));
+    if cut.keep.iter().any(|&k| k >= t) || cut.keep.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(bad(format!("kept slots must be ascending within 0..{t}")));
+    }
+    if cut.keep.last() != Some(&(t - 1)) {
+        return Err(bad("the last token must be kept: it produces the logits".into()));
+    }
+    let idx = Tensor::new(cut.keep.iter().map(|&k| k as u32).collect::<Vec<_>>(), hidden.device())?;
+    let mut x = hidden.index_select(&idx, 0)?;
+    let mut kept_positions: Vec<u32> = cut.keep.iter().map(|&k| positions[k]).collect();
+    if let Some((at, rows)) = &cut.insert {
+        if *at > cut.keep.len() {
+            return Err(bad(format!("insertion index {at} is past the {} kept slots", cut.keep.len())));
+        }
+        x = Tensor::cat(&[&x.narrow(0, 0, *at)?, rows, &x.narrow(0, *at, cut.keep.len() - at)?], 0)?;
+        // Inserted rows take the position of the kept slot before them until renumbered.
+        let fill = if *at == 0 { kept_positions[0] } else { kept_positions[at - 1] };
+        kept_positions.splice(at..at, std::iter::repeat_n(fill, rows.dim(0)?));
+    }
+    let positions = match cut.positions {
+        Some(p) if p.len() == x.dim(0)? => p,
+        Some(p) => return Err(bad(format!("{} positions for {} tokens", p.len(), x.dim(0)?))),
+        None => kept_positions,
+    };
+    Ok((x, positions))
 }
 
 /// Additive mask for `t` new queries over `past + t` keys; `None` for a single query, which may see
