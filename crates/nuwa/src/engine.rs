@@ -4,15 +4,14 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::generation::{Sampler, Sampling};
-use crate::hooks::{Cut, DecoderProbe, TokenDropper};
+use crate::hooks::TokenDropper;
 use crate::models::{clip, llama, llava::Llava};
 use crate::preprocess::{self, Geometry, PreprocessConfig};
 use crate::prompt::{PromptTokens, TextTokenizer};
-use crate::prune::{nuwa, Method};
+use crate::prune::{layout_positions, nuwa, CutRecord, Method, PositionPolicy, Span};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -60,8 +59,10 @@ pub struct GenerateRequest {
 pub struct EncodedImage {
     /// Patch grid (rows, columns).
     pub grid: (usize, usize),
-    /// Kept patches in raster order, one per token.
+    /// Kept patches in raster order.
     pub kept: Vec<usize>,
+    /// Per token entering the decoder, the patches it stands for (empty for a [CLS] token).
+    pub sources: Vec<Vec<usize>>,
     /// Stage-1 pillars (raster indices), for methods that have them.
     pub pillars: Vec<usize>,
     /// Per-patch [CLS] saliency (summed over heads) at the feature layer.
@@ -82,6 +83,7 @@ pub struct VisionReport {
     pub grid: [usize; 2],
     pub method: &'static str,
     pub budget: Option<usize>,
+    pub positions: PositionPolicy,
     pub k1: usize,
     pub k2: Option<usize>,
     /// Raster indices kept by stage 1, ascending.
@@ -92,6 +94,10 @@ pub struct VisionReport {
     pub stage2_layer: Option<usize>,
     /// Mean number of vision tokens over the decoder's layers.
     pub avg_vision_tokens: f64,
+    /// Vision tokens entering the decoder: per token, the patches it stands for.
+    pub vision_tokens: Vec<Vec<usize>>,
+    /// Each cut inside the decoder: the layer and what survived it.
+    pub cuts: Vec<CutRecord>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -248,6 +254,7 @@ impl Engine {
         let tokens = self.model.projector.forward(&features)?;
         Ok(EncodedImage {
             grid: v.grid,
+            sources: kept.iter().map(|&i| vec![i]).collect(),
             kept,
             pillars,
             saliency: v.saliency.clone(),
@@ -278,28 +285,38 @@ impl Engine {
     /// Prefill from an already tokenised prompt and encoded image (so an image can be encoded once and
     /// asked several questions).
     pub fn prefill_encoded(&self, prompt: &PromptTokens, encoded: Option<EncodedImage>, method: &Method) -> Result<Prefill> {
-        let seq = self.sequence(prompt, encoded.as_ref())?;
+        self.prefill_with(prompt, encoded, method, method.default_positions())
+    }
+
+    /// Prefill with an explicit position policy for the vision tokens and the text after them.
+    pub fn prefill_with(
+        &self,
+        prompt: &PromptTokens,
+        encoded: Option<EncodedImage>,
+        method: &Method,
+        policy: PositionPolicy,
+    ) -> Result<Prefill> {
+        let seq = self.sequence(prompt, encoded.as_ref(), policy)?;
         let llm = &self.model.llm;
-        let mut cut = match (method, &seq.vision) {
-            (Method::Nuwa(c), Some(slots)) => {
-                let k2 = nuwa::budgets(c.budget, c.stages, self.grid().0, self.grid().1).k2;
-                let layer = c.stage2_layer(llm.config().num_hidden_layers)?;
-                k2.filter(|&k2| k2 < slots.len()).map(|k2| VisionCut {
-                    layer,
-                    slots: slots.clone(),
-                    k2,
-                    rule: c.stage2_rule,
-                    seed: c.seed,
-                    kept: None,
-                })
+        let mut dropper = match &encoded {
+            Some(e) => {
+                let span = Span {
+                    start: prompt.prefix.len(),
+                    tokens: e.sources.clone(),
+                    policy,
+                    grid: e.grid,
+                    suffix_len: prompt.suffix.len(),
+                };
+                method.dropper(span, llm.config().num_hidden_layers)?
             }
-            _ => None,
+            None => None,
         };
         let mut cache = llm.new_cache(0);
         let t0 = Instant::now();
-        let logits = llm.forward(&seq.embeds, &seq.positions, &mut cache, cut.as_mut().map(|c| c as &mut dyn TokenDropper))?;
+        let logits = llm.forward(&seq.embeds, &seq.positions, &mut cache, dropper.as_deref_mut().map(|d| d as &mut dyn TokenDropper))?;
         let prefill_ms = ms(t0);
-        let vision = encoded.as_ref().map(|e| self.report(e, method, cut.as_ref()));
+        let cuts = dropper.as_ref().map(|d| d.records().to_vec()).unwrap_or_default();
+        let vision = encoded.as_ref().map(|e| self.report(e, method, policy, cuts));
         let timings = Timings {
             vision_ms: encoded.as_ref().map_or(0.0, |e| e.vision_ms),
             stage1_ms: encoded.as_ref().map_or(0.0, |e| e.stage1_ms),
@@ -393,69 +410,57 @@ impl Engine {
         })
     }
 
-    /// Lays out prefix, vision tokens and suffix with the positions the unpruned model would give them.
-    fn sequence(&self, prompt: &PromptTokens, encoded: Option<&EncodedImage>) -> Result<Sequence> {
+    /// Lays out prefix, vision tokens and suffix, numbered as `policy` says.
+    fn sequence(&self, prompt: &PromptTokens, encoded: Option<&EncodedImage>, policy: PositionPolicy) -> Result<Sequence> {
         let llm = &self.model.llm;
-        let p = prompt.prefix.len();
-        let s = prompt.suffix.len();
-        let image_positions = encoded.map_or(0, |e| e.grid.0 * e.grid.1);
-        let needed = p + image_positions + s;
+        let (p, s) = (prompt.prefix.len(), prompt.suffix.len());
+        let n_patches = encoded.map_or(0, |e| e.grid.0 * e.grid.1);
+        // Positions as the unpruned model would use them bound the context, whatever is kept.
+        let needed = p + n_patches + s;
         let context = llm.config().max_position_embeddings;
         if needed > context {
             return Err(Error::ContextOverflow { needed, context });
         }
         let mut parts = vec![llm.embed(&prompt.prefix)?];
-        let mut vision = None;
         if let Some(e) = encoded {
             parts.push(e.tokens.to_dtype(llm.dtype())?);
-            vision = Some(p..p + e.kept.len());
         }
         if s > 0 {
             parts.push(llm.embed(&prompt.suffix)?);
         }
-        let kept = encoded.map_or(&[][..], |e| &e.kept[..]);
-        let positions = original_positions(p, kept, image_positions, s);
-        Ok(Sequence { embeds: Tensor::cat(&parts, 0)?, positions, vision, next_position: needed })
+        let reps: Vec<usize> = encoded.map_or(Vec::new(), |e| e.sources.iter().map(|t| t.iter().copied().min().unwrap_or(0)).collect());
+        let positions = layout_positions(policy, p, &reps, n_patches, s);
+        let next_position = match policy {
+            PositionPolicy::Contiguous => positions.len(),
+            PositionPolicy::Original | PositionPolicy::Stretched => needed,
+        };
+        Ok(Sequence { embeds: Tensor::cat(&parts, 0)?, positions, next_position })
     }
 
-    fn report(&self, e: &EncodedImage, method: &Method, cut: Option<&VisionCut>) -> VisionReport {
+    fn report(&self, e: &EncodedImage, method: &Method, positions: PositionPolicy, cuts: Vec<CutRecord>) -> VisionReport {
         let depth = self.model.llm.config().num_hidden_layers;
-        let k1 = e.kept.len();
-        let (stage2, k2, layer) = match cut.and_then(|c| c.kept.as_ref().map(|k| (k, c.layer))) {
-            Some((kept, layer)) => (kept.iter().map(|&i| e.kept[i]).collect::<Vec<_>>(), Some(kept.len()), Some(layer)),
-            None => (e.kept.clone(), None, None),
-        };
-        let avg = match (k2, layer) {
-            (Some(k2), Some(l)) => (k1 * l + k2 * (depth - l)) as f64 / depth as f64,
-            _ => k1 as f64,
-        };
+        // Tokens entering each layer: the vision-side count until the first cut, then each cut's.
+        let mut per_layer = vec![e.sources.len(); depth];
+        for c in &cuts {
+            per_layer[c.layer..].fill(c.kept.len());
+        }
+        let survivors = cuts.last().map_or_else(|| e.sources.clone(), |c| c.kept.clone());
         VisionReport {
             grid: [e.grid.0, e.grid.1],
             method: method.name(),
-            budget: match method {
-                Method::Nuwa(c) => Some(c.budget),
-                Method::None => None,
-            },
-            k1,
-            k2,
+            budget: method.budget(),
+            positions,
+            k1: e.sources.len(),
+            k2: cuts.last().map(|c| c.kept.len()),
             stage1: e.kept.clone(),
             pillars: e.pillars.clone(),
-            stage2,
-            stage2_layer: layer,
-            avg_vision_tokens: avg,
+            stage2: survivors.iter().flatten().copied().collect(),
+            stage2_layer: cuts.last().map(|c| c.layer),
+            avg_vision_tokens: per_layer.iter().sum::<usize>() as f64 / depth as f64,
+            vision_tokens: e.sources.clone(),
+            cuts,
         }
     }
-}
-
-/// Position ids that keep the spatial frame: prefix token t at t, the vision token of patch i at P + i,
-/// the k-th text token after the image at P + N + k — what the unpruned model would use.
-pub fn original_positions(prefix_len: usize, kept: &[usize], n_patches: usize, suffix_len: usize) -> Vec<u32> {
-    let p = prefix_len;
-    (0..p)
-        .chain(kept.iter().map(|&i| p + i))
-        .chain((0..suffix_len).map(|k| p + n_patches + k))
-        .map(|v| v as u32)
-        .collect()
 }
 
 /// One vision-encoder pass over an image, before any token reduction.
@@ -480,37 +485,7 @@ pub fn needs_similarity(method: &Method) -> bool {
 struct Sequence {
     embeds: Tensor,
     positions: Vec<u32>,
-    /// Slots of the vision tokens in the sequence.
-    vision: Option<Range<usize>>,
     next_position: usize,
-}
-
-/// Nüwa's stage 2 as a token dropper: keeps every text slot and the `k2` vision slots ranked best.
-struct VisionCut {
-    layer: usize,
-    slots: Range<usize>,
-    k2: usize,
-    rule: nuwa::Stage2Rule,
-    seed: u64,
-    /// Chosen vision tokens, as indices into the stage-1 tokens.
-    kept: Option<Vec<usize>>,
-}
-
-impl TokenDropper for VisionCut {
-    fn cut_layers(&self) -> Vec<usize> {
-        vec![self.layer]
-    }
-
-    fn cut(&mut self, probe: &dyn DecoderProbe) -> Result<Cut> {
-        let row = probe.prev_attention().expect("the last row was asked for").squeeze(0)?.to_vec1::<f32>()?;
-        let chosen = nuwa::stage2_keep(&row[self.slots.clone()], self.k2, self.rule, self.seed);
-        let keep = (0..self.slots.start)
-            .chain(chosen.iter().map(|&i| self.slots.start + i))
-            .chain(self.slots.end..row.len())
-            .collect();
-        self.kept = Some(chosen);
-        Ok(Cut { keep, insert: None, positions: None })
-    }
 }
 
 fn check_pixels(p: &Tensor, cfg: &clip::Config) -> Result<Tensor> {

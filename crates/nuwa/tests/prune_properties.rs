@@ -1,6 +1,6 @@
 //! Properties of Nüwa's pure functions that would catch real bugs on inputs the fixtures do not cover.
 use candle_core::{Device, Tensor};
-use nuwa::engine::original_positions;
+use nuwa::prune::{layout_positions, PositionPolicy};
 use nuwa::prune::nuwa::{self as nw, NuwaConfig, Stages};
 use proptest::prelude::*;
 
@@ -84,7 +84,7 @@ proptest! {
     #[test]
     fn positions_strictly_increase(p in 0usize..80, s in 0usize..40, keep in prop::collection::btree_set(0usize..576, 0..576)) {
         let kept: Vec<usize> = keep.into_iter().collect();
-        let pos = original_positions(p, &kept, 576, s);
+        let pos = layout_positions(PositionPolicy::Original, p, &kept, 576, s);
         prop_assert_eq!(pos.len(), p + kept.len() + s);
         prop_assert!(pos.windows(2).all(|w| w[0] < w[1]));
         if s > 0 {

@@ -6,6 +6,8 @@
 //! tokens the last prompt token attends to most. Tokens keep their original positions (the pipeline's job).
 //! Where the paper and the released code differ, this follows the released code (see SPEC-nuwa.md).
 
+use super::{top_k_ascending, CutRecord, Span, VisionDropper};
+use crate::hooks::{Cut, DecoderProbe, TokenDropper};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 
@@ -297,15 +299,62 @@ pub const SIMILARITY_LAYERS: usize = 9;
 /// Stage 2: which of the `scores.len()` vision tokens survive, ascending. `Attention` keeps the `k2`
 /// highest scores (ties to the lower index); `Random` a seeded uniform subset.
 pub fn stage2_keep(scores: &[f32], k2: usize, rule: Stage2Rule, seed: u64) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
     match rule {
-        Stage2Rule::Attention => rank_desc(scores, &mut idx),
+        Stage2Rule::Attention => top_k_ascending(scores, k2),
         Stage2Rule::Random => {
             use rand::{seq::SliceRandom, SeedableRng};
+            let mut idx: Vec<usize> = (0..scores.len()).collect();
             idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+            idx.truncate(k2);
+            idx.sort_unstable();
+            idx
         }
     }
-    idx.truncate(k2);
-    idx.sort_unstable();
-    idx
+}
+
+/// Stage 2 inside the decoder: before `layer`, keep the `k2` vision tokens the last prompt token
+/// attended to most in the layer before.
+pub struct Stage2 {
+    layer: usize,
+    k2: usize,
+    rule: Stage2Rule,
+    seed: u64,
+    span: Span,
+    records: Vec<CutRecord>,
+}
+
+impl Stage2 {
+    /// `None` when the budget leaves nothing to cut (stage 1 only, or K2 ≥ the tokens in `span`).
+    pub fn new(cfg: &NuwaConfig, span: Span, depth: usize) -> Result<Option<Self>> {
+        let layer = cfg.stage2_layer(depth)?;
+        let k2 = budgets(cfg.budget, cfg.stages, span.grid.0, span.grid.1).k2;
+        Ok(k2.filter(|&k2| k2 < span.len()).map(|k2| Self {
+            layer,
+            k2,
+            rule: cfg.stage2_rule,
+            seed: cfg.seed,
+            span,
+            records: Vec::new(),
+        }))
+    }
+}
+
+impl TokenDropper for Stage2 {
+    fn cut_layers(&self) -> Vec<usize> {
+        vec![self.layer]
+    }
+
+    fn cut(&mut self, probe: &dyn DecoderProbe) -> Result<Cut> {
+        let row = probe.prev_attention().expect("the last row is always handed over").squeeze(0)?.to_vec1::<f32>()?;
+        let chosen = stage2_keep(&row[self.span.slots()], self.k2, self.rule, self.seed);
+        let (cut, record) = self.span.cut(self.layer, row.len(), &chosen, None);
+        self.records.push(record);
+        Ok(cut)
+    }
+}
+
+impl VisionDropper for Stage2 {
+    fn records(&self) -> &[CutRecord] {
+        &self.records
+    }
 }
