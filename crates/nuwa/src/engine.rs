@@ -8,7 +8,7 @@ use crate::hooks::TokenDropper;
 use crate::models::{clip, llama, llava::Llava};
 use crate::preprocess::{self, Geometry, PreprocessConfig};
 use crate::prompt::{PromptTokens, TextTokenizer};
-use crate::prune::{layout_positions, nuwa, CutRecord, Method, PositionPolicy, Span};
+use crate::prune::{layout_positions, nuwa, CutRecord, Method, PositionPolicy, Span, VisionDropper};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
@@ -296,21 +296,29 @@ impl Engine {
         method: &Method,
         policy: PositionPolicy,
     ) -> Result<Prefill> {
-        let seq = self.sequence(prompt, encoded.as_ref(), policy)?;
-        let llm = &self.model.llm;
-        let mut dropper = match &encoded {
-            Some(e) => {
-                let span = Span {
-                    start: prompt.prefix.len(),
-                    tokens: e.sources.clone(),
-                    policy,
-                    grid: e.grid,
-                    suffix_len: prompt.suffix.len(),
-                };
-                method.dropper(span, llm.config().num_hidden_layers)?
-            }
+        let dropper = match &encoded {
+            Some(e) => method.dropper(self.span(prompt, e, policy), self.model.llm.config().num_hidden_layers)?,
             None => None,
         };
+        self.prefill_custom(prompt, encoded, method, policy, dropper)
+    }
+
+    /// Where an image's tokens sit in the decoder's sequence for `prompt`.
+    pub fn span(&self, prompt: &PromptTokens, e: &EncodedImage, policy: PositionPolicy) -> Span {
+        Span { start: prompt.prefix.len(), tokens: e.sources.clone(), policy, grid: e.grid, suffix_len: prompt.suffix.len() }
+    }
+
+    /// Prefill with any in-decoder dropper; `method` only labels the report.
+    pub fn prefill_custom(
+        &self,
+        prompt: &PromptTokens,
+        encoded: Option<EncodedImage>,
+        method: &Method,
+        policy: PositionPolicy,
+        mut dropper: Option<Box<dyn VisionDropper>>,
+    ) -> Result<Prefill> {
+        let seq = self.sequence(prompt, encoded.as_ref(), policy)?;
+        let llm = &self.model.llm;
         let mut cache = llm.new_cache(0);
         let t0 = Instant::now();
         let logits = llm.forward(&seq.embeds, &seq.positions, &mut cache, dropper.as_deref_mut().map(|d| d as &mut dyn TokenDropper))?;
@@ -332,6 +340,34 @@ impl Engine {
             vision,
             encoded,
             timings,
+        })
+    }
+
+    /// An encoded image from a vision-side selection: `features` (K, vision hidden) before the
+    /// projector, or `projected` (K, text hidden) tokens already in the decoder's space, with the
+    /// patches each token stands for.
+    pub fn encoded_from(&self, v: &VisionFeatures, tokens: VisionTokens, sources: Vec<Vec<usize>>) -> Result<EncodedImage> {
+        let (features, tokens) = match tokens {
+            VisionTokens::Features(f) => {
+                let projected = self.model.projector.forward(&f)?;
+                (f, projected)
+            }
+            VisionTokens::Projected(p) => (p.clone(), p),
+        };
+        let mut kept: Vec<usize> = sources.iter().flatten().copied().collect();
+        kept.sort_unstable();
+        kept.dedup();
+        Ok(EncodedImage {
+            grid: v.grid,
+            kept,
+            sources,
+            pillars: Vec::new(),
+            saliency: v.saliency.clone(),
+            features,
+            tokens,
+            geometry: v.geometry,
+            vision_ms: v.vision_ms,
+            stage1_ms: 0.0,
         })
     }
 
@@ -461,6 +497,15 @@ impl Engine {
             cuts,
         }
     }
+}
+
+/// Tokens a vision-side method hands on.
+#[derive(Debug, Clone)]
+pub enum VisionTokens {
+    /// Before the projector, (K, vision hidden).
+    Features(Tensor),
+    /// After the projector, (K, text hidden).
+    Projected(Tensor),
 }
 
 /// One vision-encoder pass over an image, before any token reduction.

@@ -1,7 +1,11 @@
 //! Visual-token reduction methods: pure tensor code over saliency rows, features and attention scores.
 //! Nothing here knows a model: vision-side methods work on encoder outputs, in-decoder methods implement
 //! [`crate::hooks::TokenDropper`] over a [`crate::hooks::DecoderProbe`].
+pub mod divprune;
+pub mod fastv;
 pub mod nuwa;
+pub mod pool;
+pub mod random;
 
 use crate::hooks::Cut;
 use candle_core::Tensor;
@@ -95,6 +99,9 @@ pub struct CutRecord {
     /// The decoder layer before which the cut happened.
     pub layer: usize,
     pub kept: Vec<Vec<usize>>,
+    /// Position ids of the whole sequence after the cut (kept out of JSON: long and derivable).
+    #[serde(skip)]
+    pub positions: Vec<u32>,
 }
 
 /// An in-decoder method that reports what it kept.
@@ -153,7 +160,7 @@ impl Span {
         self.tokens = tokens;
         let reps: Vec<usize> = self.tokens.iter().map(|s| s.iter().copied().min().unwrap_or(0)).collect();
         let positions = layout_positions(self.policy, self.start, &reps, self.n_patches(), self.suffix_len);
-        let record = CutRecord { layer, kept: self.tokens.clone() };
+        let record = CutRecord { layer, kept: self.tokens.clone(), positions: positions.clone() };
         (Cut { keep, insert, positions: Some(positions) }, record)
     }
 }

@@ -1,0 +1,42 @@
+//! Average pooling (Nüwa's appendix B.3, Algorithm 2): the patch grid pooled to about B cells with
+//! adaptive average pooling, before the projector.
+
+use candle_core::{Device, Tensor};
+
+/// Output grid for budget B on an `h`×`w` grid: W' = round(√(B/α)), H' = round(α·W'), α = h/w
+/// (Python's round: half to even).
+pub fn output_grid(budget: usize, h: usize, w: usize) -> (usize, usize) {
+    let alpha = h as f64 / w as f64;
+    let w_out = ((budget as f64 / alpha).sqrt().round_ties_even() as usize).clamp(1, w);
+    let h_out = ((alpha * w_out as f64).round_ties_even() as usize).clamp(1, h);
+    (h_out, w_out)
+}
+
+/// Patches of each output cell, row-major: rows [⌊h·i/H'⌋, ⌈h·(i+1)/H'⌉) × columns likewise (windows
+/// may overlap, as torch's adaptive pooling does).
+pub fn windows(h: usize, w: usize, h_out: usize, w_out: usize) -> Vec<Vec<usize>> {
+    let bins = |n: usize, out: usize| -> Vec<(usize, usize)> {
+        (0..out).map(|i| (n * i / out, (n * (i + 1)).div_ceil(out))).collect()
+    };
+    let (rows, cols) = (bins(h, h_out), bins(w, w_out));
+    let mut cells = Vec::with_capacity(h_out * w_out);
+    for &(r0, r1) in &rows {
+        for &(c0, c1) in &cols {
+            cells.push((r0..r1).flat_map(|r| (c0..c1).map(move |c| r * w + c)).collect());
+        }
+    }
+    cells
+}
+
+/// The mean of each window's features: (cells, D) from `x` (N, D).
+pub fn pool(x: &Tensor, cells: &[Vec<usize>]) -> crate::Result<Tensor> {
+    let n = x.dim(0)?;
+    let mut weights = vec![0f32; cells.len() * n];
+    for (i, cell) in cells.iter().enumerate() {
+        for &p in cell {
+            weights[i * n + p] = 1.0 / cell.len() as f32;
+        }
+    }
+    let weights = Tensor::from_vec(weights, (cells.len(), n), &Device::Cpu)?.to_device(x.device())?.to_dtype(x.dtype())?;
+    Ok(weights.matmul(x)?)
+}

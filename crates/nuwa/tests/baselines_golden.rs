@@ -1,0 +1,155 @@
+//! The baseline pruners against their released code's outputs on the tiny fixture
+//! (tests/fixtures/baselines, see SPEC-baselines.md): kept sets per cut and position ids exact,
+//! last-position logits within 2e-3, greedy tokens exact through the KV cache.
+mod common;
+use candle_core::{Device, Tensor};
+use common::*;
+use nuwa::engine::{EncodedImage, Prefill, VisionTokens};
+use nuwa::prune::{divprune, fastv, pool, PositionPolicy, Span, VisionDropper};
+use nuwa::{Method, Sampling};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+fn bg() -> &'static HashMap<String, Tensor> {
+    static G: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
+    G.get_or_init(|| {
+        candle_core::safetensors::load(fixtures().join("baselines/golden_baselines.safetensors"), &Device::Cpu).unwrap()
+    })
+}
+
+fn b(name: &str) -> &'static Tensor {
+    bg().get(name).unwrap_or_else(|| panic!("baseline golden {name} missing"))
+}
+
+fn b_ints(name: &str) -> Vec<usize> {
+    b(name).to_vec1::<i64>().unwrap().into_iter().map(|v| v as usize).collect()
+}
+
+fn b_u32(name: &str) -> Vec<u32> {
+    b(name).to_vec1::<i64>().unwrap().into_iter().map(|v| v as u32).collect()
+}
+
+fn config(name: &str) -> serde_json::Value {
+    static J: OnceLock<serde_json::Value> = OnceLock::new();
+    J.get_or_init(|| {
+        // Written by Python's json module, which spells a missing margin NaN.
+        let text = std::fs::read_to_string(fixtures().join("baselines/golden_baselines.json")).unwrap();
+        serde_json::from_str(&text.replace("NaN", "null")).unwrap()
+    })["configs"][name]
+        .clone()
+}
+
+fn vision() -> nuwa::engine::VisionFeatures {
+    engine().encode_vision(g("pixel_values"), false).unwrap()
+}
+
+fn all_patches() -> EncodedImage {
+    engine().reduce(&vision(), &Method::None).unwrap()
+}
+
+type Dropper<'a> = &'a dyn Fn(Span) -> Option<Box<dyn VisionDropper>>;
+
+/// Runs prefill and 8 greedy tokens; checks layer-0 positions, logits, tokens and every cut against `name`.
+fn check_run(name: &str, encoded: EncodedImage, policy: PositionPolicy, dropper: Dropper) -> Prefill {
+    let e = engine();
+    let prompt = e.tokenizer().unwrap().prompt(QUESTION, true).unwrap();
+    let span = e.span(&prompt, &encoded, policy);
+    let pre = e.prefill_custom(&prompt, Some(encoded.clone()), &Method::None, policy, dropper(span.clone())).unwrap();
+    assert_eq!(pre.positions, b_u32(&format!("{name}.position_ids")), "{name}: layer-0 position ids");
+    let d = max_abs_diff(&pre.logits, b(&format!("{name}.logits_last")));
+    assert!(d <= 2e-3, "{name}: logits max |Δ| {d}");
+    check_cuts(name, &pre);
+    // Droppers are single-use: a fresh one for the generation run.
+    let again = e.prefill_custom(&prompt, Some(encoded), &Method::None, policy, dropper(span)).unwrap();
+    let gen = e.generate_from(again, &Sampling::default(), 8, &mut |_| {}).unwrap();
+    assert_eq!(gen.tokens, b_u32(&format!("{name}.greedy")), "{name}: greedy tokens");
+    pre
+}
+
+fn check_cuts(name: &str, pre: &Prefill) {
+    let cuts = &pre.vision.as_ref().unwrap().cuts;
+    let recorded = (0..).take_while(|j| bg().contains_key(&format!("{name}.cut{j}.position_ids"))).count();
+    assert_eq!(cuts.len(), recorded, "{name}: number of cuts");
+    for (j, cut) in cuts.iter().enumerate() {
+        if let Some(kept) = bg().get(&format!("{name}.cut{j}.kept_raster")) {
+            let got: Vec<usize> = cut.kept.iter().map(|t| t[0]).collect();
+            let want: Vec<usize> = kept.to_vec1::<i64>().unwrap().into_iter().map(|v| v as usize).collect();
+            assert_eq!(got, want, "{name}: cut {j} kept");
+        }
+        assert_eq!(cut.positions, b_u32(&format!("{name}.cut{j}.position_ids")), "{name}: cut {j} positions");
+    }
+}
+
+#[test]
+fn fastv_both_budget_conventions() {
+    for (budget, r) in [(64, 30), (128, 98), (192, 166)] {
+        assert_eq!(fastv::keep_count(budget, fastv::Count::Average, 576, 32), r);
+        assert_eq!(fastv::keep_count(budget, fastv::Count::Kept, 576, 32), budget);
+        for (name, keep) in [(format!("fastv{budget}"), r), (format!("fastv_r{budget}"), budget)] {
+            let make = |s: Span| Some(Box::new(fastv::SingleCut::new(2, keep, fastv::Selection::Attention, s)) as Box<dyn VisionDropper>);
+            let pre = check_run(&name, all_patches(), PositionPolicy::Original, &make);
+            assert_eq!(pre.vision.unwrap().avg_vision_tokens, config(&name)["avg_visual_tokens"].as_f64().unwrap());
+        }
+    }
+}
+
+#[test]
+fn random_fastv_plumbing_with_the_recorded_indices() {
+    for budget in [64, 128, 192] {
+        let name = format!("random_fastv{budget}");
+        let kept = b_ints(&format!("{name}.cut0.kept_raster"));
+        let make = |s: Span| {
+            let fixed = fastv::Selection::Fixed(kept.clone());
+            Some(Box::new(fastv::SingleCut::new(2, kept.len(), fixed, s)) as Box<dyn VisionDropper>)
+        };
+        check_run(&name, all_patches(), PositionPolicy::Original, &make);
+    }
+}
+
+#[test]
+fn average_pooling() {
+    for (budget, side) in [(64, 8), (128, 11), (192, 14)] {
+        let name = format!("pool{budget}");
+        assert_eq!(pool::output_grid(budget, 24, 24), (side, side));
+        let v = vision();
+        let cells = pool::windows(24, 24, side, side);
+        let pooled = pool::pool(&v.features, &cells).unwrap();
+        assert!(max_abs_diff(&pooled, b(&format!("{name}.pooled"))) <= 1e-4, "{name}: pooled");
+        let enc = engine().encoded_from(&v, VisionTokens::Features(pooled), cells).unwrap();
+        assert!(max_abs_diff(&enc.tokens, b(&format!("{name}.projected"))) <= 1e-4, "{name}: projected");
+        check_run(&name, enc, PositionPolicy::Contiguous, &|_| None);
+    }
+}
+
+#[test]
+fn divprune_selects_like_the_reference() {
+    for budget in [64, 128, 192] {
+        let name = format!("divprune{budget}");
+        let v = vision();
+        let projected = all_patches().tokens;
+        let order = divprune::select(&projected, budget).unwrap();
+        assert_eq!(order, b_ints(&format!("{name}.selection_order")), "{name}: greedy order");
+        let mut kept = order.clone();
+        kept.sort_unstable();
+        assert_eq!(kept, b_ints(&format!("{name}.kept_raster")));
+        let idx = Tensor::new(kept.iter().map(|&k| k as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+        let tokens = projected.index_select(&idx, 0).unwrap();
+        assert!(max_abs_diff(&tokens, b(&format!("{name}.projected"))) <= 1e-4);
+        let enc = engine().encoded_from(&v, VisionTokens::Projected(tokens), kept.iter().map(|&k| vec![k]).collect()).unwrap();
+        check_run(&name, enc, PositionPolicy::Contiguous, &|_| None);
+    }
+}
+
+#[test]
+fn manual_selection_reproduces_random_encoder_runs() {
+    for budget in [64, 128, 192] {
+        let kept = nuwa::prune::random::manual(&b_ints(&format!("random_enc{budget}.kept_raster")), 576).unwrap();
+        let v = vision();
+        let idx = Tensor::new(kept.iter().map(|&k| k as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+        let features = v.features.index_select(&idx, 0).unwrap();
+        let enc = engine().encoded_from(&v, VisionTokens::Features(features), kept.iter().map(|&k| vec![k]).collect()).unwrap();
+        assert!(max_abs_diff(&enc.tokens, b(&format!("random_enc{budget}.projected"))) <= 1e-4);
+        check_run(&format!("random_enc{budget}"), enc.clone(), PositionPolicy::Contiguous, &|_| None);
+        check_run(&format!("random_enc{budget}_pesp"), enc, PositionPolicy::Original, &|_| None);
+    }
+}
