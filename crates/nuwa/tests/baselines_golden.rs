@@ -5,7 +5,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::*;
 use nuwa::engine::{EncodedImage, Prefill, VisionTokens};
-use nuwa::prune::{divprune, fastv, pool, PositionPolicy, Span, VisionDropper};
+use nuwa::prune::{dart, divprune, fastv, pdrop, pool, PositionPolicy, Span, VisionDropper};
 use nuwa::{Method, Sampling};
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -151,5 +151,33 @@ fn manual_selection_reproduces_random_encoder_runs() {
         assert!(max_abs_diff(&enc.tokens, b(&format!("random_enc{budget}.projected"))) <= 1e-4);
         check_run(&format!("random_enc{budget}"), enc.clone(), PositionPolicy::Contiguous, &|_| None);
         check_run(&format!("random_enc{budget}_pesp"), enc, PositionPolicy::Original, &|_| None);
+    }
+}
+
+#[test]
+fn pyramid_drop_stages() {
+    for budget in [64, 128, 192] {
+        let name = format!("pdrop{budget}");
+        let make = |s: Span| Some(Box::new(pdrop::PyramidDrop::new(budget, s).unwrap()) as Box<dyn VisionDropper>);
+        let pre = check_run(&name, all_patches(), PositionPolicy::Contiguous, &make);
+        assert_eq!(pre.vision.unwrap().avg_vision_tokens, config(&name)["avg_visual_tokens"].as_f64().unwrap());
+    }
+    assert!(pdrop::schedule(100).unwrap_err().to_string().contains("--budget 100"));
+}
+
+#[test]
+fn cpython_set_iteration_order() {
+    // The fixture's pivots, inserted in top-k order, iterate in this order in CPython.
+    assert_eq!(dart::cpython_set_order(&[577, 512, 513, 442, 617, 616, 623, 612]), vec![512, 577, 513, 612, 616, 617, 623, 442]);
+    assert_eq!(dart::cpython_set_order(&[3, 1, 2, 1]), vec![1, 2, 3]);
+}
+
+#[test]
+fn dart_duplication_aware_selection() {
+    for budget in [64, 128, 192] {
+        let name = format!("dart{budget}");
+        let make = |s: Span| Some(Box::new(dart::Dart::new(budget, s)) as Box<dyn VisionDropper>);
+        let pre = check_run(&name, all_patches(), PositionPolicy::Original, &make);
+        assert_eq!(pre.vision.unwrap().avg_vision_tokens, config(&name)["avg_visual_tokens"].as_f64().unwrap());
     }
 }

@@ -1,9 +1,11 @@
 //! Visual-token reduction methods: pure tensor code over saliency rows, features and attention scores.
 //! Nothing here knows a model: vision-side methods work on encoder outputs, in-decoder methods implement
 //! [`crate::hooks::TokenDropper`] over a [`crate::hooks::DecoderProbe`].
+pub mod dart;
 pub mod divprune;
 pub mod fastv;
 pub mod nuwa;
+pub mod pdrop;
 pub mod pool;
 pub mod random;
 

@@ -1,0 +1,118 @@
+//! DART (Wen et al., "Stop Looking for Important Tokens in Multimodal Language Models: Duplication
+//! Matters More", 2025), as its released code behaves: before decoder layer 2, pick pivot tokens by the
+//! L1 norm of layer 1's keys (4 in the image, 4 in the text after it), then for each pivot keep the
+//! B/8 image tokens least similar to it (cosine of the final-normed states); original positions.
+
+use super::{CutRecord, Span, VisionDropper};
+use crate::hooks::{Cut, DecoderProbe, TokenDropper};
+use crate::Result;
+use candle_core::{DType, Tensor};
+
+pub const LAYER: usize = 2;
+const IMAGE_PIVOTS: usize = 4;
+const TEXT_PIVOTS: usize = 4;
+
+pub struct Dart {
+    per_pivot: usize,
+    span: Span,
+    records: Vec<CutRecord>,
+}
+
+impl Dart {
+    pub fn new(budget: usize, span: Span) -> Self {
+        Self { per_pivot: (budget / 8).max(1), span, records: Vec::new() }
+    }
+}
+
+/// The order CPython iterates `set(values)` built by inserting `values` one by one (the reference loops
+/// over such a set, and the order changes which tokens it keeps). Values are small non-negative ints,
+/// whose hash is the value itself.
+pub fn cpython_set_order(values: &[usize]) -> Vec<usize> {
+    const LINEAR_PROBES: usize = 9;
+    fn insert(table: &mut [Option<usize>], v: usize) -> bool {
+        let mask = table.len() - 1;
+        let (mut i, mut perturb) = (v & mask, v);
+        loop {
+            let probes = if i + LINEAR_PROBES <= mask { LINEAR_PROBES } else { 0 };
+            for j in i..=i + probes {
+                match table[j] {
+                    None => {
+                        table[j] = Some(v);
+                        return true;
+                    }
+                    Some(existing) if existing == v => return false,
+                    Some(_) => {}
+                }
+            }
+            perturb >>= 5;
+            i = (i * 5 + 1 + perturb) & mask;
+        }
+    }
+    let mut table: Vec<Option<usize>> = vec![None; 8];
+    let mut used = 0;
+    for &v in values {
+        if insert(&mut table, v) {
+            used += 1;
+            if used * 5 >= (table.len() - 1) * 3 {
+                let mut size = 8;
+                while size <= used * 4 {
+                    size <<= 1;
+                }
+                let old = std::mem::replace(&mut table, vec![None; size]);
+                for v in old.into_iter().flatten() {
+                    insert(&mut table, v);
+                }
+            }
+        }
+    }
+    table.into_iter().flatten().collect()
+}
+
+/// Indices of the `k` largest values, in descending order (ties to the lower index).
+fn top_k_desc(values: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+impl TokenDropper for Dart {
+    fn cut_layers(&self) -> Vec<usize> {
+        vec![LAYER]
+    }
+
+    fn cut(&mut self, probe: &dyn DecoderProbe) -> Result<Cut> {
+        let seq_len = probe.positions().len();
+        let slots = self.span.slots();
+        let l1: Vec<f32> = probe.prev_keys()?.to_dtype(DType::F32)?.abs()?.sum(1)?.to_vec1()?;
+        let image_pivots: Vec<usize> =
+            top_k_desc(&l1[slots.clone()], IMAGE_PIVOTS).into_iter().map(|i| slots.start + i).collect();
+        let text_pivots: Vec<usize> =
+            top_k_desc(&l1[slots.end..], TEXT_PIVOTS).into_iter().map(|i| slots.end + i).collect();
+        let order = cpython_set_order(&[image_pivots.clone(), text_pivots].concat());
+
+        let state = probe.final_norm()?.to_dtype(DType::F32)?;
+        let unit = state.broadcast_div(&state.sqr()?.sum_keepdim(1)?.sqrt()?)?;
+        let mut candidates: Vec<usize> = slots.clone().filter(|s| !image_pivots.contains(s)).collect();
+        let mut kept: Vec<usize> = image_pivots.clone();
+        for pivot in order {
+            let idx = Tensor::new(candidates.iter().map(|&c| c as u32).collect::<Vec<_>>(), unit.device())?;
+            let cos = unit.index_select(&idx, 0)?.matmul(&unit.narrow(0, pivot, 1)?.t()?)?.squeeze(1)?;
+            let dissimilarity: Vec<f32> = cos.neg()?.to_vec1()?;
+            let picks: Vec<usize> = top_k_desc(&dissimilarity, self.per_pivot).into_iter().map(|i| candidates[i]).collect();
+            candidates.retain(|c| !picks.contains(c));
+            kept.extend(picks);
+        }
+        let mut local: Vec<usize> = kept.into_iter().map(|s| s - slots.start).collect();
+        local.sort_unstable();
+        let (cut, record) = self.span.cut(LAYER, seq_len, &local, None);
+        self.records.push(record);
+        Ok(cut)
+    }
+}
+
+impl VisionDropper for Dart {
+    fn records(&self) -> &[CutRecord] {
+        &self.records
+    }
+}
