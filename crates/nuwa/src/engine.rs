@@ -226,6 +226,8 @@ impl Engine {
         };
         Ok(VisionFeatures {
             grid: self.grid(),
+            cls_feature: out.hidden_states[&feature_layer].narrow(0, 0, 1)?,
+            mean_keys: out.mean_keys.clone().expect("requested with the attention row"),
             features: patches(feature_layer)?,
             similarity: similarity_features,
             saliency: clip::cls_saliency(cls)?.to_vec1::<f32>()?,
@@ -518,6 +520,10 @@ pub struct VisionFeatures {
     pub similarity: Option<Tensor>,
     /// Per-patch [CLS] saliency, summed over heads.
     pub saliency: Vec<f32>,
+    /// The [CLS] row of the projector's input layer, (1, vision hidden).
+    pub cls_feature: Tensor,
+    /// Keys of the saliency layer averaged over heads, [CLS] first: (1 + N, head_dim).
+    pub mean_keys: Tensor,
     pub geometry: Option<Geometry>,
     pub vision_ms: f64,
 }

@@ -114,7 +114,7 @@ impl Activation {
 pub struct VisionRequest {
     /// Indices into transformers' `hidden_states`: 0 is the embedding output, `l` the output of layer `l`.
     pub hidden_states: Vec<usize>,
-    /// 0-based encoder layer whose [CLS] attention row to return.
+    /// 0-based encoder layer whose [CLS] attention row (and head-averaged keys) to return.
     pub cls_attention_layer: Option<usize>,
 }
 
@@ -124,6 +124,8 @@ pub struct VisionOutput {
     pub hidden_states: BTreeMap<usize, Tensor>,
     /// The [CLS] query's softmax attention over all 1 + N tokens, per head: (heads, 1 + N), f32.
     pub cls_attention: Option<Tensor>,
+    /// That layer's keys (bias included, unscaled) averaged over heads: (1 + N, head_dim).
+    pub mean_keys: Option<Tensor>,
 }
 
 #[derive(Debug, Clone)]
@@ -149,8 +151,9 @@ impl Attention {
         })
     }
 
-    /// Self-attention over (T, hidden); with `cls_row`, also the [CLS] query's probabilities per head.
-    fn forward(&self, x: &Tensor, cls_row: bool) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    /// Self-attention over (T, hidden); with `probe`, also the [CLS] query's probabilities per head and
+    /// the keys averaged over heads.
+    fn forward(&self, x: &Tensor, probe: bool) -> candle_core::Result<(Tensor, Option<(Tensor, Tensor)>)> {
         let t = x.dim(0)?;
         // (heads, T, head_dim)
         let heads = |p: &Linear| p.forward(x)?.reshape((t, self.num_heads, self.head_dim))?.transpose(0, 1)?.contiguous();
@@ -158,7 +161,7 @@ impl Attention {
         let (q, k, v) = (heads(&self.q_proj)?, heads(&self.k_proj)?, heads(&self.v_proj)?);
         let kt = k.t()?;
         let probs = candle_nn::ops::softmax_last_dim(&(q.matmul(&kt)? * scale)?.to_dtype(DType::F32)?)?;
-        let row = if cls_row { Some(probs.i((.., 0, ..))?) } else { None };
+        let row = if probe { Some((probs.i((.., 0, ..))?, k.mean(0)?)) } else { None };
         let out = probs.to_dtype(v.dtype())?.matmul(&v)?.transpose(0, 1)?.reshape((t, self.num_heads * self.head_dim))?;
         Ok((self.out_proj.forward(&out)?, row))
     }
@@ -187,8 +190,8 @@ impl EncoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, cls_row: bool) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-        let (attn, row) = self.self_attn.forward(&self.layer_norm1.forward(x)?, cls_row)?;
+    fn forward(&self, x: &Tensor, probe: bool) -> candle_core::Result<(Tensor, Option<(Tensor, Tensor)>)> {
+        let (attn, row) = self.self_attn.forward(&self.layer_norm1.forward(x)?, probe)?;
         let x = (x + attn)?;
         let mlp = self.fc2.forward(&self.act.apply(&self.fc1.forward(&self.layer_norm2.forward(&x)?)?)?)?;
         Ok(((x + mlp)?, row))
@@ -249,15 +252,16 @@ impl ClipVisionModel {
             .unwrap_or(0);
 
         let mut x = self.pre_layrnorm.forward(&self.embed(pixels)?)?;
-        let mut out = VisionOutput { hidden_states: BTreeMap::new(), cls_attention: None };
+        let mut out = VisionOutput { hidden_states: BTreeMap::new(), cls_attention: None, mean_keys: None };
         if req.hidden_states.contains(&0) {
             out.hidden_states.insert(0, x.clone());
         }
         for (i, layer) in self.layers.iter().enumerate().take(deepest) {
             let (next, row) = layer.forward(&x, req.cls_attention_layer == Some(i))?;
             x = next;
-            if row.is_some() {
-                out.cls_attention = row;
+            if let Some((row, keys)) = row {
+                out.cls_attention = Some(row);
+                out.mean_keys = Some(keys);
             }
             if req.hidden_states.contains(&(i + 1)) {
                 out.hidden_states.insert(i + 1, x.clone());

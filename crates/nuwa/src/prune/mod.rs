@@ -8,6 +8,7 @@ pub mod nuwa;
 pub mod pdrop;
 pub mod pool;
 pub mod random;
+pub mod visionzip;
 
 use crate::hooks::Cut;
 use candle_core::Tensor;
