@@ -5,7 +5,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::*;
 use nuwa::engine::{EncodedImage, Prefill, VisionTokens};
-use nuwa::prune::{dart, divprune, fastv, pdrop, pool, visionzip, PositionPolicy, Span, VisionDropper};
+use nuwa::prune::{dart, divprune, fastv, pdrop, pool, visionzip, vispruner, PositionPolicy, Span, VisionDropper};
 use nuwa::{Method, Sampling};
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -220,5 +220,26 @@ fn visionzip_dominant_and_contextual_tokens() {
         } else {
             println!("{name}: near-tie flips at {flips:?} (allowed by the spec)");
         }
+    }
+}
+
+#[test]
+fn vispruner_in_f64_on_the_recorded_inputs() {
+    // The reference's float32 choice is fragile on this fixture (spec §10): the f64 goldens are the
+    // deterministic reference, fed the recorded attention and features.
+    let x = g("vision.hidden_states.23").narrow(0, 1, 576).unwrap();
+    let rows = x.to_vec2::<f32>().unwrap();
+    for budget in [64, 128, 192] {
+        let name = format!("vispruner{budget}_f64");
+        let attn = b(&format!("vispruner{budget}.attn_mean")).to_vec1::<f32>().unwrap();
+        let (kept, important) = vispruner::select(&attn, &rows, budget, 0.5);
+        assert_eq!(important, b_ints(&format!("{name}.important_raster")), "{name}: important");
+        assert_eq!(kept, b_ints(&format!("{name}.kept_raster")), "{name}: kept");
+        let v = vision();
+        let idx = Tensor::new(kept.iter().map(|&k| k as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+        let features = v.features.index_select(&idx, 0).unwrap();
+        let enc = engine().encoded_from(&v, VisionTokens::Features(features), kept.iter().map(|&k| vec![k]).collect()).unwrap();
+        assert!(max_abs_diff(&enc.tokens, b(&format!("{name}.projected"))) <= 1e-4, "{name}: projected");
+        check_run(&name, enc, PositionPolicy::Contiguous, &|_| None);
     }
 }

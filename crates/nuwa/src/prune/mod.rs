@@ -9,6 +9,7 @@ pub mod pdrop;
 pub mod pool;
 pub mod random;
 pub mod visionzip;
+pub mod vispruner;
 
 use crate::hooks::Cut;
 use candle_core::Tensor;

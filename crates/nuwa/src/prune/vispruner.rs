@@ -1,0 +1,42 @@
+//! VisPruner (Zhang et al., "Beyond Text-Visual Attention: Exploiting Visual Cues for Effective Token
+//! Pruning in VLMs", ICCV 2025): before the projector keep half the budget by [CLS] attention
+//! ("important") and fill the rest with diverse tokens, repeatedly dropping the tokens most similar to
+//! another. Decisions are taken in f64: in f32 near-duplicate patches make the choice fragile.
+
+/// Kept patches (raster, ascending) and the important ones, for budget B from the per-patch [CLS]
+/// attention (head mean) `attn` and features `x` (N rows of D).
+pub fn select(attn: &[f32], x: &[Vec<f32>], budget: usize, important_ratio: f64) -> (Vec<usize>, Vec<usize>) {
+    let n = attn.len();
+    let budget = budget.min(n);
+    let n_important = (budget as f64 * important_ratio) as usize;
+    let n_diverse = budget - n_important;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| (attn[b] as f64).total_cmp(&(attn[a] as f64)).then(a.cmp(&b)));
+    let important = order[..n_important].to_vec();
+    let mut residual = order[n_important..].to_vec();
+
+    let unit: Vec<Vec<f64>> = x
+        .iter()
+        .map(|r| {
+            let norm = r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            r.iter().map(|&v| v as f64 / norm).collect()
+        })
+        .collect();
+    let cos = |a: usize, b: usize| unit[a].iter().zip(&unit[b]).map(|(u, v)| u * v).sum::<f64>();
+    while n_diverse > 0 {
+        let drop = 8.min(residual.len().saturating_sub(n_diverse));
+        if drop == 0 {
+            break;
+        }
+        let (a, b): (Vec<usize>, Vec<usize>) = (residual.iter().step_by(2).copied().collect(), residual.iter().skip(1).step_by(2).copied().collect());
+        let score: Vec<f64> = a.iter().map(|&i| b.iter().map(|&j| cos(i, j)).fold(f64::NEG_INFINITY, f64::max)).collect();
+        let mut rank: Vec<usize> = (0..a.len()).collect();
+        rank.sort_by(|&p, &q| score[q].total_cmp(&score[p]).then(p.cmp(&q)));
+        residual = rank[drop..].iter().map(|&k| a[k]).chain(b).collect();
+    }
+    let mut kept: Vec<usize> = important.iter().chain(&residual).copied().collect();
+    kept.sort_unstable();
+    let mut important = important;
+    important.sort_unstable();
+    (kept, important)
+}
