@@ -20,6 +20,9 @@ pub enum Command {
     Ground(crate::commands::ground::GroundArgs),
     /// Measure prefill latency, FLOPs and KV-cache memory for pruning methods and budgets.
     Bench(crate::commands::bench::BenchArgs),
+    /// Accuracy per pruning method and budget over a dataset, with retention vs the unpruned model
+    /// (resumable, shardable; `nuwa eval merge` combines shards).
+    Eval(crate::commands::eval::EvalArgs),
     /// Score saved model answers against ground truth.
     #[command(subcommand)]
     Score(ScoreCommand),
@@ -176,4 +179,10 @@ pub struct GenerateArgs {
     /// Print one JSON object (text, tokens, timings, what pruning kept) instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    /// Draw what pruning kept over the image, written as a PNG (needs --image).
+    #[arg(long, value_name = "OUT.png")]
+    pub overlay: Option<PathBuf>,
+    /// With --overlay: draw the per-patch [CLS] saliency instead of what pruning kept.
+    #[arg(long, requires = "overlay")]
+    pub heatmap: bool,
 }

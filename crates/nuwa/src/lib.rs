@@ -3,12 +3,16 @@
 //! Load a llava-hf checkpoint with [`Engine::load`], describe a request with [`GenerateRequest`] (the
 //! pruning method is [`prune::Method`]), and call [`Engine::generate`].
 
+pub mod bench;
 pub mod checkpoint;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod generation;
 pub mod hooks;
+pub mod ground;
 pub mod models;
+pub mod overlay;
 pub mod preprocess;
 pub mod prompt;
 pub mod prune;

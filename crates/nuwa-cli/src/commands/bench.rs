@@ -1,10 +1,658 @@
-//! `nuwa bench`: prefill latency, FLOPs and KV-cache memory, pruned vs unpruned.
+//! `nuwa bench`: vision encoder, stage 1, decoder prefill, time to first token, decode speed, KV cache
+//! and peak memory for each pruning configuration, with ratios to the unpruned model measured in the
+//! same process, and the paper's FLOP model. Runs a checkpoint or a random-weight preset.
 
-use anyhow::{bail, Result};
+use super::{device, dtype};
+use crate::args::{DTypeArg, DeviceArg, PruneArg, StagesArg};
+use anyhow::{bail, Context, Result};
+use nuwa::bench::{self, memory, Flops, Preset, RandomWeights, Sample, Summary, TokenSchedule};
+use nuwa::models::llava;
+use nuwa::prune::nuwa::{NuwaConfig, Stages};
+use nuwa::{Engine, Method};
+use serde_json::{json, Value};
+use std::time::Instant;
 
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// A llava-hf checkpoint directory (with the `hub` feature, a hub id).
+    #[arg(long, value_name = "DIR", conflicts_with = "preset", required_unless_present = "preset")]
+    pub model: Option<String>,
+    /// Random weights (seeded) with a known model's shapes: `tiny` (the test fixture's shapes) or
+    /// `llava-1.5-7b` (CLIP ViT-L/14-336 + Vicuna-7B).
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+    /// Keep only the first N decoder layers (the stage-2 layer, half the depth, follows).
+    #[arg(long, value_name = "N")]
+    pub llm_layers: Option<usize>,
+    /// Keep only the first N vision-encoder layers.
+    #[arg(long, value_name = "N")]
+    pub vision_layers: Option<usize>,
+    /// Weight and activation dtype.
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    pub dtype: DTypeArg,
+    /// Where to run: cpu, or cuda (needs a build with `--features cuda`).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// Methods to measure, comma-separated; the unpruned model is always measured as the baseline.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "none,nuwa")]
+    pub prune: Vec<PruneArg>,
+    /// Nüwa budgets (mean vision tokens over the decoder's layers), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "64,128,192", allow_negative_numbers = true)]
+    pub budgets: Vec<i64>,
+    /// Which Nüwa stages run: both, 1 (K1 = budget, no cut) or 2 (all patches in, budget survive).
+    #[arg(long, value_enum, default_value_t = StagesArg::Both)]
+    pub stages: StagesArg,
+    /// Decoder layer before which stage 2 cuts [default: half the decoder depth].
+    #[arg(long)]
+    pub stage2_layer: Option<usize>,
+    /// Greedy decode steps after the first token (decode ms/token is their mean).
+    #[arg(long, value_name = "M", default_value_t = 8)]
+    pub decode_tokens: usize,
+    /// Measured runs per configuration (median, min, max are reported).
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
+    pub runs: i64,
+    /// Unmeasured warm-up runs per configuration.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    pub warmup: i64,
+    /// Seed of the random weights, pixels and prompt ids.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the FLOP model only: no weights are built or loaded.
+    #[arg(long)]
+    pub flops_only: bool,
+    /// Print one JSON object instead of tables (progress still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JSON object to this file (with the tables on stdout).
+    #[arg(long, value_name = "FILE")]
+    pub save_json: Option<std::path::PathBuf>,
+}
 
-pub fn run(_args: BenchArgs) -> Result<()> {
-    bail!("nuwa bench is not available yet")
+/// One method × budget to measure.
+struct Config {
+    label: String,
+    method: Method,
+    schedule: TokenSchedule,
+    flops: Flops,
+}
+
+/// What was measured for one configuration.
+struct Measured {
+    samples: Vec<Sample>,
+    peak_rss: Option<u64>,
+    /// Resident memory when its passes started (the weights, mostly).
+    base_rss: Option<u64>,
+}
+
+/// The timed quantities, in report order: (JSON key, table header, value of a sample).
+const TIMES: [(&str, &str, fn(&Sample) -> f64); 6] = [
+    ("vision", "vision", |s| s.vision_ms),
+    ("stage1", "stage-1", |s| s.stage1_ms),
+    ("llm_prefill", "LLM prefill", |s| s.llm_prefill_ms),
+    ("prefill", "vision+LLM", |s| s.prefill_ms()),
+    ("ttft", "TTFT", |s| s.ttft_ms),
+    ("decode_per_token", "decode/tok", |s| s.decode_ms_per_token),
+];
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let runs = positive("--runs", args.runs)?;
+    let warmup = usize::try_from(args.warmup).map_err(|_| anyhow::anyhow!("--warmup must be 0 or more, got {}", args.warmup))?;
+    if args.prune.is_empty() {
+        bail!("--prune needs at least one method (none, nuwa)");
+    }
+    let budgets = args.budgets.iter().map(|&b| positive("--budgets", b)).collect::<Result<Vec<_>>>()?;
+    if args.prune.contains(&PruneArg::Nuwa) && budgets.is_empty() {
+        bail!("--budgets needs at least one budget for --prune nuwa");
+    }
+
+    let (mut cfg, source) = match (&args.preset, &args.model) {
+        (Some(name), _) => {
+            let preset = Preset::from_name(name)?;
+            (preset.config(), Source::Preset(preset))
+        }
+        (None, Some(model)) => {
+            let dir = nuwa::checkpoint::resolve(model)?;
+            let ckpt = nuwa::checkpoint::Checkpoint::open(&dir)?;
+            (ckpt.config, Source::Checkpoint(dir))
+        }
+        (None, None) => bail!("pass --model DIR or --preset NAME (tiny, llava-1.5-7b)"),
+    };
+    let full_depth = (cfg.text_config.num_hidden_layers, cfg.vision_config.num_hidden_layers);
+    bench::set_depth(&mut cfg, args.llm_layers, args.vision_layers)?;
+
+    let configs = configurations(&args, &budgets, &cfg)?;
+    let describe = Description { source: &source, cfg: &cfg, full_depth, args: &args, runs, warmup };
+
+    if args.flops_only {
+        let report = flops_json(&describe, &configs);
+        save(&args, &report)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_flops(&describe, &configs);
+        }
+        return Ok(());
+    }
+
+    let dev = device(args.device)?;
+    let dt = dtype(args.dtype);
+    let t = Instant::now();
+    eprintln!("building {} ({} parameters, {:?})…", describe.model_name(), human_count(bench::parameter_count(&cfg)), dt);
+    let engine = match &source {
+        Source::Preset(_) => bench::random_engine(&cfg, RandomWeights { seed: args.seed, std: 0.02 }, dt, &dev)?,
+        Source::Checkpoint(dir) => bench::load_trimmed(dir, args.llm_layers, args.vision_layers, dt, &dev)?,
+    };
+    eprintln!("  ready in {:.1} s, resident {}", t.elapsed().as_secs_f64(), memory::rss_bytes().map_or("?".into(), human_bytes));
+    let prompt = match &engine.tokenizer {
+        Some(tok) => tok.prompt(bench::BENCH_QUESTION, true)?,
+        None => bench::bench_prompt(args.seed, cfg.text_config.vocab_size()),
+    };
+    let pixels = bench::random_pixels(&cfg.vision_config, args.seed, &dev)?;
+
+    let measured = measure_all(&engine, &prompt, &pixels, &configs, runs, warmup, args.decode_tokens)?;
+    let report = report_json(&describe, &configs, &measured, prompt.prefix.len(), prompt.suffix.len());
+    save(&args, &report)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&describe, &report);
+    }
+    Ok(())
+}
+
+fn save(args: &BenchArgs, report: &Value) -> Result<()> {
+    if let Some(path) = &args.save_json {
+        std::fs::write(path, serde_json::to_string_pretty(report)? + "\n")
+            .with_context(|| format!("--save-json {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn positive(flag: &str, v: i64) -> Result<usize> {
+    if v < 1 {
+        bail!("{flag} must be at least 1, got {v}");
+    }
+    Ok(v as usize)
+}
+
+enum Source {
+    Preset(Preset),
+    Checkpoint(std::path::PathBuf),
+}
+
+struct Description<'a> {
+    source: &'a Source,
+    cfg: &'a llava::Config,
+    full_depth: (usize, usize),
+    args: &'a BenchArgs,
+    runs: usize,
+    warmup: usize,
+}
+
+impl Description<'_> {
+    fn model_name(&self) -> String {
+        match self.source {
+            Source::Preset(p) => format!("preset {} (random weights, seed {})", p.name(), self.args.seed),
+            Source::Checkpoint(dir) => format!("checkpoint {}", dir.display()),
+        }
+    }
+
+    fn depth(&self) -> String {
+        format!(
+            "decoder {}/{} layers, vision encoder {}/{} layers",
+            self.cfg.text_config.num_hidden_layers, self.full_depth.0, self.cfg.vision_config.num_hidden_layers, self.full_depth.1
+        )
+    }
+
+    fn model_json(&self) -> Value {
+        let (kind, name) = match self.source {
+            Source::Preset(p) => ("preset", p.name().to_string()),
+            Source::Checkpoint(dir) => ("checkpoint", dir.display().to_string()),
+        };
+        let (t, v) = (&self.cfg.text_config, &self.cfg.vision_config);
+        json!({
+            "source": kind,
+            "name": name,
+            "seed": matches!(self.source, Source::Preset(_)).then_some(self.args.seed),
+            "dtype": format!("{:?}", self.args.dtype).to_lowercase(),
+            "device": format!("{:?}", self.args.device).to_lowercase(),
+            "llm_layers": t.num_hidden_layers,
+            "llm_layers_full": self.full_depth.0,
+            "vision_layers": v.num_hidden_layers,
+            "vision_layers_full": self.full_depth.1,
+            "hidden_size": t.hidden_size,
+            "intermediate_size": t.intermediate_size,
+            "vision_hidden_size": v.hidden_size,
+            "grid": [v.grid_side(), v.grid_side()],
+            "parameters": bench::parameter_count(self.cfg),
+        })
+    }
+}
+
+fn configurations(args: &BenchArgs, budgets: &[usize], cfg: &llava::Config) -> Result<Vec<Config>> {
+    let text = bench::PREFIX_TOKENS + bench::SUFFIX_TOKENS;
+    let mut methods = vec![("none".to_string(), Method::None)];
+    if args.prune.contains(&PruneArg::Nuwa) {
+        let mut seen = Vec::new();
+        for &budget in budgets {
+            if seen.contains(&budget) {
+                continue;
+            }
+            seen.push(budget);
+            let c = NuwaConfig {
+                budget,
+                stages: match args.stages {
+                    StagesArg::Both => Stages::Both,
+                    StagesArg::One => Stages::One,
+                    StagesArg::Two => Stages::Two,
+                },
+                stage2_layer: args.stage2_layer,
+                seed: args.seed,
+                ..NuwaConfig::default()
+            };
+            methods.push((format!("nuwa-{budget}"), Method::Nuwa(c)));
+        }
+    }
+    methods
+        .into_iter()
+        .map(|(label, method)| {
+            let schedule = TokenSchedule::new(cfg, &method)?;
+            let flops = bench::llm_flops(&cfg.text_config, &schedule, text);
+            Ok(Config { label, method, schedule, flops })
+        })
+        .collect()
+}
+
+/// Round-robin over configurations (warm-ups first), so that a change in the machine's load between
+/// the first and the last configuration shows up in every configuration's spread, not in the ratios.
+fn measure_all(
+    engine: &Engine,
+    prompt: &nuwa::prompt::PromptTokens,
+    pixels: &candle_core::Tensor,
+    configs: &[Config],
+    runs: usize,
+    warmup: usize,
+    decode_tokens: usize,
+) -> Result<Vec<Measured>> {
+    let mut out: Vec<Measured> =
+        configs.iter().map(|_| Measured { samples: Vec::new(), peak_rss: None, base_rss: None }).collect();
+    let total = (runs + warmup) * configs.len();
+    let mut done = 0;
+    for round in 0..runs + warmup {
+        let warm = round < warmup;
+        for (c, m) in configs.iter().zip(out.iter_mut()) {
+            memory::release_free_memory();
+            let base = memory::rss_bytes();
+            let can_reset = memory::reset_peak();
+            let s = bench::measure(engine, prompt, pixels, &c.method, decode_tokens)
+                .with_context(|| format!("measuring {}", c.label))?;
+            done += 1;
+            eprintln!(
+                "[{done}/{total}] {} {}: vision {:.1} ms, stage-1 {:.2} ms, LLM prefill {:.1} ms, TTFT {:.1} ms, decode {:.1} ms/token",
+                if warm { "warm-up" } else { "run" },
+                c.label,
+                s.vision_ms,
+                s.stage1_ms,
+                s.llm_prefill_ms,
+                s.ttft_ms,
+                s.decode_ms_per_token
+            );
+            if !warm {
+                if can_reset {
+                    let peak = memory::peak_rss_bytes();
+                    m.peak_rss = m.peak_rss.max(peak);
+                    m.base_rss = match (m.base_rss, base) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                m.samples.push(s);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn flops_entry(c: &Config, baseline: &Flops) -> Value {
+    json!({
+        "vision_only_tflops": c.flops.vision_only_tflops(),
+        "total_tflops": c.flops.total_tflops(),
+        "vision_only_ratio": bench::ratio(c.flops.vision_only, baseline.vision_only),
+        "total_ratio": bench::ratio(c.flops.total, baseline.total),
+    })
+}
+
+fn config_json(c: &Config) -> Value {
+    let budget = match &c.method {
+        Method::Nuwa(n) => Some(n.budget),
+        Method::None => None,
+    };
+    json!({
+        "label": c.label,
+        "prune": c.method.name(),
+        "budget": budget,
+        "k1": c.schedule.k1,
+        "k2": c.schedule.k2,
+        "stage2_layer": c.schedule.cut_layer,
+        "mean_vision_tokens": c.schedule.mean_tokens(),
+    })
+}
+
+fn flops_json(d: &Description, configs: &[Config]) -> Value {
+    let baseline = configs[0].flops;
+    let results: Vec<Value> = configs
+        .iter()
+        .map(|c| {
+            let mut v = config_json(c);
+            v["flops"] = flops_entry(c, &baseline);
+            v
+        })
+        .collect();
+    json!({
+        "model": d.model_json(),
+        "flop_model": flop_model_json(d),
+        "results": results,
+        "flops": top_level_flops(configs),
+    })
+}
+
+fn flop_model_json(d: &Description) -> Value {
+    json!({
+        "per_layer": "8*S*H^2 + 4*S^2*H + 4*S*H*I, summed over decoder layers, 1 TFLOP = 1e12",
+        "vision_only": "S = vision tokens entering the layer",
+        "total": format!("S = {} prefix + vision + {} suffix tokens", bench::PREFIX_TOKENS, bench::SUFFIX_TOKENS),
+        "H": d.cfg.text_config.hidden_size,
+        "I": d.cfg.text_config.intermediate_size,
+        "layers": d.cfg.text_config.num_hidden_layers,
+    })
+}
+
+/// `{"vision_only_tflops": {label: x}, "total_tflops": {label: y}}`.
+fn top_level_flops(configs: &[Config]) -> Value {
+    let map = |f: fn(&Flops) -> f64| -> Value {
+        Value::Object(configs.iter().map(|c| (c.label.clone(), json!(f(&c.flops)))).collect())
+    };
+    json!({ "vision_only_tflops": map(Flops::vision_only_tflops), "total_tflops": map(Flops::total_tflops) })
+}
+
+fn report_json(d: &Description, configs: &[Config], measured: &[Measured], prefix: usize, suffix: usize) -> Value {
+    let stat = |m: &Measured, f: fn(&Sample) -> f64| -> Summary {
+        Summary::of(&m.samples.iter().map(f).collect::<Vec<_>>()).expect("at least one run")
+    };
+    let base = &measured[0];
+    let base_kv = base.samples[0].kv_cache_bytes as f64;
+    let base_kv_prefill = base.samples[0].kv_cache_prefill_bytes as f64;
+    let results: Vec<Value> = configs
+        .iter()
+        .zip(measured)
+        .map(|(c, m)| {
+            let mut median = serde_json::Map::new();
+            let mut min = serde_json::Map::new();
+            let mut max = serde_json::Map::new();
+            let mut ratio = serde_json::Map::new();
+            for (key, _, f) in TIMES {
+                let s = stat(m, f);
+                median.insert(key.into(), json!(s.median));
+                min.insert(key.into(), json!(s.min));
+                max.insert(key.into(), json!(s.max));
+                ratio.insert(key.into(), json!(bench::ratio(s.median, stat(base, f).median)));
+            }
+            let kv = m.samples[0].kv_cache_bytes as f64;
+            let kv_prefill = m.samples[0].kv_cache_prefill_bytes as f64;
+            ratio.insert("kv_cache".into(), json!(bench::ratio(kv, base_kv)));
+            ratio.insert("kv_cache_prefill".into(), json!(bench::ratio(kv_prefill, base_kv_prefill)));
+            let stage1_share = bench::ratio(stat(m, |s| s.stage1_ms).median, stat(m, |s| s.vision_ms).median);
+            let mut v = config_json(c);
+            let o = v.as_object_mut().expect("object");
+            o.insert("runs".into(), json!(m.samples.len()));
+            o.insert("median_ms".into(), Value::Object(median));
+            o.insert("min_ms".into(), Value::Object(min));
+            o.insert("max_ms".into(), Value::Object(max));
+            o.insert("ratio_to_unpruned".into(), Value::Object(ratio));
+            o.insert("stage1_share_of_vision".into(), json!(stage1_share));
+            o.insert("kv_cache_bytes".into(), json!(m.samples[0].kv_cache_bytes));
+            o.insert("kv_cache_prefill_bytes".into(), json!(m.samples[0].kv_cache_prefill_bytes));
+            o.insert("peak_rss_bytes".into(), json!(m.peak_rss));
+            o.insert("peak_rss_above_start_bytes".into(), json!(m.peak_rss.zip(m.base_rss).map(|(p, b)| p.saturating_sub(b))));
+            o.insert("flops".into(), flops_entry(c, &configs[0].flops));
+            v
+        })
+        .collect();
+    json!({
+        "model": d.model_json(),
+        "machine": {
+            "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "memory_bytes": memory::total_bytes(),
+        },
+        "settings": {
+            "runs": d.runs,
+            "warmup": d.warmup,
+            "decode_tokens": d.args.decode_tokens,
+            "prefix_tokens": prefix,
+            "suffix_tokens": suffix,
+        },
+        "flop_model": flop_model_json(d),
+        "results": results,
+        "flops": top_level_flops(configs),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Text output
+// ---------------------------------------------------------------------------------------------------
+
+fn print_flops(d: &Description, configs: &[Config]) {
+    let t = &d.cfg.text_config;
+    println!("{} — {}", d.model_name(), d.depth());
+    println!(
+        "FLOP model of the decoder's prefill, per layer 8·S·H² + 4·S²·H + 4·S·H·I (H = {}, I = {}), summed over {} layers",
+        t.hidden_size, t.intermediate_size, t.num_hidden_layers
+    );
+    println!(
+        "  vision-only: S = vision tokens in the layer; total: S = {} prefix + vision + {} suffix tokens\n",
+        bench::PREFIX_TOKENS,
+        bench::SUFFIX_TOKENS
+    );
+    let base = configs[0].flops;
+    let mut rows = vec![row(&["config", "K1", "K2", "cut", "mean vis", "vision-only TFLOPs", "ratio", "total TFLOPs", "ratio"])];
+    for c in configs {
+        let (k2, cut) = cut_cells(&c.schedule);
+        rows.push(vec![
+            c.label.clone(),
+            c.schedule.k1.to_string(),
+            k2,
+            cut,
+            format!("{:.1}", c.schedule.mean_tokens()),
+            sig4(c.flops.vision_only_tflops()),
+            ratio_cell(bench::ratio(c.flops.vision_only, base.vision_only)),
+            sig4(c.flops.total_tflops()),
+            ratio_cell(bench::ratio(c.flops.total, base.total)),
+        ]);
+    }
+    print_table(&rows);
+    paper_note(d, configs);
+}
+
+/// For the full-depth LLaVA-1.5-7B shapes, what the paper printed next to what the formula gives.
+fn paper_note(d: &Description, configs: &[Config]) {
+    let full = matches!(d.source, Source::Preset(Preset::Llava15_7b))
+        && d.cfg.text_config.num_hidden_layers == d.full_depth.0
+        && matches!(d.args.stages, StagesArg::Both)
+        && d.args.stage2_layer.is_none();
+    if !full {
+        return;
+    }
+    let b64 = configs.iter().find(|c| matches!(&c.method, Method::Nuwa(n) if n.budget == 64));
+    println!(
+        "\npaper (Table 6, LLaVA-1.5-7B, vision tokens only): 5.973 TFLOPs unpruned, 0.6476 at budget 64; \
+         this formula: {:.6} and {}",
+        configs[0].flops.vision_only_tflops(),
+        b64.map_or("-".into(), |c| format!("{:.7}", c.flops.vision_only_tflops()))
+    );
+}
+
+fn print_report(d: &Description, report: &Value) {
+    let results = report["results"].as_array().expect("results");
+    println!("{} — {}, {:?}, {:?}", d.model_name(), d.depth(), d.args.dtype, d.args.device);
+    println!(
+        "prompt: {} tokens + {} image positions + {} tokens; {} run(s) after {} warm-up(s); {} decode step(s)\n",
+        report["settings"]["prefix_tokens"],
+        d.cfg.vision_config.num_patches(),
+        report["settings"]["suffix_tokens"],
+        d.runs,
+        d.warmup,
+        d.args.decode_tokens
+    );
+    let cells = |r: &Value| -> Vec<String> {
+        vec![r["label"].as_str().unwrap_or("?").to_string(), r["k1"].to_string(), opt_cell(&r["k2"])]
+    };
+    for (title, key) in [("median ms", "median_ms"), ("min ms", "min_ms"), ("max ms", "max_ms")] {
+        println!("{title}");
+        let mut header = vec!["config".to_string(), "K1".into(), "K2".into()];
+        header.extend(TIMES.iter().map(|t| t.1.to_string()));
+        let mut rows = vec![header];
+        for r in results {
+            let mut row = cells(r);
+            row.extend(TIMES.iter().map(|t| ms_cell(r[key][t.0].as_f64())));
+            rows.push(row);
+        }
+        print_table(&rows);
+        println!();
+    }
+    println!("memory and FLOPs");
+    let mut rows = vec![row(&["config", "K1", "K2", "KV cache", "KV prefill", "peak RSS", "peak above start", "TFLOPs vision", "TFLOPs total"])];
+    for r in results {
+        let mut row = cells(r);
+        row.push(bytes_cell(&r["kv_cache_bytes"]));
+        row.push(bytes_cell(&r["kv_cache_prefill_bytes"]));
+        row.push(bytes_cell(&r["peak_rss_bytes"]));
+        row.push(bytes_cell(&r["peak_rss_above_start_bytes"]));
+        row.push(sig4(r["flops"]["vision_only_tflops"].as_f64().unwrap_or(f64::NAN)));
+        row.push(sig4(r["flops"]["total_tflops"].as_f64().unwrap_or(f64::NAN)));
+        rows.push(row);
+    }
+    print_table(&rows);
+    println!("\nratio to unpruned (medians, same process)");
+    let mut header = vec!["config".to_string(), "K1".into(), "K2".into()];
+    header.extend(TIMES.iter().map(|t| t.1.to_string()));
+    header.extend(["KV cache".to_string(), "TFLOPs vision".into(), "TFLOPs total".into(), "stage-1/vision".into()]);
+    let mut rows = vec![header];
+    for r in results {
+        let mut row = cells(r);
+        let ratio = &r["ratio_to_unpruned"];
+        row.extend(TIMES.iter().map(|t| ratio_cell(ratio[t.0].as_f64())));
+        row.push(ratio_cell(ratio["kv_cache"].as_f64()));
+        row.push(ratio_cell(r["flops"]["vision_only_ratio"].as_f64()));
+        row.push(ratio_cell(r["flops"]["total_ratio"].as_f64()));
+        row.push(r["stage1_share_of_vision"].as_f64().map_or("-".into(), |v| format!("{:.2} %", 100.0 * v)));
+        rows.push(row);
+    }
+    print_table(&rows);
+    goals(results);
+}
+
+/// The issue's targets for budget 64, when it was measured.
+fn goals(results: &[Value]) {
+    let Some(r) = results.iter().find(|r| r["prune"] == "nuwa" && r["budget"] == 64) else {
+        return;
+    };
+    let ratio = &r["ratio_to_unpruned"];
+    let check = |name: &str, v: Option<f64>, limit: f64, pct: bool| {
+        let shown = |x: f64| if pct { format!("{:.2} %", 100.0 * x) } else { format!("{x:.3}×") };
+        match v {
+            Some(v) => println!(
+                "  {name}: {} (goal ≤ {}) {}",
+                shown(v),
+                shown(limit),
+                if v <= limit { "met" } else { "MISSED" }
+            ),
+            None => println!("  {name}: not measured"),
+        }
+    };
+    println!("\ngoals at budget 64");
+    check("LLM prefill vs unpruned", ratio["llm_prefill"].as_f64(), 0.25, false);
+    check("vision + LLM prefill vs unpruned", ratio["prefill"].as_f64(), 0.38, false);
+    check("stage-1 overhead / vision encoder", r["stage1_share_of_vision"].as_f64(), 0.03, true);
+    check("KV cache vs unpruned", ratio["kv_cache"].as_f64(), 0.25, false);
+}
+
+fn cut_cells(s: &TokenSchedule) -> (String, String) {
+    (s.k2.map_or("-".into(), |k| k.to_string()), s.cut_layer.map_or("-".into(), |l| l.to_string()))
+}
+
+fn row(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|s| s.to_string()).collect()
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, s)| if i == 0 { format!("{s:<w$}", w = widths[i]) } else { format!("{s:>w$}", w = widths[i]) })
+            .collect();
+        println!("  {}", line.join("  "));
+    }
+}
+
+/// Four significant digits.
+fn sig4(v: f64) -> String {
+    if !v.is_finite() {
+        return "-".into();
+    }
+    if v == 0.0 {
+        return "0".into();
+    }
+    let digits = (3 - v.abs().log10().floor() as i64).max(0) as usize;
+    format!("{v:.digits$}")
+}
+
+fn ms_cell(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) if v >= 1.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.3}"),
+        None => "-".into(),
+    }
+}
+
+fn ratio_cell(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.3}"))
+}
+
+fn opt_cell(v: &Value) -> String {
+    if v.is_null() {
+        "-".into()
+    } else {
+        v.to_string()
+    }
+}
+
+fn bytes_cell(v: &Value) -> String {
+    v.as_u64().map_or("-".into(), human_bytes)
+}
+
+fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0))
+    } else if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} KiB", b / 1024.0)
+    }
+}
+
+fn human_count(n: usize) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2} B", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.1} M", n / 1e6)
+    } else {
+        format!("{:.0}", n)
+    }
 }

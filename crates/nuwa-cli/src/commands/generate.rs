@@ -11,6 +11,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.max_new_tokens == 0 {
         bail!("--max-new-tokens must be at least 1");
     }
+    super::overlay::check(args.overlay.as_deref(), args.image.as_deref())?;
     let method = args.prune.method(args.seed)?;
     let engine = load_engine(&args.model)?;
     let image = match (&args.image, &args.pixel_values) {
@@ -36,6 +37,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         println!();
         out
     };
+    if let (Some(path), Some(image)) = (&args.overlay, &args.image) {
+        super::overlay::write(path, image, &out, args.heatmap, None)?;
+    }
     if args.json {
         let t = &out.timings;
         let value = json!({

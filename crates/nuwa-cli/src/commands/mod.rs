@@ -1,8 +1,10 @@
 //! One module per subcommand; this file dispatches and holds what they share.
 
 pub mod bench;
+pub mod eval;
 pub mod generate;
 pub mod ground;
+mod overlay;
 pub mod score;
 
 use crate::args::{Cli, Command, DTypeArg, DeviceArg, ModelArgs, ScoreCommand};
@@ -14,6 +16,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Ground(args) => ground::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Score(ScoreCommand::Rec { predictions, json }) => score::rec(&predictions, json),
     }
 }

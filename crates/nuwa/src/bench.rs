@@ -1,0 +1,561 @@
+//! What `nuwa bench` and `cargo bench` measure with: the paper's FLOP model, random-weight models with
+//! real shapes (no checkpoint needed), one timed pass of the pipeline, and the process's memory.
+//!
+//! # The FLOP model
+//! The paper (Table 6) counts the decoder's prefill work on the vision tokens only, per layer
+//! `8·S·H² + 4·S²·H + 4·S·H·I` FLOPs (FastV's model: Q/K/V/O projections, scores and weighted sum, the
+//! MLP, two FLOPs per multiply-add), with `S` the number of vision tokens entering that layer, summed
+//! over the layers, in units of 10¹² FLOPs. For LLaVA-1.5-7B (H = 4096, I = 11008, 32 layers):
+//! unpruned `32 · f(576)` = 5.972152 TFLOPs; Nüwa at budget 64 `16 · f(112) + 16 · f(16)` = 0.6476005 TFLOPs.
+//! The paper prints 5.973 and 0.6476: the second matches to every printed digit, the first is 0.014 %
+//! above what the formula gives (no token count, layer split or unit makes both round to the paper's
+//! digits; see docs/PERFORMANCE.md). [`llm_flops`] also gives a total that counts the text tokens
+//! (`S` = prefix + vision + suffix in every layer).
+
+use crate::engine::Engine;
+use crate::models::{clip, llama, llava};
+use crate::preprocess::PreprocessConfig;
+use crate::prompt::PromptTokens;
+use crate::prune::{nuwa, Method};
+use crate::{Error, Result};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::{var_builder::SimpleBackend, Init, VarBuilder};
+use std::path::Path;
+use std::time::Instant;
+
+// ---------------------------------------------------------------------------------------------------
+// FLOP model
+// ---------------------------------------------------------------------------------------------------
+
+/// Prefill FLOPs of one decoder layer over `s` tokens: `8·S·H² + 4·S²·H + 4·S·H·I`.
+pub fn layer_flops(s: usize, hidden: usize, intermediate: usize) -> f64 {
+    let (s, h, i) = (s as u128, hidden as u128, intermediate as u128);
+    (8 * s * h * h + 4 * s * s * h + 4 * s * h * i) as f64
+}
+
+/// How many vision tokens each decoder layer sees under a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TokenSchedule {
+    /// Vision tokens entering the decoder (stage 1's K1; every patch without stage 1).
+    pub k1: usize,
+    /// Vision tokens after the mid-stack cut, when there is one.
+    pub k2: Option<usize>,
+    /// Decoder layer before which the cut happens.
+    pub cut_layer: Option<usize>,
+    /// Decoder depth.
+    pub layers: usize,
+}
+
+impl TokenSchedule {
+    /// Resolves `method` for `cfg` exactly as the pipeline does (budget rule, stage-2 layer, no cut when
+    /// K2 ≥ K1); errors for values the pipeline would reject.
+    pub fn new(cfg: &llava::Config, method: &Method) -> Result<Self> {
+        let side = cfg.vision_config.grid_side();
+        let n = side * side;
+        let layers = cfg.text_config.num_hidden_layers;
+        Ok(match method {
+            Method::None => Self { k1: n, k2: None, cut_layer: None, layers },
+            Method::Nuwa(c) => {
+                c.validate()?;
+                let b = nuwa::budgets(c.budget, c.stages, side, side);
+                let cut_layer = c.stage2_layer(layers)?;
+                match b.k2.filter(|&k2| k2 < b.k1) {
+                    Some(k2) => Self { k1: b.k1, k2: Some(k2), cut_layer: Some(cut_layer), layers },
+                    None => Self { k1: b.k1, k2: None, cut_layer: None, layers },
+                }
+            }
+        })
+    }
+
+    /// Vision tokens in decoder layer `l`.
+    pub fn tokens_at(&self, l: usize) -> usize {
+        match (self.k2, self.cut_layer) {
+            (Some(k2), Some(cut)) if l >= cut => k2,
+            _ => self.k1,
+        }
+    }
+
+    /// Mean number of vision tokens over the layers (the paper's "budget").
+    pub fn mean_tokens(&self) -> f64 {
+        (0..self.layers).map(|l| self.tokens_at(l)).sum::<usize>() as f64 / self.layers.max(1) as f64
+    }
+
+    /// KV-cache entries summed over layers for a prompt of `text` tokens (prefix + suffix).
+    pub fn kv_entries(&self, text: usize) -> usize {
+        (0..self.layers).map(|l| self.tokens_at(l) + text).sum()
+    }
+}
+
+/// The paper's FLOP model for one configuration.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Flops {
+    /// Vision tokens only (the paper's number), FLOPs.
+    pub vision_only: f64,
+    /// Every prompt token (prefix + vision + suffix in each layer), FLOPs.
+    pub total: f64,
+}
+
+impl Flops {
+    pub fn vision_only_tflops(&self) -> f64 {
+        self.vision_only / 1e12
+    }
+    pub fn total_tflops(&self) -> f64 {
+        self.total / 1e12
+    }
+}
+
+/// Prefill FLOPs of the decoder under `schedule`, with `text_tokens` text tokens (prefix + suffix)
+/// for the total.
+pub fn llm_flops(cfg: &llama::Config, schedule: &TokenSchedule, text_tokens: usize) -> Flops {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let mut f = Flops { vision_only: 0.0, total: 0.0 };
+    for l in 0..schedule.layers {
+        let s = schedule.tokens_at(l);
+        f.vision_only += layer_flops(s, h, i);
+        f.total += layer_flops(s + text_tokens, h, i);
+    }
+    f
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Presets: real shapes, random weights
+// ---------------------------------------------------------------------------------------------------
+
+/// Model shapes `nuwa bench --preset` can build with random weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// The test fixture's shapes (tests/fixtures/tiny-llava-1.5): real 24×24 grid and depths, tiny widths.
+    Tiny,
+    /// CLIP ViT-L/14-336 + Vicuna-7B, as LLaVA-1.5-7B.
+    Llava15_7b,
+}
+
+impl Preset {
+    pub const ALL: [Preset; 2] = [Preset::Tiny, Preset::Llava15_7b];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Tiny => "tiny",
+            Preset::Llava15_7b => "llava-1.5-7b",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| {
+            let names: Vec<_> = Self::ALL.iter().map(|p| p.name()).collect();
+            Error::InvalidArgument(format!("unknown preset {name:?}: expected one of {}", names.join(", ")))
+        })
+    }
+
+    /// The model configuration (the llava-hf `config.json` this preset stands for).
+    pub fn config(self) -> llava::Config {
+        let json = match self {
+            Preset::Tiny => serde_json::json!({
+                "image_token_index": 32000, "projector_hidden_act": "gelu", "vocab_size": 32064,
+                "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
+                "text_config": {
+                    "hidden_size": 64, "intermediate_size": 172, "num_attention_heads": 4,
+                    "num_key_value_heads": 4, "num_hidden_layers": 32, "max_position_embeddings": 4096,
+                    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu", "vocab_size": 32064
+                },
+                "vision_config": {
+                    "hidden_size": 32, "image_size": 336, "intermediate_size": 64, "num_attention_heads": 4,
+                    "num_hidden_layers": 24, "patch_size": 14, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5
+                }
+            }),
+            Preset::Llava15_7b => serde_json::json!({
+                "image_token_index": 32000, "projector_hidden_act": "gelu", "vocab_size": 32064,
+                "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
+                "text_config": {
+                    "hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32,
+                    "num_key_value_heads": 32, "num_hidden_layers": 32, "max_position_embeddings": 4096,
+                    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu", "vocab_size": 32064
+                },
+                "vision_config": {
+                    "hidden_size": 1024, "image_size": 336, "intermediate_size": 4096, "num_attention_heads": 16,
+                    "num_hidden_layers": 24, "patch_size": 14, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5
+                }
+            }),
+        };
+        llava::Config::from_json(&json.to_string()).expect("preset configs are valid")
+    }
+}
+
+/// Shortens the decoder and/or the vision encoder (the stage-2 layer, half the decoder depth by
+/// default, follows). The vision encoder keeps feeding the projector from its second-to-last layer.
+pub fn set_depth(cfg: &mut llava::Config, llm_layers: Option<usize>, vision_layers: Option<usize>) -> Result<()> {
+    if let Some(n) = llm_layers {
+        let full = cfg.text_config.num_hidden_layers;
+        if n < 2 || n > full {
+            return Err(Error::InvalidArgument(format!(
+                "--llm-layers must be within 2..={full} (stage 2 cuts between two decoder layers), got {n}"
+            )));
+        }
+        cfg.text_config.num_hidden_layers = n;
+    }
+    if let Some(n) = vision_layers {
+        let full = cfg.vision_config.num_hidden_layers;
+        if n < 2 || n > full {
+            return Err(Error::InvalidArgument(format!(
+                "--vision-layers must be within 2..={full} (the projector reads the second-to-last layer), got {n}"
+            )));
+        }
+        cfg.vision_config.num_hidden_layers = n;
+        if cfg.vision_feature_layer >= 0 && cfg.vision_feature_layer as usize > n {
+            cfg.vision_feature_layer = -2;
+        }
+    }
+    Ok(())
+}
+
+/// Parameters of the whole model (vision tower, projector, decoder with embeddings and LM head).
+pub fn parameter_count(cfg: &llava::Config) -> usize {
+    let v = &cfg.vision_config;
+    let (vh, vi) = (v.hidden_size, v.intermediate_size);
+    let vision_layer = 4 * (vh * vh + vh) + (vh * vi + vi) + (vi * vh + vh) + 4 * vh;
+    let vision = v.num_hidden_layers * vision_layer
+        + vh * v.num_channels * v.patch_size * v.patch_size
+        + vh
+        + (v.num_patches() + 1) * vh
+        + 2 * vh;
+    let t = &cfg.text_config;
+    let (h, i, hd) = (t.hidden_size, t.intermediate_size, t.head_dim());
+    let kv = t.num_key_value_heads() * hd;
+    let attn = h * t.num_attention_heads * hd * 2 + 2 * h * kv;
+    let text_layer = attn + 3 * h * i + 2 * h;
+    let embeddings = t.vocab_size() * h * if t.tie_word_embeddings { 1 } else { 2 };
+    let text = t.num_hidden_layers * text_layer + embeddings + h;
+    let projector = vh * h + h * h + 2 * h;
+    vision + text + projector
+}
+
+/// Where a llava-hf checkpoint keeps each part (the layout random-weight models are built with).
+pub fn llava_hf_prefixes() -> llava::WeightPrefixes {
+    llava::WeightPrefixes {
+        vision: "vision_tower.vision_model".into(),
+        projector: "multi_modal_projector".into(),
+        llm: "language_model.model".into(),
+        lm_head: "language_model.lm_head".into(),
+    }
+}
+
+/// A weight source that makes every tensor up from a seed and its name: norm scales (initialised to a
+/// constant by candle-nn) keep that constant, everything else is uniform with standard deviation
+/// `std`. The same seed and name always give the same tensor, whatever the thread count.
+#[derive(Debug, Clone, Copy)]
+pub struct RandomWeights {
+    pub seed: u64,
+    pub std: f32,
+}
+
+impl Default for RandomWeights {
+    fn default() -> Self {
+        Self { seed: 0, std: 0.02 }
+    }
+}
+
+impl RandomWeights {
+    /// A [`VarBuilder`] over these weights.
+    pub fn var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+    }
+
+    /// `n` values uniform in ±√3·std, from the seed and `key`.
+    pub fn values(&self, key: &str, n: usize) -> Vec<f32> {
+        uniform(mix(self.seed ^ fnv1a(key)), n, 3f32.sqrt() * self.std)
+    }
+}
+
+impl SimpleBackend for RandomWeights {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        match h {
+            // Norm scales; a zero constant is what `VarBuilder::get` passes for any plain tensor.
+            Init::Const(v) if v != 0.0 => Tensor::full(v as f32, s, dev)?.to_dtype(dtype),
+            _ => Tensor::from_vec(self.values(name, s.elem_count()), s, dev)?.to_dtype(dtype),
+        }
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("random weights: {name} was asked for without a shape")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// SplitMix64's finaliser.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// `n` values uniform in [-bound, bound): SplitMix64 streams, one per fixed-size chunk, filled on all
+/// cores (the chunking, not the thread count, fixes the values).
+fn uniform(key: u64, n: usize, bound: f32) -> Vec<f32> {
+    const CHUNK: usize = 1 << 18;
+    let mut out = vec![0f32; n];
+    let fill = |chunk_idx: usize, chunk: &mut [f32]| {
+        let mut state = mix(key ^ mix(chunk_idx as u64 + 1));
+        let scale = 2.0 * bound / (1u32 << 24) as f32;
+        for pair in chunk.chunks_mut(2) {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let r = mix(state);
+            for (k, v) in pair.iter_mut().enumerate() {
+                let bits = ((r >> (32 * k as u64)) as u32) >> 8;
+                *v = bits as f32 * scale - bound;
+            }
+        }
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    if n < 4 * CHUNK || threads == 1 {
+        out.chunks_mut(CHUNK).enumerate().for_each(|(i, c)| fill(i, c));
+        return out;
+    }
+    let chunks: Vec<(usize, &mut [f32])> = out.chunks_mut(CHUNK).enumerate().collect();
+    let per = chunks.len().div_ceil(threads);
+    let mut groups: Vec<Vec<(usize, &mut [f32])>> = Vec::new();
+    let mut it = chunks.into_iter().peekable();
+    while it.peek().is_some() {
+        groups.push(it.by_ref().take(per).collect());
+    }
+    std::thread::scope(|s| {
+        for group in groups {
+            s.spawn(move || group.into_iter().for_each(|(i, c)| fill(i, c)));
+        }
+    });
+    out
+}
+
+/// A LLaVA model with random weights and the shapes of `cfg`.
+pub fn random_model(cfg: &llava::Config, weights: RandomWeights, dtype: DType, device: &Device) -> Result<llava::Llava> {
+    Ok(llava::Llava::new(cfg, &llava_hf_prefixes(), weights.var_builder(dtype, device))?)
+}
+
+/// An engine over a random-weight model, without a tokenizer (feed it token ids: [`bench_prompt`]).
+pub fn random_engine(cfg: &llava::Config, weights: RandomWeights, dtype: DType, device: &Device) -> Result<Engine> {
+    let model = random_model(cfg, weights, dtype, device)?;
+    Ok(Engine::from_parts(model, None, PreprocessConfig::default(), vec![], device.clone()))
+}
+
+/// Loads a llava-hf checkpoint with its decoder and vision encoder cut to the given depths (only the
+/// kept layers' weights are mapped).
+pub fn load_trimmed(
+    dir: &Path,
+    llm_layers: Option<usize>,
+    vision_layers: Option<usize>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Engine> {
+    let mut ckpt = crate::checkpoint::Checkpoint::open(dir)?;
+    set_depth(&mut ckpt.config, llm_layers, vision_layers)?;
+    // SAFETY: `Checkpoint::open` validated the files; mapping them is how candle avoids a copy.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&ckpt.weight_files, dtype, device) }?;
+    let model = llava::Llava::new(&ckpt.config, &ckpt.prefixes, vb)?;
+    let tokenizer = crate::prompt::TextTokenizer::from_file(&ckpt.tokenizer_file)?;
+    let preprocess = match &ckpt.preprocessor_file {
+        Some(p) => PreprocessConfig::from_file(p)?,
+        None => PreprocessConfig::default(),
+    };
+    Ok(Engine::from_parts(model, Some(tokenizer), preprocess, ckpt.eos_token_ids.clone(), device.clone()))
+}
+
+/// Tokens before and after the image in the benchmark prompt: the vicuna_v1 template around
+/// "What is shown in this image?" (the fixture's prompt) has 35 and 14.
+pub const PREFIX_TOKENS: usize = 35;
+pub const SUFFIX_TOKENS: usize = 14;
+/// The question the benchmark asks when the model has a tokenizer.
+pub const BENCH_QUESTION: &str = "What is shown in this image?";
+
+/// Token ids shaped like the fixture prompt: BOS (1) then 34 seeded ids, and 14 after the image, all
+/// below `min(vocab, 32000)` (never the image or pad token).
+pub fn bench_prompt(seed: u64, vocab: usize) -> PromptTokens {
+    let top = vocab.min(32000).max(3) as u64;
+    let mut state = mix(seed ^ 0x5eed_7041);
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        (2 + mix(state) % (top - 2)) as u32
+    };
+    let prefix = std::iter::once(1).chain((1..PREFIX_TOKENS).map(|_| next())).collect();
+    let suffix = (0..SUFFIX_TOKENS).map(|_| next()).collect();
+    PromptTokens { prefix, suffix }
+}
+
+/// Seeded pixel values (3, S, S) in the range CLIP's normalisation produces (about ±2).
+pub fn random_pixels(cfg: &clip::Config, seed: u64, device: &Device) -> Result<Tensor> {
+    let s = cfg.image_size;
+    let v = uniform(mix(seed ^ 0x9e1_5e15), cfg.num_channels * s * s, 1.8);
+    Ok(Tensor::from_vec(v, (cfg.num_channels, s, s), device)?)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// One timed pass
+// ---------------------------------------------------------------------------------------------------
+
+/// Timings and memory of one pass: image → vision encoder → stage 1 → projector → decoder prefill →
+/// first token → `decode_tokens` greedy steps.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Sample {
+    /// The vision encoder.
+    pub vision_ms: f64,
+    /// Stage 1: the similarity features (mean of the encoder's trailing hidden states), anchors,
+    /// similarity graph, aggregation; 0 without it.
+    pub stage1_ms: f64,
+    /// The decoder over the prompt (stage 2 included).
+    pub llm_prefill_ms: f64,
+    /// Pixels in → first token chosen (vision, stage 1, projector, sequence, decoder, LM head, argmax).
+    pub ttft_ms: f64,
+    /// Mean time of one decode step; 0 when no token was decoded.
+    pub decode_ms_per_token: f64,
+    /// KV cache right after prefill.
+    pub kv_cache_prefill_bytes: usize,
+    /// KV cache after prefill and decoding.
+    pub kv_cache_bytes: usize,
+    /// Vision tokens entering the decoder and surviving the cut.
+    pub k1: usize,
+    pub k2: Option<usize>,
+}
+
+impl Sample {
+    /// Vision encoder + stage 1 + decoder prefill: the "end-to-end prefill" the goals speak of.
+    pub fn prefill_ms(&self) -> f64 {
+        self.vision_ms + self.stage1_ms + self.llm_prefill_ms
+    }
+}
+
+/// Runs one pass and times it. Decoding is greedy and stops early at the context limit.
+pub fn measure(
+    engine: &Engine,
+    prompt: &PromptTokens,
+    pixels: &Tensor,
+    method: &Method,
+    decode_tokens: usize,
+) -> Result<Sample> {
+    let t0 = Instant::now();
+    // As `Engine::encode_image`, in its two steps, so that the work between the encoder and stage 1
+    // proper (the mean of the trailing hidden states that stage 1 compares) counts as stage 1's.
+    let similarity = crate::engine::needs_similarity(method);
+    let vision = engine.encode_vision(pixels, similarity)?;
+    let after_encoder_ms = ms(t0) - vision.vision_ms;
+    let mut encoded = engine.reduce(&vision, method)?;
+    if similarity {
+        encoded.stage1_ms += after_encoder_ms;
+    }
+    let mut state = engine.prefill_encoded(prompt, Some(encoded), method)?;
+    let mut token = crate::generation::argmax(&state.logits.to_vec1::<f32>()?);
+    let ttft_ms = ms(t0);
+    let kv_cache_prefill_bytes = state.cache.bytes();
+    let context = engine.model.llm.config().max_position_embeddings;
+    let t1 = Instant::now();
+    let mut steps = 0;
+    while steps < decode_tokens && state.next_position < context {
+        let logits = engine.decode_step(token, state.next_position, &mut state.cache)?;
+        token = crate::generation::argmax(&logits.to_vec1::<f32>()?);
+        state.next_position += 1;
+        steps += 1;
+    }
+    let decode_ms_per_token = if steps > 0 { ms(t1) / steps as f64 } else { 0.0 };
+    let vision = state.vision.as_ref();
+    Ok(Sample {
+        vision_ms: state.timings.vision_ms,
+        stage1_ms: state.timings.stage1_ms,
+        llm_prefill_ms: state.timings.prefill_ms,
+        ttft_ms,
+        decode_ms_per_token,
+        kv_cache_prefill_bytes,
+        kv_cache_bytes: state.cache.bytes(),
+        k1: vision.map_or(0, |v| v.k1),
+        k2: vision.and_then(|v| v.k2),
+    })
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Median, minimum and maximum of a set of measurements.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Summary {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Summary {
+    /// `None` for an empty set. The median of an even count is the mean of the middle two.
+    pub fn of(values: &[f64]) -> Option<Self> {
+        if values.is_empty() {
+            return None;
+        }
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+        Some(Self { median, min: v[0], max: v[n - 1] })
+    }
+}
+
+/// `value / baseline`; 1 when both are zero (nothing to compare), `None` for a zero baseline otherwise.
+pub fn ratio(value: f64, baseline: f64) -> Option<f64> {
+    if baseline != 0.0 {
+        Some(value / baseline)
+    } else if value == 0.0 {
+        Some(1.0)
+    } else {
+        None
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Process memory (Linux; `None` elsewhere)
+// ---------------------------------------------------------------------------------------------------
+
+pub mod memory {
+    /// Resets the peak resident set size (VmHWM) to the current one. False where unsupported.
+    pub fn reset_peak() -> bool {
+        std::fs::write("/proc/self/clear_refs", "5").is_ok()
+    }
+
+    /// Peak resident set size since start or the last [`reset_peak`], bytes.
+    pub fn peak_rss_bytes() -> Option<u64> {
+        status_kib("VmHWM:").map(|k| k * 1024)
+    }
+
+    /// Current resident set size, bytes.
+    pub fn rss_bytes() -> Option<u64> {
+        status_kib("VmRSS:").map(|k| k * 1024)
+    }
+
+    /// Total physical memory, bytes.
+    pub fn total_bytes() -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|k| k * 1024)
+    }
+
+    fn status_kib(key: &str) -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// Hands freed heap memory back to the system so that the next peak measures the next pass, not
+    /// what the allocator kept from the previous one.
+    pub fn release_free_memory() {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            extern "C" {
+                fn malloc_trim(pad: usize) -> i32;
+            }
+            // SAFETY: glibc's malloc_trim only returns unused heap pages to the kernel.
+            unsafe {
+                malloc_trim(0);
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The benchmark's foundations: the paper's FLOP model, the presets' shapes, seeded random weights and
+//! one measured pass (no wall-clock assertions).
+use candle_core::{DType, Device};
+use nuwa::bench::{self, Preset, RandomWeights, Summary, TokenSchedule};
+use nuwa::models::llava;
+use nuwa::prune::nuwa::{NuwaConfig, Stages};
+use nuwa::Method;
+use std::path::PathBuf;
+
+fn nuwa_at(budget: usize) -> Method {
+    Method::Nuwa(NuwaConfig { budget, ..NuwaConfig::default() })
+}
+
+fn vision_tflops(cfg: &llava::Config, method: &Method) -> f64 {
+    let s = TokenSchedule::new(cfg, method).unwrap();
+    bench::llm_flops(&cfg.text_config, &s, 0).vision_only_tflops()
+}
+
+#[test]
+fn flop_model_reproduces_the_paper_for_llava_1_5_7b() {
+    let cfg = Preset::Llava15_7b.config();
+    let unpruned = vision_tflops(&cfg, &Method::None);
+    let b64 = vision_tflops(&cfg, &nuwa_at(64));
+    // 32 · (8·576·4096² + 4·576²·4096 + 4·576·4096·11008), exactly.
+    assert_eq!(unpruned * 1e12, 5_972_152_025_088.0);
+    // 16 · f(112) + 16 · f(16), exactly.
+    assert_eq!(b64 * 1e12, 647_600_537_600.0);
+    // The paper prints 0.6476 (every digit matches) and 5.973 (the formula gives 5.9722: within one unit
+    // of the last printed digit).
+    assert_eq!(format!("{b64:.4}"), "0.6476");
+    assert!((unpruned - 5.973).abs() < 1e-3, "{unpruned}");
+}
+
+#[test]
+fn token_schedule_follows_the_budget_rule_and_the_stage2_layer() {
+    let cfg = Preset::Llava15_7b.config();
+    for (b, k1, k2) in [(64, 112, 16), (128, 224, 32), (192, 336, 48)] {
+        let s = TokenSchedule::new(&cfg, &nuwa_at(b)).unwrap();
+        assert_eq!((s.k1, s.k2, s.cut_layer, s.layers), (k1, Some(k2), Some(16), 32));
+        assert_eq!(s.mean_tokens(), b as f64);
+        assert_eq!(s.kv_entries(49), 16 * (k1 + 49) + 16 * (k2 + 49));
+    }
+    let none = TokenSchedule::new(&cfg, &Method::None).unwrap();
+    assert_eq!((none.k1, none.k2, none.mean_tokens()), (576, None, 576.0));
+    let one = Method::Nuwa(NuwaConfig { budget: 64, stages: Stages::One, ..NuwaConfig::default() });
+    assert_eq!(TokenSchedule::new(&cfg, &one).unwrap().mean_tokens(), 64.0);
+    // The total counts the text tokens in every layer.
+    let f = bench::llm_flops(&cfg.text_config, &none, 49);
+    assert_eq!(f.total, 32.0 * bench::layer_flops(625, 4096, 11008));
+    // A shorter decoder moves the cut to its middle.
+    let mut short = cfg.clone();
+    bench::set_depth(&mut short, Some(8), None).unwrap();
+    let s = TokenSchedule::new(&short, &nuwa_at(64)).unwrap();
+    assert_eq!((s.cut_layer, s.layers), (Some(4), 8));
+}
+
+#[test]
+fn bad_budgets_and_depths_are_rejected() {
+    let mut cfg = Preset::Llava15_7b.config();
+    assert!(TokenSchedule::new(&cfg, &nuwa_at(0)).unwrap_err().to_string().contains("--budget"));
+    assert!(bench::set_depth(&mut cfg, Some(1), None).unwrap_err().to_string().contains("--llm-layers"));
+    assert!(bench::set_depth(&mut cfg, Some(33), None).unwrap_err().to_string().contains("--llm-layers"));
+    assert!(bench::set_depth(&mut cfg, None, Some(25)).unwrap_err().to_string().contains("--vision-layers"));
+    let err = Preset::from_name("llava-13b").unwrap_err().to_string();
+    assert!(err.contains("llava-13b") && err.contains("tiny") && err.contains("llava-1.5-7b"), "{err}");
+}
+
+#[test]
+fn presets_have_the_published_shapes() {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-1.5/config.json");
+    let want = llava::Config::from_json(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let tiny = Preset::Tiny.config();
+    assert_eq!(format!("{:?}", tiny.text_config), format!("{:?}", want.text_config));
+    assert_eq!(format!("{:?}", tiny.vision_config), format!("{:?}", want.vision_config));
+
+    let big = Preset::Llava15_7b.config();
+    let (v, t) = (&big.vision_config, &big.text_config);
+    assert_eq!(
+        (v.hidden_size, v.intermediate_size, v.num_hidden_layers, v.num_attention_heads, v.patch_size, v.image_size),
+        (1024, 4096, 24, 16, 14, 336)
+    );
+    assert_eq!(
+        (t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads, t.vocab_size()),
+        (4096, 11008, 32, 32, 32064)
+    );
+    assert_eq!((t.max_position_embeddings, t.rms_norm_eps), (4096, 1e-5));
+    // LLaVA-1.5-7B has 7.06 B parameters.
+    let p = bench::parameter_count(&big) as f64 / 1e9;
+    assert!((7.0..7.1).contains(&p), "{p}");
+}
+
+#[test]
+fn random_weights_are_seeded_by_name() {
+    let w = RandomWeights { seed: 7, std: 0.02 };
+    assert_eq!(w.values("a.weight", 1000), w.values("a.weight", 1000));
+    assert_ne!(w.values("a.weight", 1000), w.values("b.weight", 1000));
+    assert_ne!(w.values("a.weight", 1000), RandomWeights { seed: 8, std: 0.02 }.values("a.weight", 1000));
+    // Large tensors are filled in parallel chunks: the values do not depend on that.
+    let big = w.values("big", 3_000_000);
+    assert_eq!(&big[..1000], &w.values("big", 1000)[..]);
+    let mean = big.iter().map(|&x| x as f64).sum::<f64>() / big.len() as f64;
+    let std = (big.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / big.len() as f64).sqrt();
+    assert!(mean.abs() < 1e-4 && (std - 0.02).abs() < 1e-4, "mean {mean} std {std}");
+}
+
+#[test]
+fn a_tiny_random_model_runs_one_measured_pass() {
+    let dev = Device::Cpu;
+    let cfg = Preset::Tiny.config();
+    let engine = bench::random_engine(&cfg, RandomWeights::default(), DType::F32, &dev).unwrap();
+    let prompt = bench::bench_prompt(0, cfg.text_config.vocab_size());
+    assert_eq!((prompt.prefix.len(), prompt.prefix[0], prompt.suffix.len()), (35, 1, 14));
+    assert!(prompt.prefix.iter().chain(&prompt.suffix).all(|&t| t < 32000));
+    let pixels = bench::random_pixels(&cfg.vision_config, 0, &dev).unwrap();
+    assert_eq!(pixels.dims(), [3, 336, 336]);
+
+    let none = bench::measure(&engine, &prompt, &pixels, &Method::None, 3).unwrap();
+    let b64 = bench::measure(&engine, &prompt, &pixels, &nuwa_at(64), 3).unwrap();
+    assert_eq!((none.k1, none.k2), (576, None));
+    assert_eq!((b64.k1, b64.k2), (112, Some(16)));
+    assert_eq!(none.stage1_ms, 0.0);
+    // K/V of every layer: 2 · hidden · 4 bytes per cached position.
+    let per_pos = 2 * 64 * 4;
+    assert_eq!(none.kv_cache_prefill_bytes, 32 * 625 * per_pos);
+    assert_eq!(none.kv_cache_bytes, 32 * 628 * per_pos);
+    assert_eq!(b64.kv_cache_prefill_bytes, (16 * 161 + 16 * 65) * per_pos);
+    assert!(b64.kv_cache_bytes < none.kv_cache_bytes / 4);
+    assert!(none.ttft_ms >= none.llm_prefill_ms && none.decode_ms_per_token > 0.0);
+}
+
+#[test]
+fn summaries_and_ratios() {
+    let s = Summary::of(&[3.0, 1.0, 2.0, 10.0]).unwrap();
+    assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 10.0));
+    assert_eq!(Summary::of(&[4.0, 1.0, 2.0]).unwrap().median, 2.0);
+    assert!(Summary::of(&[]).is_none());
+    assert_eq!(bench::ratio(1.0, 4.0), Some(0.25));
+    assert_eq!(bench::ratio(0.0, 0.0), Some(1.0));
+    assert_eq!(bench::ratio(1.0, 0.0), None);
+}
