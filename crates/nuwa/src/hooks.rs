@@ -41,6 +41,10 @@ pub struct Cut {
 pub trait TokenDropper {
     /// Layers (0-based, ≥ 1, ascending) before which the sequence may change.
     fn cut_layers(&self) -> Vec<usize>;
+    /// Sees the decoder's input embeddings (T, hidden) once, before layer 0 of the prefill.
+    fn start(&mut self, _embeds: &Tensor) -> crate::Result<()> {
+        Ok(())
+    }
     /// Query rows of layer `layer − 1`'s attention to hand over in [`DecoderProbe::prev_attention`];
     /// by default the last one.
     fn attention_rows(&self, _layer: usize, seq_len: usize) -> Vec<usize> {

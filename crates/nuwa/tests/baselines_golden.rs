@@ -5,7 +5,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::*;
 use nuwa::engine::{EncodedImage, Prefill, VisionTokens};
-use nuwa::prune::{dart, divprune, fastv, pdrop, pool, visionzip, vispruner, PositionPolicy, Span, VisionDropper};
+use nuwa::prune::{dart, divprune, fastv, pdrop, pool, sparsevlm, visionzip, vispruner, PositionPolicy, Span, VisionDropper};
 use nuwa::{Method, Sampling};
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -241,5 +241,53 @@ fn vispruner_in_f64_on_the_recorded_inputs() {
         let enc = engine().encoded_from(&v, VisionTokens::Features(features), kept.iter().map(|&k| vec![k]).collect()).unwrap();
         assert!(max_abs_diff(&enc.tokens, b(&format!("{name}.projected"))) <= 1e-4, "{name}: projected");
         check_run(&name, enc, PositionPolicy::Contiguous, &|_| None);
+    }
+}
+
+/// A JSON kept-token entry: a patch, or a merged token's patches (sorted for comparison).
+fn token_sources(v: &serde_json::Value) -> Vec<usize> {
+    let mut s: Vec<usize> = match v {
+        serde_json::Value::Array(a) => a.iter().flat_map(|x| token_sources(x)).collect(),
+        x => vec![x.as_u64().unwrap() as usize],
+    };
+    s.sort_unstable();
+    s
+}
+
+#[test]
+fn sparsevlm_raters_cuts_and_recycling() {
+    let e = engine();
+    let prompt = e.tokenizer().unwrap().prompt(QUESTION, true).unwrap();
+    let embeds = candle_core::Tensor::cat(
+        &[&e.model.llm.embed(&prompt.prefix).unwrap(), &all_patches().tokens, &e.model.llm.embed(&prompt.suffix).unwrap()],
+        0,
+    )
+    .unwrap();
+    let raters = sparsevlm::raters(&embeds.narrow(0, 35, 576).unwrap(), &embeds.narrow(0, 611, 14).unwrap()).unwrap();
+    assert_eq!(raters, b_ints("sparsevlm64.raters_text_local"));
+
+    for budget in [64, 128, 192] {
+        let name = format!("sparsevlm{budget}");
+        let make = |s: Span| Some(Box::new(sparsevlm::SparseVlm::new(budget, s).unwrap()) as Box<dyn VisionDropper>);
+        let e = engine();
+        let enc = all_patches();
+        let span = e.span(&prompt, &enc, PositionPolicy::Contiguous);
+        let pre = e.prefill_custom(&prompt, Some(enc.clone()), &Method::None, PositionPolicy::Contiguous, make(span.clone())).unwrap();
+        let cfg = config(&name);
+        let report = pre.vision.as_ref().unwrap();
+        for (j, (cut, want)) in report.cuts.iter().zip(cfg["cuts"].as_array().unwrap()).enumerate() {
+            let kept: Vec<Vec<usize>> = want["kept_ids"].as_array().unwrap().iter().map(token_sources).collect();
+            let merged: Vec<Vec<usize>> = want["merged_groups_raster"].as_array().unwrap().iter().map(token_sources).collect();
+            let mine: Vec<Vec<usize>> = cut.kept.iter().map(|t| {
+                let mut t = t.clone();
+                t.sort_unstable();
+                t
+            }).collect();
+            assert_eq!(mine[..kept.len()], kept[..], "{name}: cut {j} kept tokens");
+            assert_eq!(mine[kept.len()..], merged[..], "{name}: cut {j} merged tokens");
+            assert_eq!(cut.positions, b_u32(&format!("{name}.cut{j}.position_ids")), "{name}: cut {j} positions");
+        }
+        assert_eq!(report.avg_vision_tokens, cfg["avg_visual_tokens"].as_f64().unwrap());
+        check_run(&name, enc, PositionPolicy::Contiguous, &make);
     }
 }

@@ -24,7 +24,7 @@ use candle_core::Tensor;
 use data::{Dataset, Sample, Truth};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::ops::ControlFlow;
@@ -454,6 +454,8 @@ pub fn run(engine: &Engine, opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_
         rec_boxes: opts.rec_boxes,
         seed: opts.seed,
     };
+    // Read the data first: a bad file or flag leaves the output folder untouched.
+    let data = Dataset::open(&opts.data, opts.task)?;
     let out = &opts.out;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, format!("cannot create the output folder: {e}")))?;
     let (run_path, pred_path, err_path) = (out.join(RUN_FILE), out.join(PREDICTIONS_FILE), out.join(ERRORS_FILE));
@@ -462,7 +464,8 @@ pub fn run(engine: &Engine, opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_
     run_configs.sort_by_key(|a| config_order(&a.name));
     run_configs.dedup_by(|a, b| a.name == b.name);
     let mut all_configs: BTreeSet<String> = run_configs.iter().map(|c| c.name.clone()).collect();
-    let mut done: HashSet<(usize, usize, String)> = HashSet::new();
+    // Answers already on file, with the question they answered (to notice data that changed since).
+    let mut done: HashMap<(usize, usize, String), String> = HashMap::new();
     let has_predictions = std::fs::metadata(&pred_path).is_ok_and(|m| m.len() > 0);
     if has_predictions || run_path.exists() {
         if !opts.resume {
@@ -484,7 +487,7 @@ pub fn run(engine: &Engine, opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_
         }
         all_configs.extend(prev.configs);
         repair_tail(&pred_path)?;
-        done = read_predictions(&pred_path)?.iter().map(Prediction::key).collect();
+        done = read_predictions(&pred_path)?.into_iter().map(|p| (p.key(), p.prompt)).collect();
     }
     let mut all_configs: Vec<String> = all_configs.into_iter().collect();
     all_configs.sort_by_key(|c| config_order(c));
@@ -493,7 +496,6 @@ pub fn run(engine: &Engine, opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_
     // A summary describes a finished run; this one is not finished yet.
     let _ = std::fs::remove_file(out.join(SUMMARY_FILE));
 
-    let data = Dataset::open(&opts.data, opts.task)?;
     // --limit counts samples in dataset order (an unusable row counts as one), then --shard picks rows.
     let mut left = opts.limit;
     let mut selected = Vec::new();
@@ -508,7 +510,26 @@ pub fn run(engine: &Engine, opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_
             selected.push((row, take));
         }
     }
-    let is_done = |row: usize, s: &Sample, c: &EvalConfig| done.contains(&(row, s.sub, c.name.clone()));
+    let is_done = |row: usize, s: &Sample, c: &EvalConfig| done.contains_key(&(row, s.sub, c.name.clone()));
+    for (row, take) in &selected {
+        for s in row.samples.as_ref().map_or(&[][..], |s| &s[..*take]) {
+            for c in &run_configs {
+                match done.get(&(row.row, s.sub, c.name.clone())) {
+                    Some(prompt) if *prompt != s.prompt => {
+                        return Err(Error::io(
+                            &pred_path,
+                            format!(
+                                "--resume: row {} was answered for a different question ({prompt:?}, now {:?}); \
+                                 the data changed since this run began: use another --out",
+                                row.row, s.prompt
+                            ),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
     let (mut units, mut already_done, mut n_samples) = (0, 0, 0);
     for (row, take) in &selected {
         if let Ok(samples) = &row.samples {
@@ -600,7 +621,7 @@ pub fn run(engine: &Engine, opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_
                     .and_then(|state| engine.generate_from(state, &sampling, max_new_tokens, &mut |_| {}));
                 let generation = match answer {
                     Ok(g) => g,
-                    Err(e) if is_row_error(&e) => {
+                    Err(e @ Error::ContextOverflow { .. }) => {
                         let msg = format!("{at}: {} ({})", with_sub(&e.to_string(), sample, samples.len()), config.name);
                         record_error(opts, &mut errors, &err_path, &pred_path, &mut report, on_event, row.row, msg)?;
                         continue 'rows;
@@ -644,7 +665,8 @@ pub fn run(engine: &Engine, opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_
 /// left to do).
 type Prepared = (crate::engine::VisionFeatures, Geometry, Vec<Option<PromptTokens>>);
 
-/// Row-level problems (the data's fault) as opposed to failures of the engine or the machine.
+/// Problems tokenising a row's question (the data's fault: an `<image>` in the text, an encoding
+/// failure, a prompt longer than the context) as opposed to failures of the engine or the machine.
 fn is_row_error(e: &Error) -> bool {
     matches!(e, Error::Image(_) | Error::ContextOverflow { .. } | Error::InvalidArgument(_) | Error::Tokenizer { .. })
 }
@@ -851,10 +873,12 @@ pub fn summarize(settings: &Settings, configs: &[String], preds: &[Prediction], 
     }
     let headline = task.headline();
     let value = |r: &ConfigSummary| r.metrics.get(headline).and_then(Value::as_f64);
-    let base = rows.iter().find(|r| r.config == "none" && r.n > 0).and_then(value).filter(|&b| b > 0.0);
+    // The unpruned run is 100 % by definition; the others need a non-zero unpruned score to be relative to.
+    let base = rows.iter().find(|r| r.config == "none" && r.n > 0).and_then(value);
     for r in &mut rows {
         r.retention_pct = match (base, value(r)) {
-            (Some(b), Some(v)) if r.n > 0 => Some(if r.config == "none" { 100.0 } else { v / b * 100.0 }),
+            (Some(_), Some(_)) if r.n > 0 && r.config == "none" => Some(100.0),
+            (Some(b), Some(v)) if r.n > 0 && b > 0.0 => Some(v / b * 100.0),
             _ => None,
         };
     }

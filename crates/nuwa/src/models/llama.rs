@@ -415,6 +415,9 @@ impl Llama {
                 self.layers.len()
             )));
         }
+        if let Some(d) = dropper.as_deref_mut() {
+            d.start(embeds)?;
+        }
         let input_last = *positions.last().ok_or_else(|| crate::Error::InvalidArgument("empty sequence".into()))?;
         let mut x = embeds.unsqueeze(0)?;
         let mut positions = positions.to_vec();

@@ -8,6 +8,7 @@ pub mod nuwa;
 pub mod pdrop;
 pub mod pool;
 pub mod random;
+pub mod sparsevlm;
 pub mod visionzip;
 pub mod vispruner;
 
