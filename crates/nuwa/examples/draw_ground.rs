@@ -29,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prompt: prompt(expression),
         image: Some(ImageInput::Path(image.into())),
         method: Method::Nuwa(NuwaConfig { budget, ..NuwaConfig::default() }),
+        positions: None,
         sampling: Sampling::default(),
         // Pruning is decided at prefill; the answer itself is not used.
         max_new_tokens: 1,

@@ -16,7 +16,7 @@ use crate::engine::Engine;
 use crate::models::{clip, llama, llava};
 use crate::preprocess::PreprocessConfig;
 use crate::prompt::PromptTokens;
-use crate::prune::{nuwa, Method};
+use crate::prune::Method;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::{var_builder::SimpleBackend, Init, VarBuilder};
@@ -34,7 +34,7 @@ pub fn layer_flops(s: usize, hidden: usize, intermediate: usize) -> f64 {
 }
 
 /// How many vision tokens each decoder layer sees under a method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TokenSchedule {
     /// Vision tokens entering the decoder (stage 1's K1; every patch without stage 1).
     pub k1: usize,
@@ -44,35 +44,25 @@ pub struct TokenSchedule {
     pub cut_layer: Option<usize>,
     /// Decoder depth.
     pub layers: usize,
+    /// Vision tokens entering each layer (several cuts for multi-stage methods).
+    pub per_layer: Vec<usize>,
 }
 
 impl TokenSchedule {
     /// Resolves `method` for `cfg` exactly as the pipeline does (budget rule, stage-2 layer, no cut when
     /// K2 ≥ K1); errors for values the pipeline would reject.
     pub fn new(cfg: &llava::Config, method: &Method) -> Result<Self> {
+        method.validate()?;
         let side = cfg.vision_config.grid_side();
-        let n = side * side;
-        let layers = cfg.text_config.num_hidden_layers;
-        Ok(match method {
-            Method::None => Self { k1: n, k2: None, cut_layer: None, layers },
-            Method::Nuwa(c) => {
-                c.validate()?;
-                let b = nuwa::budgets(c.budget, c.stages, side, side);
-                let cut_layer = c.stage2_layer(layers)?;
-                match b.k2.filter(|&k2| k2 < b.k1) {
-                    Some(k2) => Self { k1: b.k1, k2: Some(k2), cut_layer: Some(cut_layer), layers },
-                    None => Self { k1: b.k1, k2: None, cut_layer: None, layers },
-                }
-            }
-        })
+        let per_layer = method.vision_tokens_per_layer((side, side), cfg.text_config.num_hidden_layers)?;
+        let k1 = per_layer.first().copied().unwrap_or(0);
+        let cut_layer = per_layer.iter().position(|&t| t != k1);
+        Ok(Self { k1, k2: cut_layer.map(|_| *per_layer.last().expect("non-empty")), cut_layer, layers: per_layer.len(), per_layer })
     }
 
     /// Vision tokens in decoder layer `l`.
     pub fn tokens_at(&self, l: usize) -> usize {
-        match (self.k2, self.cut_layer) {
-            (Some(k2), Some(cut)) if l >= cut => k2,
-            _ => self.k1,
-        }
+        self.per_layer[l]
     }
 
     /// Mean number of vision tokens over the layers (the paper's "budget").

@@ -8,7 +8,7 @@ use crate::hooks::TokenDropper;
 use crate::models::{clip, llama, llava::Llava};
 use crate::preprocess::{self, Geometry, PreprocessConfig};
 use crate::prompt::{PromptTokens, TextTokenizer};
-use crate::prune::{layout_positions, nuwa, CutRecord, Method, PositionPolicy, Span, VisionDropper};
+use crate::prune::{divprune, layout_positions, nuwa, pool, random, visionzip, vispruner, CutRecord, Method, PositionPolicy, Span, VisionDropper};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
@@ -50,6 +50,8 @@ pub struct GenerateRequest {
     pub prompt: String,
     pub image: Option<ImageInput>,
     pub method: Method,
+    /// Overrides the method's own position policy.
+    pub positions: Option<PositionPolicy>,
     pub sampling: Sampling,
     pub max_new_tokens: usize,
 }
@@ -238,34 +240,58 @@ impl Engine {
 
     /// Applies `method`'s vision-side reduction and the projector to an encoded image.
     pub fn reduce(&self, v: &VisionFeatures, method: &Method) -> Result<EncodedImage> {
+        method.validate()?;
         let (h, w) = v.grid;
-        let t1 = Instant::now();
-        let (kept, pillars, features) = match method {
+        let n = h * w;
+        let singletons = |kept: &[usize]| kept.iter().map(|&i| vec![i]).collect::<Vec<_>>();
+        let gather = |kept: Vec<usize>| -> Result<(VisionTokens, Vec<Vec<usize>>)> {
+            let idx = Tensor::new(kept.iter().map(|&i| i as u32).collect::<Vec<_>>(), v.features.device())?;
+            Ok((VisionTokens::Features(v.features.index_select(&idx, 0)?), singletons(&kept)))
+        };
+        let t0 = Instant::now();
+        let mut pillars = Vec::new();
+        let (tokens, sources) = match method {
             Method::Nuwa(c) if c.stages != nuwa::Stages::Two => {
                 let m = v.similarity.as_ref().ok_or_else(|| {
                     Error::InvalidArgument("Nüwa stage 1 needs the similarity features: encode with similarity".into())
                 })?;
-                let budgets = nuwa::budgets(c.budget, c.stages, h, w);
-                let s1 = nuwa::stage1(&v.saliency, &v.features, m, (h, w), &budgets, c)?;
-                let pillars = s1.anchors.iter().zip(&s1.pillars).filter(|(_, &p)| p).map(|(&a, _)| a).collect();
-                (s1.anchors, pillars, s1.tokens)
+                let s1 = nuwa::stage1(&v.saliency, &v.features, m, (h, w), &nuwa::budgets(c.budget, c.stages, h, w), c)?;
+                pillars = s1.anchors.iter().zip(&s1.pillars).filter(|(_, &p)| p).map(|(&a, _)| a).collect();
+                (VisionTokens::Features(s1.tokens), singletons(&s1.anchors))
             }
-            _ => ((0..h * w).collect(), Vec::new(), v.features.clone()),
+            Method::VisionZip { budget } => {
+                let (dominant, contextual) = visionzip::split(*budget);
+                let sel = visionzip::select(&v.saliency, &v.mean_keys, dominant, contextual)?;
+                let (features, sources) = visionzip::tokens(&sel, &v.features, &v.cls_feature)?;
+                (VisionTokens::Features(features), sources)
+            }
+            Method::Pool { budget } => {
+                let (ho, wo) = pool::output_grid(*budget, h, w);
+                let cells = pool::windows(h, w, ho, wo);
+                (VisionTokens::Features(pool::pool(&v.features, &cells)?), cells)
+            }
+            Method::Random { budget, seed } => gather(random::indices(n, *budget, *seed))?,
+            Method::Manual { keep } => gather(random::manual(keep, n)?)?,
+            Method::VisPruner { budget } => {
+                let heads = self.model.config.vision_config.num_attention_heads as f32;
+                let attn: Vec<f32> = v.saliency.iter().map(|s| s / heads).collect();
+                let rows = v.features.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+                gather(vispruner::select(&attn, &rows, *budget, 0.5).0)?
+            }
+            Method::DivPrune { budget } => {
+                let all = self.model.projector.forward(&v.features)?;
+                let mut kept = divprune::select(&all, *budget)?;
+                kept.sort_unstable();
+                let idx = Tensor::new(kept.iter().map(|&i| i as u32).collect::<Vec<_>>(), all.device())?;
+                (VisionTokens::Projected(all.index_select(&idx, 0)?), singletons(&kept))
+            }
+            _ => (VisionTokens::Features(v.features.clone()), singletons(&(0..n).collect::<Vec<_>>())),
         };
-        let stage1_ms = if needs_similarity(method) { ms(t1) } else { 0.0 };
-        let tokens = self.model.projector.forward(&features)?;
-        Ok(EncodedImage {
-            grid: v.grid,
-            sources: kept.iter().map(|&i| vec![i]).collect(),
-            kept,
-            pillars,
-            saliency: v.saliency.clone(),
-            features,
-            tokens,
-            geometry: v.geometry,
-            vision_ms: v.vision_ms,
-            stage1_ms,
-        })
+        let reduce_ms = ms(t0);
+        let mut e = self.encoded_from(v, tokens, sources)?;
+        e.pillars = pillars;
+        e.stage1_ms = if e.sources.len() < n || needs_similarity(method) { reduce_ms } else { 0.0 };
+        Ok(e)
     }
 
     /// Tokenises, encodes and runs the prompt through the decoder.
@@ -281,7 +307,8 @@ impl Engine {
                 Some(self.reduce(&v, &req.method)?)
             }
         };
-        self.prefill_encoded(&prompt, encoded, &req.method)
+        let policy = req.positions.unwrap_or_else(|| req.method.default_positions());
+        self.prefill_with(&prompt, encoded, &req.method, policy)
     }
 
     /// Prefill from an already tokenised prompt and encoded image (so an image can be encoded once and

@@ -23,6 +23,7 @@ fn f16_and_bf16_track_f32() {
                 prompt: QUESTION.into(),
                 image: Some(ImageInput::Pixels(g("pixel_values").clone())),
                 method,
+                positions: None,
                 sampling: Sampling::default(),
                 max_new_tokens: 1,
             };

@@ -36,6 +36,7 @@ fn unpruned_logits_and_greedy_tokens_match() {
         prompt: QUESTION.into(),
         image: Some(ImageInput::Pixels(g("pixel_values").clone())),
         method: Method::None,
+        positions: None,
         sampling: Sampling::default(),
         max_new_tokens: 8,
     };

@@ -145,6 +145,7 @@ fn request(method: Method, max_new_tokens: usize) -> GenerateRequest {
         prompt: QUESTION.into(),
         image: Some(ImageInput::Pixels(g("pixel_values").clone())),
         method,
+        positions: None,
         sampling: Sampling::default(),
         max_new_tokens,
     }

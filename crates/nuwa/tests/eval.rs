@@ -880,6 +880,14 @@ fn retention_is_relative_to_the_unpruned_run() {
     assert_eq!(s.configs[0].metrics["accuracy"], json!(0.75));
     assert_eq!((s.configs[1].prune.as_str(), s.configs[1].budget), ("nuwa", Some(64)));
 
+    // An unpruned score of 0: the unpruned run is still 100 %, the others have nothing to be relative to.
+    let zero: Vec<Prediction> = preds.iter().cloned().map(|mut p| {
+        p.accuracy = Some(0.0);
+        p
+    }).collect();
+    let s = eval::summarize(&settings(Task::Vqa), &[], &zero, &[]);
+    assert_eq!(s.configs.iter().map(|c| c.retention_pct).collect::<Vec<_>>(), [Some(100.0), None, None]);
+
     // Without an unpruned run there is nothing to be relative to.
     let s = eval::summarize(&settings(Task::Vqa), &[], &preds[2..], &[]);
     assert!(s.configs.iter().all(|c| c.retention_pct.is_none()));

@@ -41,6 +41,7 @@ fn request(budget: usize) -> GenerateRequest {
         prompt: QUESTION.into(),
         image: Some(ImageInput::Pixels(g("pixel_values").clone())),
         method: Method::Nuwa(NuwaConfig { budget, ..NuwaConfig::default() }),
+        positions: None,
         sampling: Sampling::default(),
         max_new_tokens: 8,
     }

@@ -323,10 +323,7 @@ fn flops_entry(c: &Config, baseline: &Flops) -> Value {
 }
 
 fn config_json(c: &Config) -> Value {
-    let budget = match &c.method {
-        Method::Nuwa(n) => Some(n.budget),
-        Method::None => None,
-    };
+    let budget = c.method.budget();
     json!({
         "label": c.label,
         "prune": c.method.name(),

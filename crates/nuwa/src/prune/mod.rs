@@ -15,13 +15,33 @@ pub mod vispruner;
 use crate::hooks::Cut;
 use candle_core::Tensor;
 
-/// The methods a request can ask for.
+/// The methods a request can ask for. A new method is one file in this folder plus its variant here.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "method", rename_all = "lowercase")]
 pub enum Method {
     /// Every vision token, the unpruned model.
     None,
     Nuwa(nuwa::NuwaConfig),
+    /// Single cut before decoder layer 2 by the last token's attention.
+    FastV { budget: usize, count: fastv::Count },
+    /// [CLS] + dominant patches + contextual merges, before the projector.
+    VisionZip { budget: usize },
+    /// Adaptive average pooling of the patch grid, before the projector.
+    Pool { budget: usize },
+    /// A seeded random subset of patches, before the projector.
+    Random { budget: usize, seed: u64 },
+    /// Max–min diversity over the projected tokens.
+    DivPrune { budget: usize },
+    /// Duplication-aware pivots before decoder layer 2.
+    Dart { budget: usize },
+    /// Pyramid of cuts after layers 2, 6, 15 by the last token's attention.
+    PDrop { budget: usize },
+    /// Text-rater cuts after layers 2, 6, 15 with recycling.
+    SparseVlm { budget: usize },
+    /// Important (attention) + diverse (similarity) patches, before the projector.
+    VisPruner { budget: usize },
+    /// A given list of patches (raster indices), before the projector.
+    Manual { keep: Vec<usize> },
 }
 
 impl Method {
@@ -29,29 +49,121 @@ impl Method {
         match self {
             Method::None => "none",
             Method::Nuwa(_) => "nuwa",
+            Method::FastV { .. } => "fastv",
+            Method::VisionZip { .. } => "visionzip",
+            Method::Pool { .. } => "pool",
+            Method::Random { .. } => "random",
+            Method::DivPrune { .. } => "divprune",
+            Method::Dart { .. } => "dart",
+            Method::PDrop { .. } => "pdrop",
+            Method::SparseVlm { .. } => "sparsevlm",
+            Method::VisPruner { .. } => "vispruner",
+            Method::Manual { .. } => "manual",
         }
     }
 
     /// The budget the method was asked for.
     pub fn budget(&self) -> Option<usize> {
         match self {
-            Method::None => None,
+            Method::None | Method::Manual { .. } => None,
             Method::Nuwa(c) => Some(c.budget),
+            Method::FastV { budget, .. }
+            | Method::VisionZip { budget }
+            | Method::Pool { budget }
+            | Method::Random { budget, .. }
+            | Method::DivPrune { budget }
+            | Method::Dart { budget }
+            | Method::PDrop { budget }
+            | Method::SparseVlm { budget }
+            | Method::VisPruner { budget } => Some(*budget),
         }
     }
 
-    /// The position ids a method uses unless the request overrides them.
+    /// Rejects values no model could run with.
+    pub fn validate(&self) -> crate::Result<()> {
+        match self {
+            Method::Nuwa(c) => c.validate(),
+            Method::PDrop { budget } | Method::SparseVlm { budget } => pdrop::schedule(*budget).map(|_| ()),
+            m => match m.budget() {
+                Some(0) => Err(crate::Error::InvalidArgument("--budget must be at least 1 vision token".into())),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// The position ids a method uses unless the request overrides them (as its released code does).
     pub fn default_positions(&self) -> PositionPolicy {
         match self {
-            Method::None | Method::Nuwa(_) => PositionPolicy::Original,
+            Method::None | Method::Nuwa(_) | Method::FastV { .. } | Method::Dart { .. } => PositionPolicy::Original,
+            _ => PositionPolicy::Contiguous,
         }
+    }
+
+    /// Vision tokens entering each of `depth` decoder layers on an `h`×`w` grid, as the method schedules
+    /// them (the count a budget is measured by).
+    pub fn vision_tokens_per_layer(&self, (h, w): (usize, usize), depth: usize) -> crate::Result<Vec<usize>> {
+        let n = h * w;
+        let steps = |first: usize, cuts: &[(usize, usize)]| {
+            let mut per_layer = vec![first; depth];
+            for &(layer, count) in cuts {
+                per_layer[layer.min(depth)..].fill(count);
+            }
+            per_layer
+        };
+        Ok(match self {
+            Method::None => vec![n; depth],
+            Method::Nuwa(c) => {
+                let b = nuwa::budgets(c.budget, c.stages, h, w);
+                match b.k2.filter(|&k2| k2 < b.k1) {
+                    Some(k2) => steps(b.k1, &[(c.stage2_layer(depth)?, k2)]),
+                    None => vec![b.k1; depth],
+                }
+            }
+            Method::FastV { budget, count } => steps(n, &[(fastv::LAYER, fastv::keep_count(*budget, *count, n, depth))]),
+            Method::Dart { budget } => steps(n, &[(dart::LAYER, (4 + 8 * (budget / 8).max(1)).min(n))]),
+            Method::PDrop { budget } => {
+                let c = pdrop::schedule(*budget)?;
+                steps(n, &pdrop::CUT_LAYERS.iter().copied().zip(c).collect::<Vec<_>>())
+            }
+            Method::SparseVlm { budget } => {
+                // Each cut keeps its count and recycles ⌊0.3·pruned⌋ + 1 tokens into ⌊m/10⌋ + 1 merged ones.
+                let mut n_v = n;
+                let cuts: Vec<(usize, usize)> = pdrop::CUT_LAYERS
+                    .iter()
+                    .zip(pdrop::schedule(*budget)?)
+                    .map(|(&layer, keep)| {
+                        let k = keep.min(n_v - 1);
+                        let m = (n_v - k) * 3 / 10 + 1;
+                        n_v = k + m / 10 + 1;
+                        (layer, n_v)
+                    })
+                    .collect();
+                steps(n, &cuts)
+            }
+            Method::Pool { budget } => {
+                let (ho, wo) = pool::output_grid(*budget, h, w);
+                vec![ho * wo; depth]
+            }
+            Method::VisionZip { budget }
+            | Method::Random { budget, .. }
+            | Method::DivPrune { budget }
+            | Method::VisPruner { budget } => vec![(*budget).min(n); depth],
+            Method::Manual { keep } => vec![keep.len(); depth],
+        })
     }
 
     /// The in-decoder part of the method for an image whose tokens occupy `span`, if it has one.
     pub fn dropper(&self, span: Span, depth: usize) -> crate::Result<Option<Box<dyn VisionDropper>>> {
         Ok(match self {
-            Method::None => None,
             Method::Nuwa(c) => nuwa::Stage2::new(c, span, depth)?.map(|d| Box::new(d) as Box<dyn VisionDropper>),
+            Method::FastV { budget, count } => {
+                let keep = fastv::keep_count(*budget, *count, span.n_patches(), depth);
+                Some(Box::new(fastv::SingleCut::new(fastv::LAYER, keep, fastv::Selection::Attention, span)))
+            }
+            Method::Dart { budget } => Some(Box::new(dart::Dart::new(*budget, span))),
+            Method::PDrop { budget } => Some(Box::new(pdrop::PyramidDrop::new(*budget, span)?)),
+            Method::SparseVlm { budget } => Some(Box::new(sparsevlm::SparseVlm::new(*budget, span)?)),
+            _ => None,
         })
     }
 }
