@@ -291,3 +291,62 @@ fn sparsevlm_raters_cuts_and_recycling() {
         check_run(&name, enc, PositionPolicy::Contiguous, &make);
     }
 }
+
+/// Every deterministic golden config through the public request path: `Method` + default positions.
+#[test]
+fn methods_through_the_request_path() {
+    use nuwa::prune::fastv::Count;
+    let cases: Vec<(String, Method)> = [64, 128, 192]
+        .into_iter()
+        .flat_map(|b| {
+            vec![
+                (format!("fastv{b}"), Method::FastV { budget: b, count: Count::Average }),
+                (format!("fastv_r{b}"), Method::FastV { budget: b, count: Count::Kept }),
+                (format!("visionzip{b}"), Method::VisionZip { budget: b }),
+                (format!("pool{b}"), Method::Pool { budget: b }),
+                (format!("divprune{b}"), Method::DivPrune { budget: b }),
+                (format!("dart{b}"), Method::Dart { budget: b }),
+                (format!("pdrop{b}"), Method::PDrop { budget: b }),
+                (format!("sparsevlm{b}"), Method::SparseVlm { budget: b }),
+                (format!("random_enc{b}"), Method::Manual { keep: b_ints(&format!("random_enc{b}.kept_raster")) }),
+            ]
+        })
+        .collect();
+    let e = engine();
+    for (name, method) in cases {
+        let req = nuwa::GenerateRequest {
+            prompt: QUESTION.into(),
+            image: Some(nuwa::ImageInput::Pixels(g("pixel_values").clone())),
+            method: method.clone(),
+            positions: None,
+            sampling: Sampling::default(),
+            max_new_tokens: 8,
+        };
+        let pre = e.prefill(&req).unwrap();
+        assert_eq!(pre.positions, b_u32(&format!("{name}.position_ids")), "{name}: positions");
+        assert!(max_abs_diff(&pre.logits, b(&format!("{name}.logits_last"))) <= 2e-3, "{name}: logits");
+        check_cuts(&name, &pre);
+        let report = pre.vision.as_ref().unwrap();
+        let schedule = method.vision_tokens_per_layer((24, 24), 32).unwrap();
+        assert_eq!(schedule, config(&name)["visual_tokens_per_layer"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>(), "{name}: schedule");
+        assert_eq!(report.avg_vision_tokens, schedule.iter().sum::<usize>() as f64 / 32.0, "{name}: measured mean matches the schedule");
+        let gen = e.generate(&req, &mut |_| {}).unwrap();
+        assert_eq!(gen.tokens, b_u32(&format!("{name}.greedy")), "{name}: greedy");
+    }
+}
+
+#[test]
+fn position_override_reproduces_original_positions_for_an_encoder_method() {
+    let req = nuwa::GenerateRequest {
+        prompt: QUESTION.into(),
+        image: Some(nuwa::ImageInput::Pixels(g("pixel_values").clone())),
+        method: Method::Manual { keep: b_ints("random_enc64.kept_raster") },
+        positions: Some(PositionPolicy::Original),
+        sampling: Sampling::default(),
+        max_new_tokens: 8,
+    };
+    let pre = engine().prefill(&req).unwrap();
+    assert_eq!(pre.positions, b_u32("random_enc64_pesp.position_ids"));
+    assert!(max_abs_diff(&pre.logits, b("random_enc64_pesp.logits_last")) <= 2e-3);
+    assert_eq!(engine().generate(&req, &mut |_| {}).unwrap().tokens, b_u32("random_enc64_pesp.greedy"));
+}
