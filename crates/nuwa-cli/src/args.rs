@@ -1,7 +1,9 @@
 //! Command-line flags. Pruning and model flags are shared by every command that runs the model.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use anyhow::Context;
 use nuwa::prune::nuwa::{NuwaConfig, Stage2Rule, Stages};
+use nuwa::prune::{fastv, PositionPolicy};
 use nuwa::Method;
 use std::path::PathBuf;
 
@@ -73,8 +75,46 @@ pub enum DeviceArg {
 pub enum PruneArg {
     /// Keep every vision token.
     None,
-    /// Nüwa two-stage pruning.
+    /// Nüwa: spatial anchors + aggregation after the encoder, text-guided cut mid-decoder.
     Nuwa,
+    /// FastV: one cut before decoder layer 2 by the last token's attention.
+    Fastv,
+    /// VisionZip: [CLS] + dominant patches + contextual merges, before the projector.
+    Visionzip,
+    /// Adaptive average pooling of the patch grid.
+    Pool,
+    /// A seeded random subset of patches (--seed).
+    Random,
+    /// DivPrune: max–min diversity over the projected tokens.
+    Divprune,
+    /// DART: duplication-aware pivots before decoder layer 2.
+    Dart,
+    /// PyramidDrop: cuts after layers 2, 6, 15 (budgets 64, 96, 128, 192).
+    Pdrop,
+    /// SparseVLM v1.5: text-rater cuts with recycling (budgets 64, 96, 128, 192).
+    Sparsevlm,
+    /// VisPruner: important + diverse patches.
+    Vispruner,
+    /// Keep the patches listed in --keep-file.
+    Manual,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FastvCountArg {
+    /// The budget is the mean over layers (how Nüwa, SparseVLM and VisionZip compare): R = 30/98/166.
+    Average,
+    /// The budget is what survives the cut (how DART and CDPruner count).
+    Kept,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PositionsArg {
+    /// Tokens keep their unpruned position ids.
+    Original,
+    /// The shortened sequence is numbered without gaps.
+    Contiguous,
+    /// Kept tokens spread over the image's span in proportion to their raster index.
+    Stretched,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -119,33 +159,64 @@ pub struct PruneArgs {
     /// How stage 2 ranks vision tokens: the last prompt token's attention, or a seeded random subset.
     #[arg(long, value_enum, default_value_t = Stage2RuleArg::Attention)]
     pub stage2_rule: Stage2RuleArg,
+    /// How FastV reads --budget.
+    #[arg(long, value_enum, default_value_t = FastvCountArg::Average)]
+    pub fastv_count: FastvCountArg,
+    /// For --prune manual: a JSON file with a list of patch indices (raster order) to keep.
+    #[arg(long, value_name = "FILE")]
+    pub keep_file: Option<PathBuf>,
+    /// Position ids of the kept tokens [default: the method's own: original for none, nuwa, fastv,
+    /// dart; contiguous for the others].
+    #[arg(long, value_enum)]
+    pub positions: Option<PositionsArg>,
 }
 
 impl PruneArgs {
-    pub fn method(&self, seed: u64) -> nuwa::Result<Method> {
-        Ok(match self.prune {
-            PruneArg::None => Method::None,
-            PruneArg::Nuwa => {
-                let cfg = NuwaConfig {
-                    budget: self.budget,
-                    stages: match self.stages {
-                        StagesArg::Both => Stages::Both,
-                        StagesArg::One => Stages::One,
-                        StagesArg::Two => Stages::Two,
-                    },
-                    distance: self.distance,
-                    pillar_quantile: self.pillar_quantile,
-                    cells: !self.no_cells,
-                    stage2_layer: self.stage2_layer,
-                    stage2_rule: match self.stage2_rule {
-                        Stage2RuleArg::Attention => Stage2Rule::Attention,
-                        Stage2RuleArg::Random => Stage2Rule::Random,
-                    },
-                    seed,
-                };
-                cfg.validate()?;
-                Method::Nuwa(cfg)
+    pub fn method(&self, seed: u64) -> anyhow::Result<Method> {
+        let method = match self.prune {
+            PruneArg::Nuwa => Method::Nuwa(NuwaConfig {
+                budget: self.budget,
+                stages: match self.stages {
+                    StagesArg::Both => Stages::Both,
+                    StagesArg::One => Stages::One,
+                    StagesArg::Two => Stages::Two,
+                },
+                distance: self.distance,
+                pillar_quantile: self.pillar_quantile,
+                cells: !self.no_cells,
+                stage2_layer: self.stage2_layer,
+                stage2_rule: match self.stage2_rule {
+                    Stage2RuleArg::Attention => Stage2Rule::Attention,
+                    Stage2RuleArg::Random => Stage2Rule::Random,
+                },
+                seed,
+            }),
+            PruneArg::Fastv => Method::FastV {
+                budget: self.budget,
+                count: match self.fastv_count {
+                    FastvCountArg::Average => fastv::Count::Average,
+                    FastvCountArg::Kept => fastv::Count::Kept,
+                },
+            },
+            PruneArg::Manual => {
+                let path = self.keep_file.as_ref().context("--prune manual needs --keep-file FILE")?;
+                let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+                let keep: Vec<usize> = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: expected a JSON list of patch indices like [0, 5, 17]", path.display()))?;
+                Method::Manual { keep }
             }
+            other => Method::from_name(other.to_possible_value().expect("no skipped values").get_name(), self.budget, seed)?,
+        };
+        method.validate()?;
+        Ok(method)
+    }
+
+    /// The position policy override, if any.
+    pub fn positions(&self) -> Option<PositionPolicy> {
+        self.positions.map(|p| match p {
+            PositionsArg::Original => PositionPolicy::Original,
+            PositionsArg::Contiguous => PositionPolicy::Contiguous,
+            PositionsArg::Stretched => PositionPolicy::Stretched,
         })
     }
 }

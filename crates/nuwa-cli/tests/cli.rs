@@ -153,3 +153,48 @@ fn score_rec_prints_the_means() {
     let err = fails(&["score", "rec", "--predictions", file.to_str().unwrap()]);
     assert!(err.contains("preds.jsonl:1") && err.contains("bbox"), "{err}");
 }
+
+#[test]
+fn every_method_runs_and_reports_what_it_kept() {
+    for (method, policy, avg) in [
+        ("fastv", "original", 64.125),
+        ("visionzip", "contiguous", 64.0),
+        ("pool", "contiguous", 64.0),
+        ("random", "contiguous", 64.0),
+        ("divprune", "contiguous", 64.0),
+        ("dart", "original", 99.75),
+        ("pdrop", "contiguous", 79.1875),
+        ("sparsevlm", "contiguous", 82.25),
+        ("vispruner", "contiguous", 64.0),
+    ] {
+        let v = generate_json(&["--prune", method, "--budget", "64"]);
+        assert_eq!(v["vision"]["method"], method);
+        assert_eq!(v["vision"]["positions"], policy, "{method}");
+        assert_eq!(v["vision"]["avg_vision_tokens"].as_f64().unwrap(), avg, "{method}");
+        assert_eq!(v["tokens"].as_array().unwrap().len(), 8);
+    }
+    let v = generate_json(&["--prune", "fastv", "--budget", "64", "--positions", "contiguous"]);
+    assert_eq!(v["vision"]["positions"], "contiguous");
+    assert_eq!(v["vision"]["cuts"][0]["kept"].as_array().unwrap().len(), 30);
+}
+
+#[test]
+fn manual_keep_file_and_its_errors() {
+    let dir = std::env::temp_dir().join(format!("nuwa-cli-keep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keep = dir.join("keep.json");
+    std::fs::write(&keep, "[575, 0, 24, 300]").unwrap();
+    let v = generate_json(&["--prune", "manual", "--keep-file", keep.to_str().unwrap(), "--positions", "original"]);
+    assert_eq!(v["vision"]["stage1"], serde_json::json!([0, 24, 300, 575]));
+    std::fs::write(&keep, "[0, 576]").unwrap();
+    let model = fixture("tiny-llava-1.5");
+    let pixels = fixture("tiny-llava-1.5/golden.safetensors");
+    let base = ["generate", "--model", model.to_str().unwrap(), "--pixel-values", pixels.to_str().unwrap(), "--prompt", "hi"];
+    let err = fails(&[&base[..], &["--prune", "manual", "--keep-file", keep.to_str().unwrap()]].concat());
+    assert!(err.contains("576") && err.contains("--keep-file"), "{err}");
+    std::fs::write(&keep, "{\"not\": \"a list\"}").unwrap();
+    let err = fails(&[&base[..], &["--prune", "manual", "--keep-file", keep.to_str().unwrap()]].concat());
+    assert!(err.contains("keep.json") && err.contains("JSON list"), "{err}");
+    assert!(fails(&[&base[..], &["--prune", "manual"]].concat()).contains("--keep-file"));
+    assert!(fails(&[&base[..], &["--prune", "pdrop", "--budget", "100"]].concat()).contains("--budget 100"));
+}

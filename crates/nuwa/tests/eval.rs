@@ -264,6 +264,12 @@ fn resume_after_an_interrupted_run_redoes_nothing() {
     other.max_new_tokens = Some(5);
     let err = eval::run(common::engine(), &other, &mut quiet).unwrap_err().to_string();
     assert!(err.contains("max_new_tokens"), "{err}");
+
+    // So is data that changed under the run: row 1 now asks something else.
+    let text = std::fs::read_to_string(&data).unwrap().replace("the red square", "the green square");
+    std::fs::write(&data, text).unwrap();
+    let err = eval::run(common::engine(), &again, &mut quiet).unwrap_err().to_string();
+    assert!(err.contains("row 1") && err.contains("data changed"), "{err}");
 }
 
 #[test]

@@ -125,3 +125,48 @@ fn quantile_interpolates_like_torch() {
     assert_eq!(nw::quantile(&[4.0, 1.0, 3.0, 2.0], 1.0), 4.0);
     assert!((nw::quantile(&[0.0, 10.0], 0.55) - 5.5).abs() < 1e-6);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn random_indices_are_k_distinct_sorted_and_seeded(n in 1usize..700, frac in 0.0f64..1.0, seed in any::<u64>()) {
+        let k = ((n as f64) * frac) as usize;
+        let a = nuwa::prune::random::indices(n, k, seed);
+        prop_assert_eq!(a.len(), k);
+        prop_assert!(a.windows(2).all(|w| w[0] < w[1]), "sorted and distinct");
+        prop_assert!(a.iter().all(|&i| i < n));
+        prop_assert_eq!(&a, &nuwa::prune::random::indices(n, k, seed), "same seed, same set");
+    }
+
+    #[test]
+    fn stretched_positions_span_the_image(p in 0usize..60, s in 0usize..20, keep in prop::collection::btree_set(0usize..576, 1..576)) {
+        let kept: Vec<usize> = keep.into_iter().collect();
+        let pos = layout_positions(PositionPolicy::Stretched, p, &kept, 576, s);
+        let vision = &pos[p..p + kept.len()];
+        prop_assert_eq!(vision[0] as usize, p, "first = s");
+        if kept.len() > 1 {
+            prop_assert_eq!(*vision.last().unwrap() as usize, p + 575, "last = e");
+        }
+        prop_assert!(vision.iter().all(|&v| (p..=p + 575).contains(&(v as usize))), "inside the span");
+        prop_assert!(pos.windows(2).all(|w| w[0] < w[1]), "monotone over the whole sequence");
+        prop_assert!(pos[p + kept.len()..].iter().enumerate().all(|(k, &v)| v as usize == p + 576 + k), "text after e");
+    }
+}
+
+#[test]
+fn random_selection_is_uniform_over_seeds() {
+    // Over many seeds every patch is kept about k/n of the time (chi-square, 575 degrees of freedom:
+    // mean 575, sd ≈ 34; 800 is far beyond chance for a uniform sampler).
+    let (n, k, runs) = (576usize, 64usize, 2000u64);
+    let mut counts = vec![0f64; n];
+    for seed in 0..runs {
+        for i in nuwa::prune::random::indices(n, k, seed) {
+            counts[i] += 1.0;
+        }
+    }
+    let expected = runs as f64 * k as f64 / n as f64;
+    let chi2: f64 = counts.iter().map(|c| (c - expected).powi(2) / expected).sum();
+    assert!(chi2 < 800.0, "chi-square {chi2}");
+    assert_ne!(nuwa::prune::random::indices(n, k, 1), nuwa::prune::random::indices(n, k, 2));
+}

@@ -23,7 +23,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         prompt: args.prompt.clone(),
         image,
         method,
-        positions: None,
+        positions: args.prune.positions(),
         sampling: Sampling { temperature: args.temperature, top_p: args.top_p, seed: args.seed },
         max_new_tokens: args.max_new_tokens,
     };

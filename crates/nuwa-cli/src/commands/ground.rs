@@ -51,7 +51,7 @@ pub fn run(args: GroundArgs) -> Result<()> {
         prompt: nuwa::ground::prompt(&args.expression),
         image: Some(ImageInput::Path(args.image.clone())),
         method,
-        positions: None,
+        positions: args.prune.positions(),
         sampling: Sampling { temperature: 0.0, top_p: 1.0, seed: args.seed },
         max_new_tokens: args.max_new_tokens,
     };

@@ -44,7 +44,40 @@ pub enum Method {
     Manual { keep: Vec<usize> },
 }
 
+/// Method names as the command line spells them.
+pub const METHOD_NAMES: [&str; 12] =
+    ["none", "nuwa", "fastv", "visionzip", "pool", "random", "divprune", "dart", "pdrop", "sparsevlm", "vispruner", "manual"];
+
 impl Method {
+    /// A method by name with its default knobs at `budget` (`seed` for the random ones). `manual`
+    /// needs its list of patches and is built directly.
+    pub fn from_name(name: &str, budget: usize, seed: u64) -> crate::Result<Self> {
+        let m = match name {
+            "none" => Method::None,
+            "nuwa" => Method::Nuwa(nuwa::NuwaConfig { budget, seed, ..nuwa::NuwaConfig::default() }),
+            "fastv" => Method::FastV { budget, count: fastv::Count::Average },
+            "visionzip" => Method::VisionZip { budget },
+            "pool" => Method::Pool { budget },
+            "random" => Method::Random { budget, seed },
+            "divprune" => Method::DivPrune { budget },
+            "dart" => Method::Dart { budget },
+            "pdrop" => Method::PDrop { budget },
+            "sparsevlm" => Method::SparseVlm { budget },
+            "vispruner" => Method::VisPruner { budget },
+            "manual" => {
+                return Err(crate::Error::InvalidArgument("--prune manual needs --keep-file FILE (a JSON list of patch indices)".into()))
+            }
+            other => {
+                return Err(crate::Error::InvalidArgument(format!(
+                    "--prune {other:?}: unknown method (one of {})",
+                    METHOD_NAMES.join(", ")
+                )))
+            }
+        };
+        m.validate()?;
+        Ok(m)
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Method::None => "none",
