@@ -126,7 +126,11 @@ fn eval_errors_name_the_flag_or_the_row() {
     ] {
         let o = nuwa(&args);
         assert_eq!(o.status.code(), Some(1));
-        assert!(String::from_utf8_lossy(&o.stderr).contains(needle), "{needle}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(needle),
+            "{needle}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     for (extra, needle) in [
         (vec!["--shard", "2/2"], "--shard"),
@@ -135,7 +139,11 @@ fn eval_errors_name_the_flag_or_the_row() {
     ] {
         let o = eval(&data, &dir.join("bad"), &extra);
         assert_eq!(o.status.code(), Some(1), "{extra:?}");
-        assert!(String::from_utf8_lossy(&o.stderr).contains(needle), "{needle}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(needle),
+            "{needle}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 
     // A malformed line: reported and skipped by default …

@@ -6,9 +6,7 @@ mod common;
 
 use image::{ImageFormat, Rgb, RgbImage};
 use nuwa::eval::data::{Dataset, ImageReader, Truth};
-use nuwa::eval::{
-    self, EvalConfig, Event, OnError, Prediction, RecBoxes, RunOptions, Settings, Shard, Task,
-};
+use nuwa::eval::{self, EvalConfig, Event, OnError, Prediction, RecBoxes, RunOptions, Settings, Shard, Task};
 use nuwa::preprocess::Geometry;
 use nuwa::score::{choice, rec, vqa, yesno};
 use serde_json::{json, Value};
@@ -76,8 +74,10 @@ fn rec_manifest(dir: &Path) -> PathBuf {
     write_lines(
         &path,
         &[
-            json!({"id": "a", "image": "img0.png", "expression": "the red square", "bbox": [16, 16, 16, 16]}).to_string(),
-            json!({"image": "img1.png", "expression": ["top half", "the blue thing"], "bbox": [0, 0, 40, 36]}).to_string(),
+            json!({"id": "a", "image": "img0.png", "expression": "the red square", "bbox": [16, 16, 16, 16]})
+                .to_string(),
+            json!({"image": "img1.png", "expression": ["top half", "the blue thing"], "bbox": [0, 0, 40, 36]})
+                .to_string(),
             json!({"id": 7, "image": "img2.png", "expression": "center", "bbox": [10, 10, 30, 30]}).to_string(),
             json!({"image": "img3.png", "expression": "right part", "bbox": [45, 0, 45, 30]}).to_string(),
             json!({"image": "img0.png", "expression": "again", "bbox": [1, 1, 2, 2]}).to_string(),
@@ -191,7 +191,8 @@ fn fixture_model_run_is_deterministic_and_complete() {
     assert_eq!(pa.iter().find(|p| p.row == 4).unwrap().id, "4", "no id: the row number");
 
     // The text table names every configuration.
-    let parsed: eval::Summary = serde_json::from_str(&std::fs::read_to_string(a.join(eval::SUMMARY_FILE)).unwrap()).unwrap();
+    let parsed: eval::Summary =
+        serde_json::from_str(&std::fs::read_to_string(a.join(eval::SUMMARY_FILE)).unwrap()).unwrap();
     let table = eval::format_table(&parsed);
     for n in THREE {
         assert!(table.contains(n), "{table}");
@@ -321,7 +322,11 @@ fn limit_counts_samples_before_sharding() {
     let r = run(&o);
     assert_eq!(r.ran, 2);
     let p = predictions(&dir.join("out"));
-    assert_eq!(p.iter().map(|p| (p.row, p.sub)).collect::<Vec<_>>(), [(1, 0), (2, 0)], "row 2 cut after one expression");
+    assert_eq!(
+        p.iter().map(|p| (p.row, p.sub)).collect::<Vec<_>>(),
+        [(1, 0), (2, 0)],
+        "row 2 cut after one expression"
+    );
 }
 
 /// Rows 2–5 are unusable: invalid JSON, a missing field, an image that is not an image, a missing file.
@@ -364,7 +369,11 @@ fn unusable_rows_are_reported_by_row_and_skipped() {
     assert_eq!(errors.iter().map(|e| e["row"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 3, 4, 5]);
     assert!(msg(0).contains("broken.jsonl line 2") && msg(0).contains("not valid JSON"), "{}", msg(0));
     assert!(msg(1).contains("line 3") && msg(1).contains("`expression`"), "{}", msg(1));
-    assert!(msg(2).contains("line 4") && msg(2).contains("corrupt.png") && msg(2).contains("unrecognised format"), "{}", msg(2));
+    assert!(
+        msg(2).contains("line 4") && msg(2).contains("corrupt.png") && msg(2).contains("unrecognised format"),
+        "{}",
+        msg(2)
+    );
     assert!(msg(3).contains("line 5") && msg(3).contains("nowhere.png"), "{}", msg(3));
     assert_eq!(s["n_samples"], 2);
     let lines = std::fs::read_to_string(out.join(eval::ERRORS_FILE)).unwrap();
@@ -520,7 +529,8 @@ mod pq {
 
 /// Three RefCOCO rows: two expressions, one expression, and an image cell that is not an image.
 fn refcoco_parquet(path: &Path) {
-    let images = [Some(png_bytes(&picture(60, 40, 3))), Some(png_bytes(&picture(30, 50, 4))), Some(b"garbage".to_vec())];
+    let images =
+        [Some(png_bytes(&picture(60, 40, 3))), Some(png_bytes(&picture(30, 50, 4))), Some(b"garbage".to_vec())];
     pq::write(
         path,
         pq::REFCOCO,
@@ -528,7 +538,11 @@ fn refcoco_parquet(path: &Path) {
             pq::opt_str(&[Some("101"), Some("102"), Some("103")]),
             pq::struct_bytes(&images),
             pq::opt_str(&[Some("a.jpg"), Some("b.jpg"), Some("c.jpg")]),
-            pq::opt_str(&[Some("Please carefully observe the area circled in the image and come up with a caption for the area."); 3]),
+            pq::opt_str(
+                &[Some(
+                    "Please carefully observe the area circled in the image and come up with a caption for the area.",
+                ); 3],
+            ),
             pq::list_str(&[vec!["man in red", "left guy"], vec!["dog"], vec!["tree"]]),
             pq::list_f64(&[vec![1.0, 2.0, 3.0, 4.0], vec![], vec![0.0; 6]]),
             pq::list_f64(&[vec![6.0, 4.0, 30.0, 20.0], vec![0.0, 25.0, 15.0, 25.0], vec![1.0, 1.0, 2.0, 2.0]]),
@@ -626,7 +640,12 @@ fn obj(v: Value) -> serde_json::Map<String, Value> {
 fn manifest_fields_for_each_task() {
     use nuwa::eval::data::samples_of;
     // vqa: VQAv2's answer objects, TextVQA's strings, GQA's single answer.
-    let s = samples_of(Task::Vqa, &obj(json!({"question": "What color?", "answers": [{"answer": "red"}, {"answer": "Red"}]})), 3).unwrap();
+    let s = samples_of(
+        Task::Vqa,
+        &obj(json!({"question": "What color?", "answers": [{"answer": "red"}, {"answer": "Red"}]})),
+        3,
+    )
+    .unwrap();
     assert_eq!(s[0].truth, Truth::Vqa { answers: vec!["red".into(), "Red".into()] });
     assert_eq!(s[0].id, "3");
     assert_eq!(s[0].prompt, "What color?\nAnswer the question using a single word or phrase.");
@@ -647,14 +666,17 @@ fn manifest_fields_for_each_task() {
         "Context: Animals.\nWhich is a mammal?\nA. trout\nB. whale\nC. crow\nAnswer with the option's letter from the given choices directly."
     );
     // … MMBench's option columns with a letter answer, or the answer's text.
-    let s = samples_of(Task::Choice, &obj(json!({"question": "Q?", "A": "x", "B": "y", "C": null, "answer": "B"})), 1).unwrap();
+    let s = samples_of(Task::Choice, &obj(json!({"question": "Q?", "A": "x", "B": "y", "C": null, "answer": "B"})), 1)
+        .unwrap();
     assert_eq!(s[0].truth, Truth::Choice { answer: 'B', n_choices: 2 });
     assert_eq!(s[0].prompt, format!("Q?\nA. x\nB. y{}", choice::LETTER_SUFFIX));
     let s = samples_of(Task::Choice, &obj(json!({"question": "Q?", "choices": ["x", "y"], "answer": "y"})), 1).unwrap();
     assert_eq!(s[0].truth, Truth::Choice { answer: 'B', n_choices: 2 });
-    let e = samples_of(Task::Choice, &obj(json!({"question": "Q?", "choices": ["x", "y"], "answer": "C"})), 1).unwrap_err();
+    let e =
+        samples_of(Task::Choice, &obj(json!({"question": "Q?", "choices": ["x", "y"], "answer": "C"})), 1).unwrap_err();
     assert!(e.contains("`answer`"), "{e}");
-    let e = samples_of(Task::Choice, &obj(json!({"question": "Q?", "choices": ["x", "y"], "answer": 2})), 1).unwrap_err();
+    let e =
+        samples_of(Task::Choice, &obj(json!({"question": "Q?", "choices": ["x", "y"], "answer": 2})), 1).unwrap_err();
     assert!(e.contains("out of range"), "{e}");
 
     // yesno
@@ -681,9 +703,9 @@ fn vqa_normalisation_follows_the_evalai_processor() {
         ("yes, it is", "yes it is"),
         ("dont", "don't"),
         ("don't", "don't"),
-        ("a-b", "b"),             // '-' between letters becomes a space, then the article goes
+        ("a-b", "b"),                     // '-' between letters becomes a space, then the article goes
         ("hello - world", "hello world"), // next to a space it is deleted
-        ("3.5", "3.5"),           // a period before a digit stays
+        ("3.5", "3.5"),                   // a period before a digit stays
         ("e.g. this", "eg this"),
         ("none", "0"),
         ("\tYES\n", "yes"),
@@ -767,7 +789,8 @@ fn choice_letters_hand_cases() {
 #[test]
 fn rec_boxes_padded_as_the_harness_or_original() {
     // A 200×100 image pads to a 200×200 square with the picture at rows 50..150.
-    let geometry = Geometry { width: 200, height: 100, side: 200, pad_x: 0, pad_y: 50, input_window: [0.0, 0.0, 200.0, 200.0] };
+    let geometry =
+        Geometry { width: 200, height: 100, side: 200, pad_x: 0, pad_y: 50, input_window: [0.0, 0.0, 200.0, 200.0] };
     let truth = Truth::Rec { expression: "x".into(), bbox: [50.0, 0.0, 100.0, 100.0] };
     let sample = nuwa::eval::data::Sample { sub: 0, id: "1".into(), prompt: "p".into(), truth: truth.clone() };
     let response = "[0.25, 0.25, 0.75, 0.75]";
@@ -794,7 +817,14 @@ fn rec_boxes_padded_as_the_harness_or_original() {
 }
 
 fn settings(task: Task) -> Settings {
-    Settings { task, model: "m".into(), data: vec!["d".into()], max_new_tokens: 16, rec_boxes: RecBoxes::Padded, seed: 0 }
+    Settings {
+        task,
+        model: "m".into(),
+        data: vec!["d".into()],
+        max_new_tokens: 16,
+        rec_boxes: RecBoxes::Padded,
+        seed: 0,
+    }
 }
 
 #[test]
@@ -887,10 +917,14 @@ fn retention_is_relative_to_the_unpruned_run() {
     assert_eq!((s.configs[1].prune.as_str(), s.configs[1].budget), ("nuwa", Some(64)));
 
     // An unpruned score of 0: the unpruned run is still 100 %, the others have nothing to be relative to.
-    let zero: Vec<Prediction> = preds.iter().cloned().map(|mut p| {
-        p.accuracy = Some(0.0);
-        p
-    }).collect();
+    let zero: Vec<Prediction> = preds
+        .iter()
+        .cloned()
+        .map(|mut p| {
+            p.accuracy = Some(0.0);
+            p
+        })
+        .collect();
     let s = eval::summarize(&settings(Task::Vqa), &[], &zero, &[]);
     assert_eq!(s.configs.iter().map(|c| c.retention_pct).collect::<Vec<_>>(), [Some(100.0), None, None]);
 

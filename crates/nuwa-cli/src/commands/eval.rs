@@ -59,7 +59,7 @@ pub struct EvalArgs {
     /// original image first.
     #[arg(long, value_enum, default_value_t = RecBoxesArg::Padded)]
     pub rec_boxes: RecBoxesArg,
-    /// Seed for `--stage2-rule random`-style randomness (decoding is greedy).
+    /// Seed for seeded method variants (decoding is greedy).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Print summary.json instead of the table.

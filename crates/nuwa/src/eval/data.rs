@@ -34,12 +34,20 @@ pub struct Sample {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Truth {
     /// `bbox`: COCO `[x, y, w, h]` in pixels of the original image.
-    Rec { expression: String, bbox: [f64; 4] },
+    Rec {
+        expression: String,
+        bbox: [f64; 4],
+    },
     /// Human answers (one or more).
-    Vqa { answers: Vec<String> },
+    Vqa {
+        answers: Vec<String>,
+    },
     YesNo(YesNo),
     /// The right option's letter.
-    Choice { answer: char, n_choices: usize },
+    Choice {
+        answer: char,
+        n_choices: usize,
+    },
 }
 
 /// Where a row's image is.
@@ -111,7 +119,10 @@ impl Dataset {
         let mut offset = 0;
         for path in files {
             let kind = kind_of(&path).ok_or_else(|| {
-                Error::io(&path, "unknown data file type: expected a JSONL manifest (.jsonl) or a Parquet file (.parquet)")
+                Error::io(
+                    &path,
+                    "unknown data file type: expected a JSONL manifest (.jsonl) or a Parquet file (.parquet)",
+                )
             })?;
             let index = out.files.len();
             let count = match kind {
@@ -169,8 +180,12 @@ fn read_manifest(path: &Path, task: Task, file: usize, offset: usize, rows: &mut
             Ok(obj) => {
                 let image = match obj.get("image") {
                     Some(Value::String(s)) if !s.trim().is_empty() => Ok(ImageSource::Path(base.join(s))),
-                    None | Some(Value::Null) => Err(format!("{at}: field `image` is missing (a path relative to the manifest)")),
-                    Some(other) => Err(format!("{at}: field `image`: expected a path (string), got {}", kind_name(other))),
+                    None | Some(Value::Null) => {
+                        Err(format!("{at}: field `image` is missing (a path relative to the manifest)"))
+                    }
+                    Some(other) => {
+                        Err(format!("{at}: field `image`: expected a path (string), got {}", kind_name(other)))
+                    }
                 };
                 match image {
                     Ok(img) => (Some(img), samples_of(task, &obj, row).map_err(|m| format!("{at}: {m}"))),
@@ -338,7 +353,9 @@ fn strings(v: &Value, key: &str) -> std::result::Result<Vec<String>, String> {
         }
     };
     let out = match v {
-        Value::Array(items) => items.iter().filter(|v| !v.is_null()).map(one).collect::<std::result::Result<Vec<_>, _>>()?,
+        Value::Array(items) => {
+            items.iter().filter(|v| !v.is_null()).map(one).collect::<std::result::Result<Vec<_>, _>>()?
+        }
         other => vec![one(other)?],
     };
     if out.iter().all(|s| s.trim().is_empty()) {
@@ -395,7 +412,9 @@ pub fn samples_of(task: Task, obj: &Map<String, Value>, row: usize) -> std::resu
         Task::Yesno => {
             let question = string(obj, "question", "the question")?;
             let answer = match get(obj, "answer") {
-                Some(Value::String(s)) => YesNo::parse(s).ok_or_else(|| format!("field `answer`: expected \"yes\" or \"no\", got {s:?}"))?,
+                Some(Value::String(s)) => {
+                    YesNo::parse(s).ok_or_else(|| format!("field `answer`: expected \"yes\" or \"no\", got {s:?}"))?
+                }
                 Some(Value::Bool(b)) => {
                     if *b {
                         YesNo::Yes
@@ -403,7 +422,9 @@ pub fn samples_of(task: Task, obj: &Map<String, Value>, row: usize) -> std::resu
                         YesNo::No
                     }
                 }
-                Some(other) => return Err(format!("field `answer`: expected \"yes\" or \"no\", got {}", kind_name(other))),
+                Some(other) => {
+                    return Err(format!("field `answer`: expected \"yes\" or \"no\", got {}", kind_name(other)))
+                }
                 None => return Err("field `answer` is missing (\"yes\" or \"no\")".into()),
             };
             one(vqa::prompt(&question), Truth::YesNo(answer))
@@ -414,7 +435,9 @@ pub fn samples_of(task: Task, obj: &Map<String, Value>, row: usize) -> std::resu
             // on its own line.
             let (choices, mmbench) = match get(obj, "choices") {
                 Some(v @ Value::Array(_)) => (strings(v, "choices")?, false),
-                Some(other) => return Err(format!("field `choices`: expected a list of strings, got {}", kind_name(other))),
+                Some(other) => {
+                    return Err(format!("field `choices`: expected a list of strings, got {}", kind_name(other)))
+                }
                 None => {
                     let letters: Vec<String> = (0..26)
                         .map(choice::letter)
@@ -462,7 +485,9 @@ fn choice_answer(v: Option<&Value>, choices: &[String]) -> std::result::Result<c
                 (Some(c), None) if c.is_ascii_uppercase() && c <= last => Ok(c),
                 _ => match choices.iter().position(|c| c.trim() == t) {
                     Some(i) => Ok(choice::letter(i)),
-                    None => Err(format!("field `answer`: {s:?} is neither a letter A to {last} nor one of the choices")),
+                    None => {
+                        Err(format!("field `answer`: {s:?} is neither a letter A to {last} nor one of the choices"))
+                    }
                 },
             }
         }
@@ -525,7 +550,9 @@ impl ImageReader {
                 let cell = self.parquet_cell(&file.path, row.file, row.local).map_err(|m| format!("{at}: {m}"))?;
                 let what = "in the `image` column";
                 match cell {
-                    Field::Bytes(b) => preprocess::decode_image(b.data(), what).map_err(|e| format!("{at}: {}", image_error(e))),
+                    Field::Bytes(b) => {
+                        preprocess::decode_image(b.data(), what).map_err(|e| format!("{at}: {}", image_error(e)))
+                    }
                     Field::Str(p) => self.path_image(&file.path, &p, &at),
                     Field::Group(g) => {
                         let mut bytes = None;
@@ -538,7 +565,9 @@ impl ImageReader {
                             }
                         }
                         match (bytes, path) {
-                            (Some(b), _) => preprocess::decode_image(&b, what).map_err(|e| format!("{at}: {}", image_error(e))),
+                            (Some(b), _) => {
+                                preprocess::decode_image(&b, what).map_err(|e| format!("{at}: {}", image_error(e)))
+                            }
                             (None, Some(p)) => self.path_image(&file.path, &p, &at),
                             (None, None) => Err(format!("{at}: the `image` cell has neither `bytes` nor `path`")),
                         }

@@ -125,7 +125,8 @@ impl std::str::FromStr for Shard {
     fn from_str(s: &str) -> Result<Self> {
         let bad = || Error::InvalidArgument(format!("--shard: expected i/N with 0 ≤ i < N (e.g. 0/4), got {s:?}"));
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        let (index, count): (usize, usize) =
+            (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
         if count == 0 || index >= count {
             return Err(bad());
         }
@@ -152,7 +153,8 @@ impl EvalConfig {
         match prune.trim() {
             "none" => Ok(Self { name: "none".into(), method: Method::None }),
             "nuwa" => {
-                let budget = budget.ok_or_else(|| Error::InvalidArgument("--budgets: nuwa needs at least one budget".into()))?;
+                let budget =
+                    budget.ok_or_else(|| Error::InvalidArgument("--budgets: nuwa needs at least one budget".into()))?;
                 let cfg = NuwaConfig { budget, seed, ..NuwaConfig::default() };
                 cfg.validate()?;
                 Ok(Self { name: format!("nuwa@{budget}"), method: Method::Nuwa(cfg) })
@@ -238,7 +240,9 @@ impl Settings {
         let a = serde_json::to_value(self).expect("plain data");
         let b = serde_json::to_value(other).expect("plain data");
         let (a, b) = (a.as_object().expect("struct"), b.as_object().expect("struct"));
-        a.iter().find(|(k, v)| b.get(*k) != Some(v)).map(|(k, v)| format!("{k}: {v} vs {}", b.get(k).unwrap_or(&Value::Null)))
+        a.iter()
+            .find(|(k, v)| b.get(*k) != Some(v))
+            .map(|(k, v)| format!("{k}: {v} vs {}", b.get(k).unwrap_or(&Value::Null)))
     }
 }
 
@@ -437,7 +441,11 @@ pub struct Summary {
 }
 
 /// Runs every requested configuration over every selected sample not already in `opts.out`.
-pub fn run(engine: &Engine, opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>) -> ControlFlow<()>) -> Result<RunReport> {
+pub fn run(
+    engine: &Engine,
+    opts: &RunOptions,
+    on_event: &mut dyn FnMut(Event<'_>) -> ControlFlow<()>,
+) -> Result<RunReport> {
     let t0 = Instant::now();
     let max_new_tokens = opts.max_new_tokens.unwrap_or(opts.task.default_max_new_tokens());
     if max_new_tokens == 0 {
@@ -476,7 +484,10 @@ pub fn run(engine: &Engine, opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_
         }
         let prev = read_run_file(&run_path)?;
         if let Some(d) = prev.settings.difference(&settings) {
-            return Err(Error::io(out, format!("--resume: this folder's run has different settings ({d}); use another --out")));
+            return Err(Error::io(
+                out,
+                format!("--resume: this folder's run has different settings ({d}); use another --out"),
+            ));
         }
         if prev.shard != opts.shard {
             let show = |s: Option<Shard>| s.map_or("none".to_string(), |s| s.to_string());
@@ -491,7 +502,8 @@ pub fn run(engine: &Engine, opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_
     }
     let mut all_configs: Vec<String> = all_configs.into_iter().collect();
     all_configs.sort_by_key(|c| config_order(c));
-    let run_file = RunFile { settings: settings.clone(), configs: all_configs.clone(), shard: opts.shard, limit: opts.limit };
+    let run_file =
+        RunFile { settings: settings.clone(), configs: all_configs.clone(), shard: opts.shard, limit: opts.limit };
     write_json(&run_path, &run_file)?;
     // A summary describes a finished run; this one is not finished yet.
     let _ = std::fs::remove_file(out.join(SUMMARY_FILE));
@@ -556,7 +568,8 @@ pub fn run(engine: &Engine, opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_
         .append(true)
         .open(&pred_path)
         .map_err(|e| Error::io(&pred_path, format!("cannot open for appending: {e}")))?;
-    let mut errors = std::fs::File::create(&err_path).map_err(|e| Error::io(&err_path, format!("cannot create: {e}")))?;
+    let mut errors =
+        std::fs::File::create(&err_path).map_err(|e| Error::io(&err_path, format!("cannot create: {e}")))?;
     let needs_sim = run_configs.iter().any(|c| needs_similarity(&c.method));
     let tokenizer = engine.tokenizer()?;
     let mut images = data::ImageReader::new();
@@ -570,7 +583,8 @@ pub fn run(engine: &Engine, opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_
                 continue;
             }
         };
-        let todo: Vec<Vec<bool>> = run_configs.iter().map(|c| samples.iter().map(|s| !is_done(row.row, s, c)).collect()).collect();
+        let todo: Vec<Vec<bool>> =
+            run_configs.iter().map(|c| samples.iter().map(|s| !is_done(row.row, s, c)).collect()).collect();
         if !todo.iter().flatten().any(|&t| t) {
             continue;
         }
@@ -589,7 +603,9 @@ pub fn run(engine: &Engine, opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_
                 }
                 match tokenizer.prompt(&s.prompt, true) {
                     Ok(p) => prompts.push(Some(p)),
-                    Err(e) if is_row_error(&e) => return Ok(Err(format!("{at}: {}", with_sub(&e.to_string(), s, samples.len())))),
+                    Err(e) if is_row_error(&e) => {
+                        return Ok(Err(format!("{at}: {}", with_sub(&e.to_string(), s, samples.len()))))
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -622,7 +638,8 @@ pub fn run(engine: &Engine, opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_
                 let generation = match answer {
                     Ok(g) => g,
                     Err(e @ Error::ContextOverflow { .. }) => {
-                        let msg = format!("{at}: {} ({})", with_sub(&e.to_string(), sample, samples.len()), config.name);
+                        let msg =
+                            format!("{at}: {} ({})", with_sub(&e.to_string(), sample, samples.len()), config.name);
                         record_error(opts, &mut errors, &err_path, &pred_path, &mut report, on_event, row.row, msg)?;
                         continue 'rows;
                     }
@@ -654,7 +671,10 @@ pub fn run(engine: &Engine, opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_
     let errs = read_errors(&err_path)?;
     let mut summary = summarize(&settings, &all_configs, &preds, &errs);
     if let Value::Object(t) = &mut summary.timings {
-        t.insert("run".into(), json!({ "wall_s": t0.elapsed().as_secs_f64(), "answers": report.ran, "shard": opts.shard }));
+        t.insert(
+            "run".into(),
+            json!({ "wall_s": t0.elapsed().as_secs_f64(), "answers": report.ran, "shard": opts.shard }),
+        );
     }
     write_json(&out.join(SUMMARY_FILE), &summary)?;
     report.summary = Some(summary);
@@ -754,7 +774,9 @@ pub fn score(p: &mut Prediction, truth: &Truth, geometry: &Geometry, frame: RecB
 fn append_line<T: Serialize>(file: &mut std::fs::File, path: &Path, value: &T) -> Result<()> {
     let mut line = serde_json::to_string(value).map_err(|e| Error::io(path, e))?;
     line.push('\n');
-    file.write_all(line.as_bytes()).and_then(|_| file.flush()).map_err(|e| Error::io(path, format!("cannot write: {e}")))
+    file.write_all(line.as_bytes())
+        .and_then(|_| file.flush())
+        .map_err(|e| Error::io(path, format!("cannot write: {e}")))
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
@@ -767,7 +789,8 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 }
 
 pub fn read_run_file(path: &Path) -> Result<RunFile> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, format!("cannot read the run description: {e}")))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::io(path, format!("cannot read the run description: {e}")))?;
     serde_json::from_str(&text).map_err(|e| Error::config(path, format!("not a nuwa eval run.json: {e}")))
 }
 
@@ -783,8 +806,10 @@ fn repair_tail(path: &Path) -> Result<()> {
     }
     let start = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let tail = &bytes[start..];
-    let mut f =
-        std::fs::OpenOptions::new().append(true).open(path).map_err(|e| Error::io(path, format!("cannot open: {e}")))?;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, format!("cannot open: {e}")))?;
     if serde_json::from_slice::<Prediction>(tail).is_ok() {
         // Complete but for the newline.
         f.write_all(b"\n").and_then(|_| f.flush()).map_err(|e| Error::io(path, format!("cannot write: {e}")))
@@ -803,7 +828,10 @@ pub fn read_errors(path: &Path) -> Result<Vec<RowError>> {
     read_jsonl(path, |e: &RowError| (e.row, e.message.clone()))
 }
 
-fn read_jsonl<T: serde::de::DeserializeOwned, K: std::hash::Hash + Eq>(path: &Path, key: impl Fn(&T) -> K) -> Result<Vec<T>> {
+fn read_jsonl<T: serde::de::DeserializeOwned, K: std::hash::Hash + Eq>(
+    path: &Path,
+    key: impl Fn(&T) -> K,
+) -> Result<Vec<T>> {
     let text = match std::fs::read(path) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -929,11 +957,21 @@ fn metrics(task: Task, ps: &[&Prediction]) -> BTreeMap<String, Value> {
                 .iter()
                 .filter_map(|p| {
                     let truth = yesno::YesNo::parse(p.answer.as_deref()?)?;
-                    Some(yesno::YesNoRow { pred: p.pred.clone().unwrap_or_default(), truth, correct: p.correct.unwrap_or(false) })
+                    Some(yesno::YesNoRow {
+                        pred: p.pred.clone().unwrap_or_default(),
+                        truth,
+                        correct: p.correct.unwrap_or(false),
+                    })
                 })
                 .collect();
             let s = yesno::summarize(&rows);
-            for (k, v) in [("accuracy", s.accuracy), ("precision", s.precision), ("recall", s.recall), ("f1", s.f1), ("yes_ratio", s.yes_ratio)] {
+            for (k, v) in [
+                ("accuracy", s.accuracy),
+                ("precision", s.precision),
+                ("recall", s.recall),
+                ("f1", s.f1),
+                ("yes_ratio", s.yes_ratio),
+            ] {
                 m.insert(k.into(), json!(v));
             }
             m.insert("unparsed".into(), json!(s.unparsed));
