@@ -247,7 +247,7 @@ fn vispruner_in_f64_on_the_recorded_inputs() {
 /// A JSON kept-token entry: a patch, or a merged token's patches (sorted for comparison).
 fn token_sources(v: &serde_json::Value) -> Vec<usize> {
     let mut s: Vec<usize> = match v {
-        serde_json::Value::Array(a) => a.iter().flat_map(|x| token_sources(x)).collect(),
+        serde_json::Value::Array(a) => a.iter().flat_map(token_sources).collect(),
         x => vec![x.as_u64().unwrap() as usize],
     };
     s.sort_unstable();

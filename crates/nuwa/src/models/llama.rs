@@ -103,13 +103,13 @@ impl Config {
                 }
             }
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 && self.head_dim.is_none() {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) && self.head_dim.is_none() {
             return Err(format!(
                 "text_config.hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.num_attention_heads % self.num_key_value_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads()) {
             return Err(format!(
                 "text_config.num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads,

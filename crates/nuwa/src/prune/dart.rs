@@ -34,10 +34,10 @@ pub fn cpython_set_order(values: &[usize]) -> Vec<usize> {
         let (mut i, mut perturb) = (v & mask, v);
         loop {
             let probes = if i + LINEAR_PROBES <= mask { LINEAR_PROBES } else { 0 };
-            for j in i..=i + probes {
-                match table[j] {
+            for slot in &mut table[i..=i + probes] {
+                match *slot {
                     None => {
-                        table[j] = Some(v);
+                        *slot = Some(v);
                         return true;
                     }
                     Some(existing) if existing == v => return false,

@@ -23,7 +23,8 @@ pub fn select(attn: &[f32], x: &[Vec<f32>], budget: usize, important_ratio: f64)
         })
         .collect();
     let cos = |a: usize, b: usize| unit[a].iter().zip(&unit[b]).map(|(u, v)| u * v).sum::<f64>();
-    while n_diverse > 0 {
+    // Halve-and-compare rounds, at most 8 drops each, until the residual fits its share.
+    loop {
         let drop = 8.min(residual.len().saturating_sub(n_diverse));
         if drop == 0 {
             break;
