@@ -183,8 +183,13 @@ impl Engine {
 
     /// Reads an image file and preprocesses it as the checkpoint's processor does.
     pub fn load_pixels(&self, path: &Path) -> Result<(Tensor, Geometry)> {
-        let img = preprocess::load_image(path)?;
-        let pre = preprocess::preprocess(&img, &self.preprocess);
+        self.pixels(&preprocess::load_image(path)?)
+    }
+
+    /// Preprocesses a decoded image as the checkpoint's processor does: (3, S, S) and the geometry
+    /// that maps the model's square back onto the image.
+    pub fn pixels(&self, img: &image::RgbImage) -> Result<(Tensor, Geometry)> {
+        let pre = preprocess::preprocess(img, &self.preprocess);
         let pixels = Tensor::from_vec(pre.pixels, (3, pre.height as usize, pre.width as usize), &self.device)?;
         Ok((pixels, pre.geometry))
     }

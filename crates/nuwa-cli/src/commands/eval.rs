@@ -30,7 +30,8 @@ pub struct EvalArgs {
     /// What is asked and how it is scored.
     #[arg(long, value_enum)]
     pub task: Option<TaskArg>,
-    /// Pruning methods, comma-separated (none, nuwa); `none` runs once, the others at every budget.
+    /// Pruning methods, comma-separated (none, nuwa, fastv, visionzip, pool, random, divprune, dart, pdrop,
+    /// sparsevlm, vispruner); `none` runs once, the others at every budget.
     #[arg(long, value_delimiter = ',', default_value = "none,nuwa")]
     pub prune: Vec<String>,
     /// Vision-token budgets, comma-separated.

@@ -15,12 +15,11 @@
 pub mod data;
 
 use crate::engine::{needs_similarity, Engine};
-use crate::preprocess::{self, Geometry};
+use crate::preprocess::Geometry;
 use crate::prompt::PromptTokens;
-use crate::prune::{nuwa::NuwaConfig, Method};
+use crate::prune::Method;
 use crate::score::{choice, rec, vqa, yesno};
 use crate::{Error, Result, Sampling};
-use candle_core::Tensor;
 use data::{Dataset, Sample, Truth};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -148,18 +147,12 @@ pub struct EvalConfig {
 }
 
 impl EvalConfig {
-    /// `prune` with `budget` (ignored by `none`); Nüwa takes its defaults otherwise.
+    /// `prune` with `budget` (ignored by `none`); every method takes its defaults otherwise.
     pub fn new(prune: &str, budget: Option<usize>, seed: u64) -> Result<Self> {
-        match prune.trim() {
-            "none" => Ok(Self { name: "none".into(), method: Method::None }),
-            "nuwa" => {
-                let budget =
-                    budget.ok_or_else(|| Error::InvalidArgument("--budgets: nuwa needs at least one budget".into()))?;
-                let cfg = NuwaConfig { budget, seed, ..NuwaConfig::default() };
-                cfg.validate()?;
-                Ok(Self { name: format!("nuwa@{budget}"), method: Method::Nuwa(cfg) })
-            }
-            other => Err(Error::InvalidArgument(format!("--prune: unknown method {other:?}; expected none or nuwa"))),
+        match (prune.trim(), budget) {
+            ("none", _) => Ok(Self { name: "none".into(), method: Method::None }),
+            (name, Some(budget)) => Ok(Self { name: format!("{name}@{budget}"), method: Method::from_name(name, budget, seed)? }),
+            (name, None) => Err(Error::InvalidArgument(format!("--budgets: {name} needs at least one budget"))),
         }
     }
 
@@ -177,7 +170,7 @@ impl EvalConfig {
     /// Every method × every budget (`none` once), sorted, without duplicates.
     pub fn grid(prune: &[String], budgets: &[usize], seed: u64) -> Result<Vec<Self>> {
         if prune.is_empty() {
-            return Err(Error::InvalidArgument("--prune: give at least one method (none, nuwa)".into()));
+            return Err(Error::InvalidArgument("--prune: give at least one method (none, nuwa, fastv, …)".into()));
         }
         let mut out = Vec::new();
         for p in prune {
@@ -198,10 +191,7 @@ impl EvalConfig {
     }
 
     pub fn budget(&self) -> Option<usize> {
-        match &self.method {
-            Method::Nuwa(c) => Some(c.budget),
-            _ => None,
-        }
+        self.method.budget()
     }
 }
 
@@ -609,11 +599,10 @@ pub fn run(
                     Err(e) => return Err(e),
                 }
             }
-            let pre = preprocess::preprocess(&img, &engine.preprocess);
-            let pixels = Tensor::from_vec(pre.pixels, (3, pre.height as usize, pre.width as usize), engine.device())?;
+            let (pixels, geometry) = engine.pixels(&img)?;
             let mut features = engine.encode_vision(&pixels, needs_sim)?;
-            features.geometry = Some(pre.geometry);
-            Ok(Ok((features, pre.geometry, prompts)))
+            features.geometry = Some(geometry);
+            Ok(Ok((features, geometry, prompts)))
         })()?;
         let (features, geometry, prompts) = match prepared {
             Ok(p) => p,
