@@ -111,3 +111,20 @@ fn model_or_preset_is_required() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--preset") || err.contains("--model"), "{err}");
 }
+
+#[test]
+fn every_budgeted_method_can_be_measured() {
+    let v = json_of(&[
+        "bench", "--preset", "tiny", "--runs", "1", "--warmup", "0", "--decode-tokens", "1", "--budgets", "64",
+        "--prune", "fastv,pdrop,visionzip", "--json",
+    ]);
+    let labels: Vec<_> = v["results"].as_array().unwrap().iter().map(|r| r["label"].as_str().unwrap().to_string()).collect();
+    assert_eq!(labels, ["none", "fastv-64", "pdrop-64", "visionzip-64"]);
+    for r in &v["results"].as_array().unwrap()[1..] {
+        assert!(r["ratio_to_unpruned"]["kv_cache"].as_f64().unwrap() < 1.0, "{}", r["label"]);
+    }
+    let err = fails(&["bench", "--preset", "tiny", "--flops-only", "--prune", "manual"]);
+    assert!(err.contains("manual"), "{err}");
+    let err = fails(&["bench", "--preset", "tiny", "--flops-only", "--prune", "pdrop", "--budgets", "100"]);
+    assert!(err.contains("100") || err.contains("pdrop") || err.contains("budget"), "{err}");
+}

@@ -134,7 +134,7 @@ fn eval_errors_name_the_flag_or_the_row() {
     }
     for (extra, needle) in [
         (vec!["--shard", "2/2"], "--shard"),
-        (vec!["--prune", "none,fastv"], "fastv"),
+        (vec!["--prune", "none,magic"], "magic"),
         (vec!["--limit", "0"], "--limit"),
     ] {
         let o = eval(&data, &dir.join("bad"), &extra);

@@ -365,7 +365,7 @@ pub const BENCH_QUESTION: &str = "What is shown in this image?";
 /// Token ids shaped like the fixture prompt: BOS (1) then 34 seeded ids, and 14 after the image, all
 /// below `min(vocab, 32000)` (never the image or pad token).
 pub fn bench_prompt(seed: u64, vocab: usize) -> PromptTokens {
-    let top = vocab.min(32000).max(3) as u64;
+    let top = vocab.clamp(3, 32000) as u64;
     let mut state = mix(seed ^ 0x5eed_7041);
     let mut next = || {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -393,8 +393,8 @@ pub fn random_pixels(cfg: &clip::Config, seed: u64, device: &Device) -> Result<T
 pub struct Sample {
     /// The vision encoder.
     pub vision_ms: f64,
-    /// Stage 1: the similarity features (mean of the encoder's trailing hidden states), anchors,
-    /// similarity graph, aggregation; 0 without it.
+    /// Nüwa's stage 1: the similarity features (mean of the encoder's trailing hidden states), anchors,
+    /// similarity graph, aggregation. Other methods: their vision-side reduction; 0 without one.
     pub stage1_ms: f64,
     /// The decoder over the prompt (stage 2 included).
     pub llm_prefill_ms: f64,
@@ -427,15 +427,7 @@ pub fn measure(
     decode_tokens: usize,
 ) -> Result<Sample> {
     let t0 = Instant::now();
-    // As `Engine::encode_image`, in its two steps, so that the work between the encoder and stage 1
-    // proper (the mean of the trailing hidden states that stage 1 compares) counts as stage 1's.
-    let similarity = crate::engine::needs_similarity(method);
-    let vision = engine.encode_vision(pixels, similarity)?;
-    let after_encoder_ms = ms(t0) - vision.vision_ms;
-    let mut encoded = engine.reduce(&vision, method)?;
-    if similarity {
-        encoded.stage1_ms += after_encoder_ms;
-    }
+    let encoded = engine.encode_image(pixels, method)?;
     let mut state = engine.prefill_encoded(prompt, Some(encoded), method)?;
     let mut token = crate::generation::argmax(&state.logits.to_vec1::<f32>()?);
     let ttft_ms = ms(t0);

@@ -225,18 +225,21 @@ impl Engine {
             Ok(hs.narrow(0, 1, hs.dim(0)? - 1)?)
         };
         let cls = out.cls_attention.as_ref().expect("requested above");
+        let t1 = Instant::now();
         let similarity_features = if similarity {
             let hidden = (first_similarity..=depth).map(patches).collect::<Result<Vec<_>>>()?;
             Some(nuwa::similarity_features(&hidden)?)
         } else {
             None
         };
+        let similarity_ms = ms(t1);
         Ok(VisionFeatures {
             grid: self.grid(),
             cls_feature: out.hidden_states[&feature_layer].narrow(0, 0, 1)?,
             mean_keys: out.mean_keys.clone().expect("requested with the attention row"),
             features: patches(feature_layer)?,
             similarity: similarity_features,
+            similarity_ms,
             saliency: clip::cls_saliency(cls)?.to_vec1::<f32>()?,
             geometry: None,
             vision_ms,
@@ -295,7 +298,11 @@ impl Engine {
         let reduce_ms = ms(t0);
         let mut e = self.encoded_from(v, tokens, sources)?;
         e.pillars = pillars;
-        e.stage1_ms = if e.sources.len() < n || needs_similarity(method) { reduce_ms } else { 0.0 };
+        e.stage1_ms = match (needs_similarity(method), e.sources.len() < n) {
+            (true, _) => reduce_ms + v.similarity_ms,
+            (false, true) => reduce_ms,
+            (false, false) => 0.0,
+        };
         Ok(e)
     }
 
@@ -550,6 +557,8 @@ pub struct VisionFeatures {
     pub features: Tensor,
     /// Mean of the trailing hidden states, (N, vision hidden), when asked for.
     pub similarity: Option<Tensor>,
+    /// Time spent on that mean: part of the cost of the method that compares patches with it.
+    pub similarity_ms: f64,
     /// Per-patch [CLS] saliency, summed over heads.
     pub saliency: Vec<f32>,
     /// The [CLS] row of the projector's input layer, (1, vision hidden).

@@ -33,10 +33,12 @@ pub struct BenchArgs {
     /// Where to run: cpu, or cuda (needs a build with `--features cuda`).
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
-    /// Methods to measure, comma-separated; the unpruned model is always measured as the baseline.
+    /// Methods to measure, comma-separated (any of `--prune`'s but manual); the unpruned model is
+    /// always measured as the baseline. `--stages` and `--stage2-layer` apply to nuwa.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "none,nuwa")]
     pub prune: Vec<PruneArg>,
-    /// Nüwa budgets (mean vision tokens over the decoder's layers), comma-separated.
+    /// Budgets, comma-separated: mean vision tokens over the decoder's layers (pdrop and sparsevlm
+    /// take 64, 96, 128 or 192).
     #[arg(long, value_delimiter = ',', default_value = "64,128,192", allow_negative_numbers = true)]
     pub budgets: Vec<i64>,
     /// Which Nüwa stages run: both, 1 (K1 = budget, no cut) or 2 (all patches in, budget survive).
@@ -84,8 +86,11 @@ struct Measured {
     base_rss: Option<u64>,
 }
 
-/// The timed quantities, in report order: (JSON key, table header, value of a sample).
-const TIMES: [(&str, &str, fn(&Sample) -> f64); 6] = [
+/// A timed quantity: (JSON key, table header, value of a sample).
+type Timed = (&'static str, &'static str, fn(&Sample) -> f64);
+
+/// The timed quantities, in report order.
+const TIMES: [Timed; 6] = [
     ("vision", "vision", |s| s.vision_ms),
     ("stage1", "stage-1", |s| s.stage1_ms),
     ("llm_prefill", "LLM prefill", |s| s.llm_prefill_ms),
@@ -101,8 +106,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("--prune needs at least one method (none, nuwa)");
     }
     let budgets = args.budgets.iter().map(|&b| positive("--budgets", b)).collect::<Result<Vec<_>>>()?;
-    if args.prune.contains(&PruneArg::Nuwa) && budgets.is_empty() {
-        bail!("--budgets needs at least one budget for --prune nuwa");
+    if args.prune.iter().any(|&p| p != PruneArg::None) && budgets.is_empty() {
+        bail!("--budgets needs at least one budget for a pruning method");
     }
 
     let (mut cfg, source) = match (&args.preset, &args.model) {
@@ -230,27 +235,43 @@ impl Description<'_> {
 }
 
 fn configurations(args: &BenchArgs, budgets: &[usize], cfg: &llava::Config) -> Result<Vec<Config>> {
+    use clap::ValueEnum;
     let text = bench::PREFIX_TOKENS + bench::SUFFIX_TOKENS;
     let mut methods = vec![("none".to_string(), Method::None)];
-    if args.prune.contains(&PruneArg::Nuwa) {
+    let mut seen_methods = Vec::new();
+    for &p in &args.prune {
+        if p == PruneArg::None || seen_methods.contains(&p) {
+            continue;
+        }
+        if p == PruneArg::Manual {
+            bail!("--prune manual is not supported by bench (it keeps a fixed list of patches, not a budget)");
+        }
+        seen_methods.push(p);
+        let name = p.to_possible_value().expect("every method has a name").get_name().to_string();
         let mut seen = Vec::new();
         for &budget in budgets {
             if seen.contains(&budget) {
                 continue;
             }
             seen.push(budget);
-            let c = NuwaConfig {
-                budget,
-                stages: match args.stages {
-                    StagesArg::Both => Stages::Both,
-                    StagesArg::One => Stages::One,
-                    StagesArg::Two => Stages::Two,
-                },
-                stage2_layer: args.stage2_layer,
-                seed: args.seed,
-                ..NuwaConfig::default()
+            let method = match p {
+                PruneArg::Nuwa => {
+                    let c = NuwaConfig {
+                        budget,
+                        stages: match args.stages {
+                            StagesArg::Both => Stages::Both,
+                            StagesArg::One => Stages::One,
+                            StagesArg::Two => Stages::Two,
+                        },
+                        stage2_layer: args.stage2_layer,
+                        seed: args.seed,
+                        ..NuwaConfig::default()
+                    };
+                    Method::Nuwa(c)
+                }
+                _ => Method::from_name(&name, budget, args.seed)?,
             };
-            methods.push((format!("nuwa-{budget}"), Method::Nuwa(c)));
+            methods.push((format!("{name}-{budget}"), method));
         }
     }
     methods
