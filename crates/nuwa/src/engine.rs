@@ -102,11 +102,17 @@ pub struct VisionReport {
     pub cuts: Vec<CutRecord>,
 }
 
+/// Milliseconds per step; serialised under `timings_ms` with short keys.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Timings {
+    #[serde(rename = "vision")]
     pub vision_ms: f64,
+    /// Vision-side token reduction (Nüwa's stage 1, or a baseline's selection).
+    #[serde(rename = "stage1")]
     pub stage1_ms: f64,
+    #[serde(rename = "prefill")]
     pub prefill_ms: f64,
+    #[serde(rename = "decode_per_token")]
     pub decode_ms_per_token: f64,
 }
 

@@ -42,18 +42,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         super::overlay::write(path, image, &out, args.heatmap, None)?;
     }
     if args.json {
-        let t = &out.timings;
         let value = json!({
             "text": out.text,
             "tokens": out.tokens,
             "prompt_tokens": out.prompt_tokens,
             "stop_reason": out.stop_reason,
-            "timings_ms": {
-                "vision": t.vision_ms,
-                "stage1": t.stage1_ms,
-                "prefill": t.prefill_ms,
-                "decode_per_token": t.decode_ms_per_token,
-            },
+            "timings_ms": out.timings,
             "kv_cache_bytes": out.kv_cache_bytes,
             "vision": out.vision,
         });

@@ -63,7 +63,6 @@ pub fn run(args: GroundArgs) -> Result<()> {
         overlay::write(path, &args.image, &out, args.heatmap, bbox)?;
     }
     if args.json {
-        let t = &out.timings;
         let value = json!({
             "text": out.text,
             "expression": args.expression,
@@ -71,12 +70,7 @@ pub fn run(args: GroundArgs) -> Result<()> {
             "stop_reason": out.stop_reason,
             "image": { "width": geometry.width, "height": geometry.height },
             "box": found,
-            "timings_ms": {
-                "vision": t.vision_ms,
-                "stage1": t.stage1_ms,
-                "prefill": t.prefill_ms,
-                "decode_per_token": t.decode_ms_per_token,
-            },
+            "timings_ms": out.timings,
             "vision": out.vision,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
