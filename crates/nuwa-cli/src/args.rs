@@ -137,8 +137,9 @@ pub struct PruneArgs {
     /// Visual-token reduction method.
     #[arg(long, value_enum, default_value_t = PruneArg::Nuwa)]
     pub prune: PruneArg,
-    /// Mean number of vision tokens over the decoder's layers (64 → K1 112 / K2 16, 128 → 224 / 32,
-    /// 192 → 336 / 48; other values by the same rule).
+    /// Vision-token budget. Nüwa: the mean over the decoder's layers (64 → K1 112 / K2 16, 128 → 224 / 32,
+    /// 192 → 336 / 48; other values by the same rule). Baselines: their published LLaVA-1.5 setting for it
+    /// (see the README's baselines table); the JSON reports the resulting mean as avg_vision_tokens.
     #[arg(long, default_value_t = 128)]
     pub budget: usize,
     /// Which Nüwa stages run: both, 1 (K1 = budget, no cut) or 2 (all patches in, budget survive the cut).
@@ -234,6 +235,7 @@ pub struct GenerateArgs {
     /// The question; it goes into the vicuna_v1 conversation after the image.
     #[arg(long)]
     pub prompt: String,
+    /// Stop after this many generated tokens (generation also stops at end-of-sequence or a full context).
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 is greedy decoding.

@@ -19,6 +19,7 @@ pub struct GroundArgs {
     /// What to find, e.g. "the man in the red shirt"; asked with the standard RefCOCO prompt.
     #[arg(long)]
     pub expression: String,
+    /// Stop after this many generated tokens (a box answer needs about 20).
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
     /// Seed for `--stage2-rule random` (decoding is greedy, as in the standard harness).
