@@ -259,7 +259,7 @@ impl Engine {
         let n = h * w;
         let singletons = |kept: &[usize]| kept.iter().map(|&i| vec![i]).collect::<Vec<_>>();
         let gather = |kept: Vec<usize>| -> Result<(VisionTokens, Vec<Vec<usize>>)> {
-            let idx = Tensor::new(kept.iter().map(|&i| i as u32).collect::<Vec<_>>(), v.features.device())?;
+            let idx = crate::index_tensor(&kept, v.features.device())?;
             Ok((VisionTokens::Features(v.features.index_select(&idx, 0)?), singletons(&kept)))
         };
         let t0 = Instant::now();
@@ -296,7 +296,7 @@ impl Engine {
                 let all = self.model.projector.forward(&v.features)?;
                 let mut kept = divprune::select(&all, *budget)?;
                 kept.sort_unstable();
-                let idx = Tensor::new(kept.iter().map(|&i| i as u32).collect::<Vec<_>>(), all.device())?;
+                let idx = crate::index_tensor(&kept, all.device())?;
                 (VisionTokens::Projected(all.index_select(&idx, 0)?), singletons(&kept))
             }
             _ => (VisionTokens::Features(v.features.clone()), singletons(&(0..n).collect::<Vec<_>>())),

@@ -18,6 +18,11 @@ pub mod prompt;
 pub mod prune;
 pub mod score;
 
+/// `idx` as a u32 tensor on `dev`, for `index_select`.
+pub(crate) fn index_tensor(idx: &[usize], dev: &candle_core::Device) -> candle_core::Result<candle_core::Tensor> {
+    candle_core::Tensor::new(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), dev)
+}
+
 pub use engine::{Engine, GenerateRequest, Generation, ImageInput, LoadOptions, VisionReport};
 pub use error::{Error, Result};
 pub use generation::Sampling;

@@ -222,7 +222,7 @@ impl Attention {
     fn preview(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, rows: &[usize]) -> candle_core::Result<Tensor> {
         let (q, k, _) = self.qkv(x, cos, sin)?;
         let k = repeat_kv(k, self.num_heads / self.num_kv_heads)?.contiguous()?;
-        let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), x.device())?;
+        let idx = crate::index_tensor(rows, x.device())?;
         let q = q.index_select(&idx, 2)?;
         let t = x.dim(1)?;
         // Causal: query row r sees keys 0..=r.
@@ -236,7 +236,7 @@ impl Attention {
 
 /// Rows `rows` of (b, heads, T, keys) probabilities, averaged over heads, batch 0: (rows, keys).
 fn head_mean_rows(probs: &Tensor, rows: &[usize]) -> candle_core::Result<Tensor> {
-    let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), probs.device())?;
+    let idx = crate::index_tensor(rows, probs.device())?;
     probs.i(0)?.index_select(&idx, 1)?.mean(0)
 }
 
@@ -527,7 +527,7 @@ fn apply_cut(hidden: &Tensor, positions: &[u32], cut: crate::hooks::Cut, layer: 
     if cut.keep.last() != Some(&(t - 1)) {
         return Err(bad("the last token must be kept: it produces the logits".into()));
     }
-    let idx = Tensor::new(cut.keep.iter().map(|&k| k as u32).collect::<Vec<_>>(), hidden.device())?;
+    let idx = crate::index_tensor(&cut.keep, hidden.device())?;
     let mut x = hidden.index_select(&idx, 0)?;
     let mut kept_positions: Vec<u32> = cut.keep.iter().map(|&k| positions[k]).collect();
     if let Some((at, rows)) = &cut.insert {

@@ -3,10 +3,10 @@
 //! L1 norm of layer 1's keys (4 in the image, 4 in the text after it), then for each pivot keep the
 //! B/8 image tokens least similar to it (cosine of the final-normed states); original positions.
 
-use super::{CutRecord, Span, VisionDropper};
+use super::{top_k, CutRecord, Span, VisionDropper};
 use crate::hooks::{Cut, DecoderProbe, TokenDropper};
 use crate::Result;
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 
 pub const LAYER: usize = 2;
 const IMAGE_PIVOTS: usize = 4;
@@ -68,14 +68,6 @@ pub fn cpython_set_order(values: &[usize]) -> Vec<usize> {
     table.into_iter().flatten().collect()
 }
 
-/// Indices of the `k` largest values, in descending order (ties to the lower index).
-fn top_k_desc(values: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..values.len()).collect();
-    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
-    idx.truncate(k);
-    idx
-}
-
 impl TokenDropper for Dart {
     fn cut_layers(&self) -> Vec<usize> {
         vec![LAYER]
@@ -86,9 +78,9 @@ impl TokenDropper for Dart {
         let slots = self.span.slots();
         let l1: Vec<f32> = probe.prev_keys()?.to_dtype(DType::F32)?.abs()?.sum(1)?.to_vec1()?;
         let image_pivots: Vec<usize> =
-            top_k_desc(&l1[slots.clone()], IMAGE_PIVOTS).into_iter().map(|i| slots.start + i).collect();
+            top_k(&l1[slots.clone()], IMAGE_PIVOTS).into_iter().map(|i| slots.start + i).collect();
         let text_pivots: Vec<usize> =
-            top_k_desc(&l1[slots.end..], TEXT_PIVOTS).into_iter().map(|i| slots.end + i).collect();
+            top_k(&l1[slots.end..], TEXT_PIVOTS).into_iter().map(|i| slots.end + i).collect();
         let order = cpython_set_order(&[image_pivots.clone(), text_pivots].concat());
 
         let state = probe.final_norm()?.to_dtype(DType::F32)?;
@@ -96,10 +88,10 @@ impl TokenDropper for Dart {
         let mut candidates: Vec<usize> = slots.clone().filter(|s| !image_pivots.contains(s)).collect();
         let mut kept: Vec<usize> = image_pivots.clone();
         for pivot in order {
-            let idx = Tensor::new(candidates.iter().map(|&c| c as u32).collect::<Vec<_>>(), unit.device())?;
+            let idx = crate::index_tensor(&candidates, unit.device())?;
             let cos = unit.index_select(&idx, 0)?.matmul(&unit.narrow(0, pivot, 1)?.t()?)?.squeeze(1)?;
             let dissimilarity: Vec<f32> = cos.neg()?.to_vec1()?;
-            let picks: Vec<usize> = top_k_desc(&dissimilarity, self.per_pivot).into_iter().map(|i| candidates[i]).collect();
+            let picks: Vec<usize> = top_k(&dissimilarity, self.per_pivot).into_iter().map(|i| candidates[i]).collect();
             candidates.retain(|c| !picks.contains(c));
             kept.extend(picks);
         }

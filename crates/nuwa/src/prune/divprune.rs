@@ -2,6 +2,7 @@
 //! input, greedily pick the projected tokens that are most different from those already picked
 //! (max–min cosine distance); contiguous positions.
 
+use crate::generation::argmax;
 use candle_core::{DType, Tensor};
 
 /// Picks `k` of the rows of `v` (N, D), returning them in the order they were chosen.
@@ -26,27 +27,16 @@ pub fn select(v: &Tensor, k: usize) -> crate::Result<Vec<usize>> {
         }
         b
     };
-    let first = argmax((0..n).map(second_smallest));
+    let first = argmax(&(0..n).map(second_smallest).collect::<Vec<_>>()) as usize;
     let mut order = vec![first];
     // Distance of each token to the nearest chosen one.
     let mut nearest: Vec<f32> = dist[first].clone();
     while order.len() < k {
-        let next = argmax(nearest.iter().copied());
+        let next = argmax(&nearest) as usize;
         order.push(next);
         for (m, &d) in nearest.iter_mut().zip(&dist[next]) {
             *m = m.min(d);
         }
     }
     Ok(order)
-}
-
-/// Index of the first maximum.
-fn argmax(values: impl Iterator<Item = f32>) -> usize {
-    let mut best = (0, f32::NEG_INFINITY);
-    for (i, v) in values.enumerate() {
-        if v > best.1 {
-            best = (i, v);
-        }
-    }
-    best.0
 }

@@ -315,11 +315,23 @@ impl Span {
     }
 }
 
-/// Indices of the `k` largest scores, ascending; ties go to the lower index.
-pub fn top_k_ascending(scores: &[f32], k: usize) -> Vec<usize> {
+/// Orders `indices` by `values` descending; ties go to the lower index (the reference code leaves ties
+/// to torch's top-k, so we fix one rule for every method).
+pub fn sort_desc(values: &[f32], indices: &mut [usize]) {
+    indices.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+}
+
+/// Indices of the `k` largest scores, best first.
+pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    sort_desc(scores, &mut idx);
     idx.truncate(k);
+    idx
+}
+
+/// Indices of the `k` largest scores, ascending.
+pub fn top_k_ascending(scores: &[f32], k: usize) -> Vec<usize> {
+    let mut idx = top_k(scores, k);
     idx.sort_unstable();
     idx
 }

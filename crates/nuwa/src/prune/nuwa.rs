@@ -6,7 +6,8 @@
 //! tokens the last prompt token attends to most. Tokens keep their original positions (the pipeline's job).
 //! Where the paper and the released code differ, this follows the released code (see SPEC-nuwa.md).
 
-use super::{top_k_ascending, CutRecord, Span, VisionDropper};
+use super::{sort_desc, top_k_ascending, CutRecord, Span, VisionDropper};
+use crate::index_tensor;
 use crate::hooks::{Cut, DecoderProbe, TokenDropper};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
@@ -130,11 +131,6 @@ pub fn budgets(budget: usize, stages: Stages, h: usize, w: usize) -> Budgets {
     }
 }
 
-/// Indices of `values` ordered by value descending; ties go to the lower index.
-fn rank_desc(values: &[f32], indices: &mut [usize]) {
-    indices.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
-}
-
 /// Stage-1 anchors: top-`top_n` per 2×2 cell by saliency, then the `k1` most salient of those, returned
 /// in raster order. With `cells` off, the plain global top-`k1`.
 ///
@@ -155,7 +151,7 @@ pub fn select_anchors(saliency: &[f32], h: usize, w: usize, k1: usize, top_n: us
         for r in (0..h - h % 2).step_by(2) {
             for c in (0..w - w % 2).step_by(2) {
                 let mut cell = [r * w + c, r * w + c + 1, (r + 1) * w + c, (r + 1) * w + c + 1];
-                rank_desc(saliency, &mut cell);
+                sort_desc(saliency, &mut cell);
                 out.extend_from_slice(&cell[..top_n]);
             }
         }
@@ -163,7 +159,7 @@ pub fn select_anchors(saliency: &[f32], h: usize, w: usize, k1: usize, top_n: us
     } else {
         (0..n).collect()
     };
-    rank_desc(saliency, &mut candidates);
+    sort_desc(saliency, &mut candidates);
     candidates.truncate(k1);
     candidates.sort_unstable();
     candidates
@@ -216,10 +212,6 @@ fn falloff(rows: &[usize], h: usize, w: usize, distance: f64, dev: &Device) -> R
         }
     }
     Ok(Tensor::from_vec(p, (rows.len(), h * w), dev)?)
-}
-
-fn index_tensor(idx: &[usize], dev: &Device) -> Result<Tensor> {
-    Ok(Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), dev)?)
 }
 
 /// Collector outputs: `Σ_j w_j X_j` with `w = G_a / (Σ_k G_ak + 1e-8)` and the self weight set to 1.

@@ -5,7 +5,7 @@
 //! Positions are renumbered. Clustering decisions are taken in f64 without the reference's random
 //! density noise, so the result is deterministic.
 
-use super::{pdrop, top_k_ascending, CutRecord, Span, VisionDropper};
+use super::{pdrop, sort_desc, top_k_ascending, CutRecord, Span, VisionDropper};
 use crate::hooks::{Cut, DecoderProbe, TokenDropper};
 use crate::Result;
 use candle_core::{DType, Tensor};
@@ -100,7 +100,7 @@ impl TokenDropper for SparseVlm {
         let scores: Vec<f32> = rows.narrow(1, slots.start, slots.len())?.mean(0)?.to_vec1()?;
         let keep = top_k_ascending(&scores, self.counts[stage].min(slots.len() - 1));
         let mut pruned: Vec<usize> = (0..slots.len()).filter(|i| keep.binary_search(i).is_err()).collect();
-        pruned.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        sort_desc(&scores, &mut pruned);
         let feed: Vec<usize> = pruned[..(pruned.len() * 3 / 10 + 1).min(pruned.len())].to_vec();
         let c = feed.len() / 10 + 1;
         let idx = Tensor::new(feed.iter().map(|&i| (slots.start + i) as u32).collect::<Vec<_>>(), probe.hidden().device())?;
