@@ -421,7 +421,9 @@ impl Llama {
         let input_last = *positions.last().ok_or_else(|| crate::Error::InvalidArgument("empty sequence".into()))?;
         let mut x = embeds.unsqueeze(0)?;
         let mut positions = positions.to_vec();
-        let mut rope = self.rope_for(&positions, 0, cache)?;
+        // RoPE tables and the mask are rebuilt only when the sequence or its numbering changes.
+        let mut rope: Option<((Tensor, Tensor), i64)> = None;
+        let mut mask: Option<(Option<Tensor>, (usize, usize))> = None;
         let mut prev_rows: Option<Tensor> = None;
         for (i, layer) in self.layers.iter().enumerate() {
             if let Some(d) = dropper.as_deref_mut().filter(|_| cuts.contains(&i)) {
@@ -432,23 +434,27 @@ impl Llama {
                 x = next_x.unsqueeze(0)?;
                 positions = next_positions;
                 let offset = *positions.last().expect("the last token is always kept") as i64 - input_last as i64;
-                for o in &mut cache.position_offsets[i..] {
-                    *o = offset;
-                }
-                rope = self.rope_for(&positions, 0, cache)?;
-            } else if positions.len() == 1 && i > 0 && cache.position_offsets[i] != cache.position_offsets[i - 1] {
-                rope = self.rope_for(&positions, i, cache)?;
-            } else if positions.len() == 1 && i == 0 && cache.position_offsets[0] != 0 {
-                rope = self.rope_for(&positions, 0, cache)?;
+                cache.position_offsets[i..].fill(offset);
+                rope = None;
             }
             let probe_rows = match dropper.as_ref() {
                 Some(d) if cuts.contains(&(i + 1)) => d.attention_rows(i + 1, positions.len()),
                 _ => Vec::new(),
             };
-            let slot = &mut cache.layers[i];
-            let kv = slot.get_or_insert_with(|| KvCache::new(2, positions.len() + cache.reserve));
-            let mask = causal_mask(positions.len(), kv.current_seq_len(), self.dtype, &self.device)?;
-            let (next, rows) = layer.forward(&x, &rope.0, &rope.1, mask.as_ref(), kv, &probe_rows)?;
+            let kv = cache.layers[i].get_or_insert_with(|| KvCache::new(2, positions.len() + cache.reserve));
+            let past = kv.current_seq_len();
+            // Tokens appended to a filled cache continue that layer's own numbering.
+            let offset = if past > 0 { cache.position_offsets[i] } else { 0 };
+            if rope.as_ref().map(|r| r.1) != Some(offset) {
+                rope = Some((self.rope_at(&positions, offset)?, offset));
+            }
+            let key = (positions.len(), past);
+            if mask.as_ref().map(|m| m.1) != Some(key) {
+                mask = Some((causal_mask(key.0, key.1, self.dtype, &self.device)?, key));
+            }
+            let (cos, sin) = &rope.as_ref().expect("built above").0;
+            let m = mask.as_ref().expect("built above").0.as_ref();
+            let (next, rows) = layer.forward(&x, cos, sin, m, kv, &probe_rows)?;
             x = next;
             prev_rows = rows;
         }
@@ -457,10 +463,8 @@ impl Llama {
         Ok(logits.squeeze(0)?.to_dtype(DType::F32)?)
     }
 
-    /// RoPE tables for `positions` as layer `layer` numbers them: a generated token (one position)
-    /// takes the layer's offset; a prefill sequence is already in the layer's numbering.
-    fn rope_for(&self, positions: &[u32], layer: usize, cache: &Cache) -> crate::Result<(Tensor, Tensor)> {
-        let offset = if positions.len() == 1 { cache.position_offsets[layer] } else { 0 };
+    /// RoPE tables for `positions` shifted by `offset`.
+    fn rope_at(&self, positions: &[u32], offset: i64) -> crate::Result<(Tensor, Tensor)> {
         let shifted = positions
             .iter()
             .map(|&p| u32::try_from(p as i64 + offset).map_err(|_| crate::Error::InvalidArgument(format!("position {p} + {offset} is negative"))))
@@ -499,7 +503,7 @@ impl DecoderProbe for Probe<'_> {
     }
     fn preview_attention(&self, rows: &[usize]) -> crate::Result<Tensor> {
         let block = &self.llama.layers[self.layer];
-        let (cos, sin) = self.llama.rope_for(self.positions, self.layer, self.cache)?;
+        let (cos, sin) = self.llama.rope_at(self.positions, 0)?;
         let x = block.input_layernorm.forward(&self.hidden.unsqueeze(0)?)?;
         Ok(block.self_attn.preview(&x, &cos, &sin, rows)?)
     }
