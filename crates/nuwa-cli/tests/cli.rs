@@ -7,7 +7,7 @@ fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(rel)
 }
 
-fn nuwa(args: &[&str]) -> Output {
+fn nuwa<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_nuwa")).args(args).output().expect("run nuwa")
 }
 
@@ -15,22 +15,20 @@ fn golden() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture("tiny-llava-1.5/golden.json")).unwrap()).unwrap()
 }
 
-fn generate_json(extra: &[&str]) -> serde_json::Value {
+/// `generate` on the fixture with the reference pixel values, plus `extra`.
+fn generate_args(prompt: &str, extra: &[&str]) -> Vec<String> {
     let model = fixture("tiny-llava-1.5");
     let pixels = fixture("tiny-llava-1.5/golden.safetensors");
-    let mut args = vec![
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--pixel-values",
-        pixels.to_str().unwrap(),
-        "--prompt",
-        "What is shown in this image?",
-        "--max-new-tokens",
-        "8",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
+    let mut args: Vec<String> = ["generate", "--model", model.to_str().unwrap(), "--pixel-values", pixels.to_str().unwrap(), "--prompt", prompt]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn generate_json(extra: &[&str]) -> serde_json::Value {
+    let args = generate_args("What is shown in this image?", &[&["--max-new-tokens", "8", "--json"], extra].concat());
     let out = nuwa(&args);
     assert!(out.status.success(), "nuwa failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
@@ -84,7 +82,7 @@ fn generate_streams_text_from_an_image_file() {
 }
 
 /// Runs a failing command and returns its stderr, checking it failed cleanly.
-fn fails(args: &[&str]) -> String {
+fn fails<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
     let out = nuwa(args);
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success(), "expected failure for {args:?}");
@@ -108,19 +106,7 @@ fn bad_flags_are_rejected_with_the_flag_named() {
 
 #[test]
 fn stage2_layer_out_of_range_is_rejected() {
-    let model = fixture("tiny-llava-1.5");
-    let pixels = fixture("tiny-llava-1.5/golden.safetensors");
-    let err = fails(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--pixel-values",
-        pixels.to_str().unwrap(),
-        "--prompt",
-        "hi",
-        "--stage2-layer",
-        "32",
-    ]);
+    let err = fails(&generate_args("hi", &["--stage2-layer", "32"]));
     assert!(err.contains("--stage2-layer") && err.contains("1..=31"), "{err}");
 }
 
@@ -187,14 +173,11 @@ fn manual_keep_file_and_its_errors() {
     let v = generate_json(&["--prune", "manual", "--keep-file", keep.to_str().unwrap(), "--positions", "original"]);
     assert_eq!(v["vision"]["stage1"], serde_json::json!([0, 24, 300, 575]));
     std::fs::write(&keep, "[0, 576]").unwrap();
-    let model = fixture("tiny-llava-1.5");
-    let pixels = fixture("tiny-llava-1.5/golden.safetensors");
-    let base = ["generate", "--model", model.to_str().unwrap(), "--pixel-values", pixels.to_str().unwrap(), "--prompt", "hi"];
-    let err = fails(&[&base[..], &["--prune", "manual", "--keep-file", keep.to_str().unwrap()]].concat());
+    let err = fails(&generate_args("hi", &["--prune", "manual", "--keep-file", keep.to_str().unwrap()]));
     assert!(err.contains("576") && err.contains("--keep-file"), "{err}");
     std::fs::write(&keep, "{\"not\": \"a list\"}").unwrap();
-    let err = fails(&[&base[..], &["--prune", "manual", "--keep-file", keep.to_str().unwrap()]].concat());
+    let err = fails(&generate_args("hi", &["--prune", "manual", "--keep-file", keep.to_str().unwrap()]));
     assert!(err.contains("keep.json") && err.contains("JSON list"), "{err}");
-    assert!(fails(&[&base[..], &["--prune", "manual"]].concat()).contains("--keep-file"));
-    assert!(fails(&[&base[..], &["--prune", "pdrop", "--budget", "100"]].concat()).contains("--budget 100"));
+    assert!(fails(&generate_args("hi", &["--prune", "manual"])).contains("--keep-file"));
+    assert!(fails(&generate_args("hi", &["--prune", "pdrop", "--budget", "100"])).contains("--budget 100"));
 }
