@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use anyhow::Context;
 use nuwa::prune::nuwa::{NuwaConfig, Stage2Rule, Stages};
-use nuwa::prune::{fastv, PositionPolicy};
+use nuwa::prune::{fastv, random, PositionPolicy};
 use nuwa::Method;
 use std::path::PathBuf;
 
@@ -192,19 +192,19 @@ impl PruneArgs {
                 },
                 seed,
             }),
-            PruneArg::Fastv => Method::FastV {
+            PruneArg::Fastv => Method::FastV(fastv::FastV {
                 budget: self.budget,
                 count: match self.fastv_count {
                     FastvCountArg::Average => fastv::Count::Average,
                     FastvCountArg::Kept => fastv::Count::Kept,
                 },
-            },
+            }),
             PruneArg::Manual => {
                 let path = self.keep_file.as_ref().context("--prune manual needs --keep-file FILE")?;
                 let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
                 let keep: Vec<usize> = serde_json::from_str(&text)
                     .with_context(|| format!("{}: expected a JSON list of patch indices like [0, 5, 17]", path.display()))?;
-                Method::Manual { keep }
+                Method::Manual(random::Manual { keep })
             }
             other => Method::from_name(other.to_possible_value().expect("no skipped values").get_name(), self.budget, seed)?,
         };
@@ -247,6 +247,9 @@ pub struct GenerateArgs {
     /// Seed for sampling and for `--stage2-rule random`.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Stop before this text appears in the answer (repeat for several; stop_reason is then "stop").
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
     #[command(flatten)]
     pub prune: PruneArgs,
     /// Print one JSON object (text, tokens, timings, what pruning kept) instead of streaming text.

@@ -6,7 +6,8 @@
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use nuwa::bench::RandomWeights;
-use nuwa::prune::nuwa::{budgets, similarity_features, stage1, NuwaConfig};
+use nuwa::models::llava::similarity_features;
+use nuwa::prune::nuwa::{budgets, stage1, NuwaConfig};
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -12,15 +12,14 @@
 //! digits; see docs/PERFORMANCE.md). [`llm_flops`] also gives a total that counts the text tokens
 //! (`S` = prefix + vision + suffix in every layer).
 
-use crate::engine::Engine;
-use crate::models::{clip, llama, llava};
-use crate::preprocess::PreprocessConfig;
+use crate::engine::{Engine, SessionOptions};
+use crate::layout::VisualLayout;
+use crate::models::{clip, decoder, llava};
 use crate::prompt::PromptTokens;
 use crate::prune::Method;
-use crate::{Error, Result};
+use crate::{Error, Result, Sampling};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::{var_builder::SimpleBackend, Init, VarBuilder};
-use std::path::Path;
 use std::time::Instant;
 
 // ---------------------------------------------------------------------------------------------------
@@ -54,7 +53,7 @@ impl TokenSchedule {
     pub fn new(cfg: &llava::Config, method: &Method) -> Result<Self> {
         method.validate()?;
         let side = cfg.vision_config.grid_side();
-        let per_layer = method.vision_tokens_per_layer((side, side), cfg.text_config.num_hidden_layers)?;
+        let per_layer = method.vision_tokens_per_layer(&VisualLayout::grid(side, side), cfg.text_config.num_hidden_layers)?;
         let k1 = per_layer.first().copied().unwrap_or(0);
         let cut_layer = per_layer.iter().position(|&t| t != k1);
         Ok(Self { k1, k2: cut_layer.map(|_| *per_layer.last().expect("non-empty")), cut_layer, layers: per_layer.len(), per_layer })
@@ -96,7 +95,7 @@ impl Flops {
 
 /// Prefill FLOPs of the decoder under `schedule`, with `text_tokens` text tokens (prefix + suffix)
 /// for the total.
-pub fn llm_flops(cfg: &llama::Config, schedule: &TokenSchedule, text_tokens: usize) -> Flops {
+pub fn llm_flops(cfg: &decoder::Config, schedule: &TokenSchedule, text_tokens: usize) -> Flops {
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
     let mut f = Flops { vision_only: 0.0, total: 0.0 };
     for l in 0..schedule.layers {
@@ -111,7 +110,7 @@ pub fn llm_flops(cfg: &llama::Config, schedule: &TokenSchedule, text_tokens: usi
 // Presets: real shapes, random weights
 // ---------------------------------------------------------------------------------------------------
 
-/// Model shapes `nuwa bench --preset` can build with random weights.
+/// Model shapes the benchmark can build with random weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
     /// The test fixture's shapes (tests/fixtures/tiny-llava-1.5): real 24×24 grid and depths, tiny widths.
@@ -133,7 +132,7 @@ impl Preset {
     pub fn from_name(name: &str) -> Result<Self> {
         Self::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| {
             let names: Vec<_> = Self::ALL.iter().map(|p| p.name()).collect();
-            Error::InvalidArgument(format!("unknown preset {name:?}: expected one of {}", names.join(", ")))
+            Error::invalid("preset", format!("{name:?} is unknown: expected one of {}", names.join(", ")))
         })
     }
 
@@ -169,33 +168,6 @@ impl Preset {
         };
         llava::Config::from_json(&json.to_string()).expect("preset configs are valid")
     }
-}
-
-/// Shortens the decoder and/or the vision encoder (the stage-2 layer, half the decoder depth by
-/// default, follows). The vision encoder keeps feeding the projector from its second-to-last layer.
-pub fn set_depth(cfg: &mut llava::Config, llm_layers: Option<usize>, vision_layers: Option<usize>) -> Result<()> {
-    if let Some(n) = llm_layers {
-        let full = cfg.text_config.num_hidden_layers;
-        if n < 2 || n > full {
-            return Err(Error::InvalidArgument(format!(
-                "--llm-layers must be within 2..={full} (stage 2 cuts between two decoder layers), got {n}"
-            )));
-        }
-        cfg.text_config.num_hidden_layers = n;
-    }
-    if let Some(n) = vision_layers {
-        let full = cfg.vision_config.num_hidden_layers;
-        if n < 2 || n > full {
-            return Err(Error::InvalidArgument(format!(
-                "--vision-layers must be within 2..={full} (the projector reads the second-to-last layer), got {n}"
-            )));
-        }
-        cfg.vision_config.num_hidden_layers = n;
-        if cfg.vision_feature_layer >= 0 && cfg.vision_feature_layer as usize > n {
-            cfg.vision_feature_layer = -2;
-        }
-    }
-    Ok(())
 }
 
 /// Parameters of the whole model (vision tower, projector, decoder with embeddings and LM head).
@@ -324,35 +296,13 @@ fn uniform(key: u64, n: usize, bound: f32) -> Vec<f32> {
 
 /// A LLaVA model with random weights and the shapes of `cfg`.
 pub fn random_model(cfg: &llava::Config, weights: RandomWeights, dtype: DType, device: &Device) -> Result<llava::Llava> {
-    Ok(llava::Llava::new(cfg, &llava_hf_prefixes(), weights.var_builder(dtype, device))?)
+    llava::Llava::new(cfg, &llava_hf_prefixes(), llava::PreprocessConfig::default(), weights.var_builder(dtype, device))
 }
 
 /// An engine over a random-weight model, without a tokenizer (feed it token ids: [`bench_prompt`]).
 pub fn random_engine(cfg: &llava::Config, weights: RandomWeights, dtype: DType, device: &Device) -> Result<Engine> {
     let model = random_model(cfg, weights, dtype, device)?;
-    Ok(Engine::from_parts(model, None, PreprocessConfig::default(), vec![], device.clone()))
-}
-
-/// Loads a llava-hf checkpoint with its decoder and vision encoder cut to the given depths (only the
-/// kept layers' weights are mapped).
-pub fn load_trimmed(
-    dir: &Path,
-    llm_layers: Option<usize>,
-    vision_layers: Option<usize>,
-    dtype: DType,
-    device: &Device,
-) -> Result<Engine> {
-    let mut ckpt = crate::checkpoint::Checkpoint::open(dir)?;
-    set_depth(&mut ckpt.config, llm_layers, vision_layers)?;
-    // SAFETY: `Checkpoint::open` validated the files; mapping them is how candle avoids a copy.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&ckpt.weight_files, dtype, device) }?;
-    let model = llava::Llava::new(&ckpt.config, &ckpt.prefixes, vb)?;
-    let tokenizer = crate::prompt::TextTokenizer::from_file(&ckpt.tokenizer_file)?;
-    let preprocess = match &ckpt.preprocessor_file {
-        Some(p) => PreprocessConfig::from_file(p)?,
-        None => PreprocessConfig::default(),
-    };
-    Ok(Engine::from_parts(model, Some(tokenizer), preprocess, ckpt.eos_token_ids.clone(), device.clone()))
+    Ok(Engine::from_parts(Box::new(model), None, vec![], device.clone()))
 }
 
 /// Tokens before and after the image in the benchmark prompt: the vicuna_v1 template around
@@ -428,31 +378,30 @@ pub fn measure(
 ) -> Result<Sample> {
     let t0 = Instant::now();
     let encoded = engine.encode_image(pixels, method)?;
-    let mut state = engine.prefill_encoded(prompt, Some(encoded), method)?;
-    let mut token = crate::generation::argmax(&state.logits.to_vec1::<f32>()?);
+    let state = engine.prefill_encoded(prompt, Some(encoded), method)?;
+    let (kv_cache_prefill_bytes, timings) = (state.cache.bytes(), state.timings.clone());
+    let (k1, k2) = state.vision.as_ref().map_or((0, None), |v| (v.k1, v.k2));
+    let opts = SessionOptions { max_new_tokens: decode_tokens + 1, stop: vec![], ignore_eos: true };
+    let mut session = engine.session(state, &Sampling::default(), opts)?;
+    session.step()?;
     let ttft_ms = ms(t0);
-    let kv_cache_prefill_bytes = state.cache.bytes();
-    let context = engine.model.llm.config().max_position_embeddings;
     let t1 = Instant::now();
     let mut steps = 0;
-    while steps < decode_tokens && state.next_position < context {
-        let logits = engine.decode_step(token, state.next_position, &mut state.cache)?;
-        token = crate::generation::argmax(&logits.to_vec1::<f32>()?);
-        state.next_position += 1;
+    while session.step()?.is_some() {
         steps += 1;
     }
     let decode_ms_per_token = if steps > 0 { ms(t1) / steps as f64 } else { 0.0 };
-    let vision = state.vision.as_ref();
+    let generation = session.finish();
     Ok(Sample {
-        vision_ms: state.timings.vision_ms,
-        stage1_ms: state.timings.stage1_ms,
-        llm_prefill_ms: state.timings.prefill_ms,
+        vision_ms: timings.vision_ms,
+        stage1_ms: timings.stage1_ms,
+        llm_prefill_ms: timings.prefill_ms,
         ttft_ms,
         decode_ms_per_token,
         kv_cache_prefill_bytes,
-        kv_cache_bytes: state.cache.bytes(),
-        k1: vision.map_or(0, |v| v.k1),
-        k2: vision.and_then(|v| v.k2),
+        kv_cache_bytes: generation.kv_cache_bytes,
+        k1,
+        k2,
     })
 }
 

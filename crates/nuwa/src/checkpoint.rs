@@ -1,22 +1,25 @@
-//! A llava-hf checkpoint directory as it comes from the hub: `config.json`, `model.safetensors` or
+//! A checkpoint directory as it comes from the hub: `config.json`, `model.safetensors` or
 //! shards listed in `model.safetensors.index.json`, `tokenizer.json`, `preprocessor_config.json`.
 //!
 //! Everything is checked before any weight is mapped, so a damaged download is reported by file name
 //! and cause rather than as a panic deep in a forward pass.
 
-use crate::models::llava;
 use crate::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+/// The files of a hub checkpoint directory, checked; what the weights mean is the model family's.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     pub dir: PathBuf,
-    pub config: llava::Config,
+    pub config_path: PathBuf,
+    /// The text of `config.json`.
+    pub config_text: String,
     pub weight_files: Vec<PathBuf>,
-    pub prefixes: llava::WeightPrefixes,
+    /// Every tensor name across the weight files.
+    pub tensor_names: BTreeSet<String>,
     pub tokenizer_file: PathBuf,
-    /// Absent in some conversions; the CLIP defaults apply then.
+    /// Absent in some conversions; the family's defaults apply then.
     pub preprocessor_file: Option<PathBuf>,
     /// `eos_token_id` from `generation_config.json` when present.
     pub eos_token_ids: Vec<u32>,
@@ -25,27 +28,38 @@ pub struct Checkpoint {
 impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(Error::io(dir, "model directory not found (expected a llava-hf checkpoint directory)"));
+            return Err(Error::io(dir, "model directory not found (expected a hub checkpoint directory)"));
         }
         let config_path = dir.join("config.json");
-        let text = read_to_string(&config_path)?;
-        let config = llava::Config::from_json(&text).map_err(|m| Error::config(&config_path, m))?;
-
+        let config_text = read_to_string(&config_path)?;
         let weight_files = weight_files(dir)?;
-        let mut names = BTreeSet::new();
+        let mut tensor_names = BTreeSet::new();
         for f in &weight_files {
-            names.extend(safetensors_names(f)?);
+            tensor_names.extend(safetensors_names(f)?);
         }
-        let prefixes = llava::WeightPrefixes::detect(names.iter().map(String::as_str))
-            .map_err(|m| Error::checkpoint(dir, m))?;
-
         let tokenizer_file = dir.join("tokenizer.json");
         if !tokenizer_file.is_file() {
             return Err(Error::io(&tokenizer_file, "not found (the fast-tokenizer file is required)"));
         }
         let preprocessor_file = Some(dir.join("preprocessor_config.json")).filter(|p| p.is_file());
         let eos_token_ids = generation_eos(&dir.join("generation_config.json"))?;
-        Ok(Self { dir: dir.to_path_buf(), config, weight_files, prefixes, tokenizer_file, preprocessor_file, eos_token_ids })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config_path,
+            config_text,
+            weight_files,
+            tensor_names,
+            tokenizer_file,
+            preprocessor_file,
+            eos_token_ids,
+        })
+    }
+
+    /// A memory map of the weights in `dtype` on `device`.
+    pub fn var_builder(&self, dtype: candle_core::DType, device: &candle_core::Device) -> Result<candle_nn::VarBuilder<'static>> {
+        // SAFETY: the files were validated by `open`; mapping them is how candle avoids a copy.
+        unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&self.weight_files, dtype, device) }
+            .map_err(|e| Error::checkpoint(&self.dir, e.to_string()))
     }
 }
 
@@ -136,7 +150,7 @@ fn generation_eos(path: &Path) -> Result<Vec<u32>> {
     })
 }
 
-/// Turns `--model` into a directory: a local path as is; with the `hub` feature, a hub id
+/// Turns a model argument into a directory: a local path as is; with the `hub` feature, a hub id
 /// (`org/name`) not present locally is downloaded into the hub cache.
 pub fn resolve(model: &str) -> Result<PathBuf> {
     let local = PathBuf::from(model);
@@ -184,6 +198,6 @@ fn download(id: &str) -> Result<PathBuf> {
 fn download(id: &str) -> Result<PathBuf> {
     Err(Error::io(
         id,
-        "no such directory; to download from the hub, build with `--features hub` (or pass a local checkpoint directory)",
+        "no such directory; to download from the hub, build with the `hub` cargo feature (or pass a local checkpoint directory)",
     ))
 }

@@ -1,5 +1,5 @@
-//! The library's error type. Every variant names what was wrong (a file, a field, a flag) and what was
-//! expected, so the binary can print it as is.
+//! The library's error type. Every variant names what was wrong (a file, a field, a request parameter) and what was
+//! expected. Parameters are named as the library spells them; front ends translate.
 
 use std::path::PathBuf;
 
@@ -23,9 +23,27 @@ pub enum Error {
     #[error(transparent)]
     Image(#[from] crate::preprocess::PreprocessError),
 
-    /// A caller-supplied value is out of range (a budget, a quantile, a layer, a token count, …).
+    /// A caller-supplied value is out of range. `field` is the parameter's name in the library's API
+    /// (`budget`, `max_new_tokens`, …); front ends map it to their own spelling (a flag, a JSON key).
+    #[error("`{field}` {reason}")]
+    Invalid { field: &'static str, reason: String },
+
+    /// A request this engine or model cannot serve as asked (e.g. a method needing evidence the model
+    /// does not produce).
     #[error("{0}")]
-    InvalidArgument(String),
+    Unsupported(String),
+
+    /// A component broke the engine's contract (e.g. a token dropper returning an invalid cut): a bug.
+    #[error("internal error: {0}")]
+    Internal(String),
+
+    /// Evaluation stopped at a bad row (as asked): the message says what was kept and how to go on.
+    #[error("{0}")]
+    RowFailed(String),
+
+    /// The caller cancelled the request.
+    #[error("cancelled")]
+    Cancelled,
 
     /// The prompt does not fit the model's context window.
     #[error(
@@ -46,6 +64,9 @@ impl Error {
     }
     pub(crate) fn config(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Config { path: path.into(), msg: msg.into() }
+    }
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Error::Invalid { field, reason: reason.into() }
     }
     pub(crate) fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Checkpoint { path: path.into(), msg: msg.into() }

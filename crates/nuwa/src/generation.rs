@@ -27,10 +27,10 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(cfg: &Sampling) -> Result<Self> {
         if !(cfg.temperature >= 0.0 && cfg.temperature.is_finite()) {
-            return Err(Error::InvalidArgument(format!("--temperature must be ≥ 0, got {}", cfg.temperature)));
+            return Err(Error::invalid("temperature", format!("must be ≥ 0, got {}", cfg.temperature)));
         }
         if !(cfg.top_p > 0.0 && cfg.top_p <= 1.0) {
-            return Err(Error::InvalidArgument(format!("--top-p must be within (0, 1], got {}", cfg.top_p)));
+            return Err(Error::invalid("top_p", format!("must be within (0, 1], got {}", cfg.top_p)));
         }
         Ok(Self { cfg: cfg.clone(), rng: StdRng::seed_from_u64(cfg.seed) })
     }

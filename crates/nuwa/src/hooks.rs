@@ -1,6 +1,7 @@
 //! The contract between the decoder and anything that drops tokens in the middle of it. The decoder
 //! implements [`DecoderProbe`]; pruning methods implement [`TokenDropper`]. Neither knows the other.
 
+use crate::layout::Positions;
 use candle_core::Tensor;
 
 /// What a dropper may read before decoder layer `layer` runs. Everything beyond the hidden states is
@@ -11,7 +12,7 @@ pub trait DecoderProbe {
     /// Hidden states entering the layer, (T, hidden).
     fn hidden(&self) -> &Tensor;
     /// Position ids of the current sequence.
-    fn positions(&self) -> &[u32];
+    fn positions(&self) -> &Positions;
     /// The rows [`TokenDropper::attention_rows`] asked for of layer `layer − 1`'s softmax attention,
     /// averaged over heads: (rows, T), f32.
     fn prev_attention(&self) -> Option<&Tensor>;
@@ -33,7 +34,7 @@ pub struct Cut {
     /// New rows inserted into the kept sequence at this index (e.g. merged tokens), (m, hidden).
     pub insert: Option<(usize, Tensor)>,
     /// Position ids of the resulting sequence; `None` keeps the kept slots' own positions.
-    pub positions: Option<Vec<u32>>,
+    pub positions: Option<Positions>,
 }
 
 /// Drops (and possibly merges) tokens before chosen decoder layers during prefill. Generated tokens

@@ -1,7 +1,8 @@
-//! nuwa: LLaVA inference with spatially faithful visual-token pruning.
+//! nuwa: vision-language-model inference with spatially faithful visual-token pruning.
 //!
-//! Load a llava-hf checkpoint with [`Engine::load`], describe a request with [`GenerateRequest`] (the
-//! pruning method is [`prune::Method`]), and call [`Engine::generate`].
+//! Load a hub checkpoint with [`Engine::load`] (the model family is detected from its `config.json`),
+//! describe a request with [`GenerateRequest`] (the pruning method is [`prune::Method`]), and call
+//! [`Engine::generate`] — or [`Engine::prefill`] and step a [`Session`] token by token.
 
 pub mod bench;
 pub mod checkpoint;
@@ -10,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod generation;
 pub mod hooks;
+pub mod layout;
 pub mod ground;
 pub mod models;
 pub mod overlay;
@@ -23,7 +25,15 @@ pub(crate) fn index_tensor(idx: &[usize], dev: &candle_core::Device) -> candle_c
     candle_core::Tensor::new(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), dev)
 }
 
-pub use engine::{Engine, GenerateRequest, Generation, ImageInput, LoadOptions, VisionReport};
+/// Rows of `x` scaled to unit L2 norm, in f32. A zero row stays zero instead of becoming NaN; any other
+/// row gets exactly the bits of dividing by its norm.
+pub(crate) fn l2_normalize_rows(x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+    let x = x.to_dtype(candle_core::DType::F32)?;
+    let norms = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-8f32, f32::INFINITY)?;
+    x.broadcast_div(&norms)
+}
+
+pub use engine::{Engine, GenerateRequest, Generation, ImageInput, LoadOptions, Session, SessionOptions, StopReason, VisionReport};
 pub use error::{Error, Result};
 pub use generation::Sampling;
 pub use prune::{nuwa::NuwaConfig, Method};

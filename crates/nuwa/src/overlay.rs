@@ -115,7 +115,7 @@ impl PatchMarks {
     pub fn new(grid: (usize, usize), stage1: &[usize], pillars: &[usize], stage2: Option<&[usize]>) -> Result<Self> {
         let n = grid.0 * grid.1;
         let check = |what: &str, ids: &[usize]| match ids.iter().find(|&&i| i >= n) {
-            Some(i) => Err(Error::InvalidArgument(format!(
+            Some(i) => Err(Error::Unsupported(format!(
                 "overlay: {what} patch {i} is outside the {}x{} grid",
                 grid.0, grid.1
             ))),
@@ -130,7 +130,7 @@ impl PatchMarks {
         }
         for &i in pillars {
             if roles[i] == Role::Dropped {
-                return Err(Error::InvalidArgument(format!("overlay: pillar {i} is not among the stage-1 patches")));
+                return Err(Error::Unsupported(format!("overlay: pillar {i} is not among the stage-1 patches")));
             }
             roles[i] = Role::Pillar;
         }
@@ -141,7 +141,7 @@ impl PatchMarks {
                 let mut s = vec![false; n];
                 for &i in ids {
                     if roles[i] == Role::Dropped {
-                        return Err(Error::InvalidArgument(format!(
+                        return Err(Error::Unsupported(format!(
                             "overlay: stage-2 survivor {i} is not among the stage-1 patches"
                         )));
                     }
@@ -220,7 +220,7 @@ pub fn render(
     bbox: Option<BoxMark<'_>>,
 ) -> Result<Overlay> {
     if original.dimensions() != (geometry.width, geometry.height) {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Unsupported(format!(
             "overlay: the image is {}x{} but its geometry is for {}x{}",
             original.width(),
             original.height(),
@@ -232,7 +232,7 @@ pub fn render(
         Layer::Pruning(m) => m.grid,
         Layer::Saliency { grid, saliency } => {
             if saliency.len() != grid.0 * grid.1 {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Unsupported(format!(
                     "overlay: {} saliency values for a {}x{} grid",
                     saliency.len(),
                     grid.0,

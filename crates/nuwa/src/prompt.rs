@@ -1,15 +1,10 @@
-//! Prompt assembly: the vicuna_v1 conversation LLaVA-1.5 was trained with, tokenised in two chunks
-//! around the image so the image's place in the sequence comes from the tokens, never from a constant.
+//! Tokenising a conversation: a family renders its chat template with its image placeholder, the whole
+//! text is tokenised once, and the image's place is where the placeholder's token id lands — never a
+//! split of the text or a constant.
 
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
-
-pub const VICUNA_SYSTEM: &str = "A chat between a curious human and an artificial intelligence assistant. \
-The assistant gives helpful, detailed, and polite answers to the human's questions.";
-
-/// Where the image goes in a user's prompt when it names a place for it.
-pub const IMAGE_PLACEHOLDER: &str = "<image>";
 
 /// The prompt's token ids. With an image, `prefix` comes before it and `suffix` after; without one,
 /// `suffix` is empty.
@@ -17,27 +12,6 @@ pub const IMAGE_PLACEHOLDER: &str = "<image>";
 pub struct PromptTokens {
     pub prefix: Vec<u32>,
     pub suffix: Vec<u32>,
-}
-
-/// The vicuna_v1 conversation text for one question, split at the image when there is one:
-/// `{system} USER: <image>\n{question} ASSISTANT:`. A question that already contains `<image>`
-/// keeps the image where it says.
-pub fn vicuna_v1(question: &str, with_image: bool) -> Result<(String, Option<String>)> {
-    let question = question.trim();
-    match (with_image, question.matches(IMAGE_PLACEHOLDER).count()) {
-        (_, n) if n > 1 => Err(Error::InvalidArgument(format!(
-            "the prompt names {n} images ({IMAGE_PLACEHOLDER} appears {n} times); one image per prompt is supported"
-        ))),
-        (false, 1) => Err(Error::InvalidArgument(format!(
-            "the prompt contains {IMAGE_PLACEHOLDER} but no image was given"
-        ))),
-        (false, _) => Ok((format!("{VICUNA_SYSTEM} USER: {question} ASSISTANT:"), None)),
-        (true, 0) => Ok((format!("{VICUNA_SYSTEM} USER: "), Some(format!("\n{question} ASSISTANT:")))),
-        (true, _) => {
-            let (before, after) = question.split_once(IMAGE_PLACEHOLDER).expect("one placeholder");
-            Ok((format!("{VICUNA_SYSTEM} USER: {before}"), Some(format!("{after} ASSISTANT:"))))
-        }
-    }
 }
 
 /// The tokenizer with the path it came from, for error messages.
@@ -61,16 +35,21 @@ impl TextTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// Tokenises a conversation: BOS only at the start, the text after the image on its own.
-    pub fn prompt(&self, question: &str, with_image: bool) -> Result<PromptTokens> {
-        let (before, after) = vicuna_v1(question, with_image)?;
-        Ok(PromptTokens {
-            prefix: self.encode(&before, true)?,
-            suffix: match after {
-                Some(after) => self.encode(&after, false)?,
-                None => Vec::new(),
-            },
-        })
+    /// Tokenises a rendered conversation (BOS added as the tokenizer says) and splits it at the image
+    /// token `image_token`: exactly one with an image, none without.
+    pub fn conversation(&self, text: &str, image_token: u32, placeholder: &str, with_image: bool) -> Result<PromptTokens> {
+        let ids = self.encode(text, true)?;
+        let at: Vec<usize> = ids.iter().enumerate().filter(|(_, &t)| t == image_token).map(|(i, _)| i).collect();
+        match (with_image, at.as_slice()) {
+            (true, [i]) => Ok(PromptTokens { prefix: ids[..*i].to_vec(), suffix: ids[i + 1..].to_vec() }),
+            (false, []) => Ok(PromptTokens { prefix: ids, suffix: Vec::new() }),
+            (true, []) => Err(Error::Internal(format!("the chat template lost the image placeholder {placeholder}"))),
+            (false, _) => Err(Error::invalid("prompt", format!("contains {placeholder} but no image was given"))),
+            (true, _) => Err(Error::invalid(
+                "prompt",
+                format!("names {n} images ({placeholder} appears {n} times); one image per prompt is supported", n = at.len()),
+            )),
+        }
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

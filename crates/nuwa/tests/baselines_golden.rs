@@ -44,7 +44,7 @@ fn vision() -> nuwa::engine::VisionFeatures {
 }
 
 fn all_patches() -> EncodedImage {
-    engine().reduce(&vision(), &Method::None).unwrap()
+    engine().reduce(&vision(), &Method::NONE).unwrap()
 }
 
 type Dropper<'a> = &'a dyn Fn(Span) -> Option<Box<dyn VisionDropper>>;
@@ -52,15 +52,15 @@ type Dropper<'a> = &'a dyn Fn(Span) -> Option<Box<dyn VisionDropper>>;
 /// Runs prefill and 8 greedy tokens; checks layer-0 positions, logits, tokens and every cut against `name`.
 fn check_run(name: &str, encoded: EncodedImage, policy: PositionPolicy, dropper: Dropper) -> Prefill {
     let e = engine();
-    let prompt = e.tokenizer().unwrap().prompt(QUESTION, true).unwrap();
+    let prompt = e.prompt(QUESTION, true).unwrap();
     let span = e.span(&prompt, &encoded, policy);
-    let pre = e.prefill_custom(&prompt, Some(encoded.clone()), &Method::None, policy, dropper(span.clone())).unwrap();
+    let pre = e.prefill_custom(&prompt, Some(encoded.clone()), &Method::NONE, policy, dropper(span.clone())).unwrap();
     assert_eq!(pre.positions, b_u32(&format!("{name}.position_ids")), "{name}: layer-0 position ids");
     let d = max_abs_diff(&pre.logits, b(&format!("{name}.logits_last")));
     assert!(d <= 2e-3, "{name}: logits max |Δ| {d}");
     check_cuts(name, &pre);
     // Droppers are single-use: a fresh one for the generation run.
-    let again = e.prefill_custom(&prompt, Some(encoded), &Method::None, policy, dropper(span)).unwrap();
+    let again = e.prefill_custom(&prompt, Some(encoded), &Method::NONE, policy, dropper(span)).unwrap();
     let gen = e.generate_from(again, &Sampling::default(), 8, &mut |_| {}).unwrap();
     assert_eq!(gen.tokens, b_u32(&format!("{name}.greedy")), "{name}: greedy tokens");
     pre
@@ -257,7 +257,7 @@ fn token_sources(v: &serde_json::Value) -> Vec<usize> {
 #[test]
 fn sparsevlm_raters_cuts_and_recycling() {
     let e = engine();
-    let prompt = e.tokenizer().unwrap().prompt(QUESTION, true).unwrap();
+    let prompt = e.prompt(QUESTION, true).unwrap();
     let embeds = candle_core::Tensor::cat(
         &[&e.model.llm.embed(&prompt.prefix).unwrap(), &all_patches().tokens, &e.model.llm.embed(&prompt.suffix).unwrap()],
         0,
@@ -272,7 +272,7 @@ fn sparsevlm_raters_cuts_and_recycling() {
         let e = engine();
         let enc = all_patches();
         let span = e.span(&prompt, &enc, PositionPolicy::Contiguous);
-        let pre = e.prefill_custom(&prompt, Some(enc.clone()), &Method::None, PositionPolicy::Contiguous, make(span.clone())).unwrap();
+        let pre = e.prefill_custom(&prompt, Some(enc.clone()), &Method::NONE, PositionPolicy::Contiguous, make(span.clone())).unwrap();
         let cfg = config(&name);
         let report = pre.vision.as_ref().unwrap();
         for (j, (cut, want)) in report.cuts.iter().zip(cfg["cuts"].as_array().unwrap()).enumerate() {

@@ -19,7 +19,7 @@ fn vision_tflops(cfg: &llava::Config, method: &Method) -> f64 {
 #[test]
 fn flop_model_reproduces_the_paper_for_llava_1_5_7b() {
     let cfg = Preset::Llava15_7b.config();
-    let unpruned = vision_tflops(&cfg, &Method::None);
+    let unpruned = vision_tflops(&cfg, &Method::NONE);
     let b64 = vision_tflops(&cfg, &nuwa_at(64));
     // 32 · (8·576·4096² + 4·576²·4096 + 4·576·4096·11008), exactly.
     assert_eq!(unpruned * 1e12, 5_972_152_025_088.0);
@@ -40,7 +40,7 @@ fn token_schedule_follows_the_budget_rule_and_the_stage2_layer() {
         assert_eq!(s.mean_tokens(), b as f64);
         assert_eq!(s.kv_entries(49), 16 * (k1 + 49) + 16 * (k2 + 49));
     }
-    let none = TokenSchedule::new(&cfg, &Method::None).unwrap();
+    let none = TokenSchedule::new(&cfg, &Method::NONE).unwrap();
     assert_eq!((none.k1, none.k2, none.mean_tokens()), (576, None, 576.0));
     let one = Method::Nuwa(NuwaConfig { budget: 64, stages: Stages::One, ..NuwaConfig::default() });
     assert_eq!(TokenSchedule::new(&cfg, &one).unwrap().mean_tokens(), 64.0);
@@ -114,7 +114,7 @@ fn a_tiny_random_model_runs_one_measured_pass() {
     let pixels = bench::random_pixels(&cfg.vision_config, 0, &dev).unwrap();
     assert_eq!(pixels.dims(), [3, 336, 336]);
 
-    let none = bench::measure(&engine, &prompt, &pixels, &Method::None, 3).unwrap();
+    let none = bench::measure(&engine, &prompt, &pixels, &Method::NONE, 3).unwrap();
     let b64 = bench::measure(&engine, &prompt, &pixels, &nuwa_at(64), 3).unwrap();
     assert_eq!((none.k1, none.k2), (576, None));
     assert_eq!((b64.k1, b64.k2), (112, Some(16)));

@@ -16,7 +16,7 @@ fn f16_and_bf16_track_f32() {
     for dtype in [DType::F16, DType::BF16] {
         let e = Engine::load(&tiny_dir(), &LoadOptions { dtype, device: Device::Cpu }).unwrap();
         for (method, golden) in [
-            (Method::None, "unpruned.logits_last"),
+            (Method::NONE, "unpruned.logits_last"),
             (Method::Nuwa(NuwaConfig { budget: 64, ..NuwaConfig::default() }), "nuwa64.logits_last"),
         ] {
             let req = GenerateRequest {

@@ -6,7 +6,7 @@ use nuwa::{GenerateRequest, ImageInput, Method, Sampling};
 
 #[test]
 fn prompt_chunks_match_reference_tokens() {
-    let p = engine().tokenizer().unwrap().prompt(QUESTION, true).unwrap();
+    let p = engine().prompt(QUESTION, true).unwrap();
     assert_eq!(p.prefix, ids("input_ids.prefix"));
     assert_eq!(p.suffix, ids("input_ids.suffix"));
     assert_eq!(p.prefix.len(), golden_json()["prefix_len"].as_u64().unwrap() as usize);
@@ -14,7 +14,9 @@ fn prompt_chunks_match_reference_tokens() {
 
 #[test]
 fn clip_hidden_states_and_cls_attention_match() {
-    let vision = &engine().model.vision;
+    let ckpt = nuwa::checkpoint::Checkpoint::open(&tiny_dir()).unwrap();
+    let llava = nuwa::models::llava::Llava::load(&ckpt, &nuwa::LoadOptions::default()).unwrap();
+    let vision = &llava.vision;
     let req = VisionRequest { hidden_states: (0..=24).collect(), cls_attention_layer: Some(22) };
     let out = vision.forward(g("pixel_values"), &req).unwrap();
     let mut worst = 0f32;
@@ -35,10 +37,11 @@ fn unpruned_logits_and_greedy_tokens_match() {
     let req = GenerateRequest {
         prompt: QUESTION.into(),
         image: Some(ImageInput::Pixels(g("pixel_values").clone())),
-        method: Method::None,
+        method: Method::NONE,
         positions: None,
         sampling: Sampling::default(),
         max_new_tokens: 8,
+        stop: vec![],
     };
     let pre = e.prefill(&req).unwrap();
     let d = max_abs_diff(&pre.logits, g("unpruned.logits_last"));

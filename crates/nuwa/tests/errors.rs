@@ -93,7 +93,7 @@ fn sharded_checkpoint_loads_like_a_single_file() {
         std::fs::write(d.join("model.safetensors.index.json"), index.to_string()).unwrap();
     });
     let e = Engine::load(&dir, &LoadOptions::default()).unwrap();
-    let pre = e.prefill(&request(Method::None, 1)).unwrap();
+    let pre = e.prefill(&request(Method::NONE, 1)).unwrap();
     assert!(max_abs_diff(&pre.logits, g("unpruned.logits_last")) <= 2e-3);
 }
 
@@ -156,7 +156,7 @@ fn image_err(name: &str, bytes: &[u8]) -> String {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
-    let mut req = request(Method::None, 1);
+    let mut req = request(Method::NONE, 1);
     req.image = Some(ImageInput::Path(path.clone()));
     let err = engine().generate(&req, &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains(path.to_str().unwrap()), "{err}");
@@ -169,7 +169,7 @@ fn bad_images_are_named() {
     image_err("corrupt.png", b"\x89PNG\r\n\x1a\n garbage that is not a png");
     let png = std::fs::read(tiny_dir().join("image.png")).unwrap();
     image_err("truncated.png", &png[..png.len() / 2]);
-    let mut req = request(Method::None, 1);
+    let mut req = request(Method::NONE, 1);
     req.image = Some(ImageInput::Path("/nonexistent/picture.jpg".into()));
     let err = engine().generate(&req, &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("/nonexistent/picture.jpg"), "{err}");
@@ -177,7 +177,7 @@ fn bad_images_are_named() {
 
 #[test]
 fn wrong_pixel_shape_is_rejected() {
-    let mut req = request(Method::None, 1);
+    let mut req = request(Method::NONE, 1);
     req.image = Some(ImageInput::Pixels(Tensor::zeros((3, 224, 224), DType::F32, &Device::Cpu).unwrap()));
     let err = engine().generate(&req, &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("[3, 336, 336]"), "{err}");
@@ -186,7 +186,7 @@ fn wrong_pixel_shape_is_rejected() {
 #[test]
 fn prompt_longer_than_the_context() {
     let long = "word ".repeat(4000);
-    let mut req = request(Method::None, 1);
+    let mut req = request(Method::NONE, 1);
     req.prompt = long;
     match engine().generate(&req, &mut |_| {}) {
         Err(Error::ContextOverflow { needed, context }) => assert!(needed > context && context == 4096),
@@ -196,7 +196,7 @@ fn prompt_longer_than_the_context() {
 
 #[test]
 fn zero_new_tokens_and_impossible_pruning_values() {
-    let err = engine().generate(&request(Method::None, 0), &mut |_| {}).unwrap_err().to_string();
+    let err = engine().generate(&request(Method::NONE, 0), &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("--max-new-tokens"), "{err}");
     for (cfg, flag) in [
         (NuwaConfig { budget: 0, ..NuwaConfig::default() }, "--budget"),
@@ -214,7 +214,7 @@ fn zero_new_tokens_and_impossible_pruning_values() {
 
 #[test]
 fn text_only_prompt_runs() {
-    let mut req = request(Method::None, 3);
+    let mut req = request(Method::NONE, 3);
     req.image = None;
     let gen = engine().generate(&req, &mut |_| {}).unwrap();
     assert_eq!(gen.tokens.len(), 3);

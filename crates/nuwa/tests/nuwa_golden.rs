@@ -44,6 +44,7 @@ fn request(budget: usize) -> GenerateRequest {
         positions: None,
         sampling: Sampling::default(),
         max_new_tokens: 8,
+        stop: vec![],
     }
 }
 
@@ -64,14 +65,14 @@ fn check_budget(budget: usize) {
     let d_proj = max_abs_diff(&enc.tokens, g(&format!("{run}.projected")));
     assert!(d_agg <= 1e-3, "{run}: aggregated max |Δ| {d_agg}");
     assert!(d_proj <= 1e-4, "{run}: projected max |Δ| {d_proj}");
-    assert_eq!(pre.positions, ids(&format!("{run}.position_ids")), "{run}: position ids");
+    assert_eq!(pre.positions, linear_positions(&format!("{run}.position_ids")), "{run}: position ids");
     assert_eq!(report.stage2, usizes(&format!("{run}.stage2_kept")), "{run}: stage-2 survivors");
     let d_logits = max_abs_diff(&pre.logits, g(&format!("{run}.logits_last")));
     assert!(d_logits <= 2e-3, "{run}: logits max |Δ| {d_logits}");
 
     // Stage 1 alone: the same anchors with no cut in the decoder.
-    let prompt = e.tokenizer().unwrap().prompt(QUESTION, true).unwrap();
-    let only1 = e.prefill_encoded(&prompt, pre.encoded.clone(), &Method::None).unwrap();
+    let prompt = e.prompt(QUESTION, true).unwrap();
+    let only1 = e.prefill_encoded(&prompt, pre.encoded.clone(), &Method::NONE).unwrap();
     let d_only1 = max_abs_diff(&only1.logits, g(&format!("{run}.stage1_only.logits_last")));
     assert!(d_only1 <= 2e-3, "{run}: stage-1-only logits max |Δ| {d_only1}");
     println!("{run}: aggregated {d_agg:e}, projected {d_proj:e}, logits {d_logits:e}, stage-1-only logits {d_only1:e}");
@@ -102,15 +103,15 @@ fn ragged_cache_after_cut() {
     let (p, s) = (35, 14);
     assert!(lens[..16].iter().all(|&l| l == p + 112 + s), "{lens:?}");
     assert!(lens[16..].iter().all(|&l| l == p + 16 + s), "{lens:?}");
-    assert_eq!(pre.next_position, p + 576 + s);
+    assert_eq!(pre.next_position as usize, p + 576 + s);
 }
 
 #[test]
 fn one_vision_pass_serves_every_configuration() {
     let e = engine();
-    let shared = e.encode_vision(g("pixel_values"), true).unwrap();
+    let shared = e.encode_vision(g("pixel_values"), nuwa::layout::Needs { similarity: true }).unwrap();
     for method in [
-        Method::None,
+        Method::NONE,
         Method::Nuwa(NuwaConfig { budget: 64, ..NuwaConfig::default() }),
         Method::Nuwa(NuwaConfig { budget: 192, ..NuwaConfig::default() }),
     ] {

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use nuwa::bench::{self, memory, Flops, Preset, RandomWeights, Sample, Summary, TokenSchedule};
 use nuwa::models::llava;
 use nuwa::prune::nuwa::{NuwaConfig, Stages};
-use nuwa::{Engine, Method};
+use nuwa::{Engine, LoadOptions, Method};
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -118,12 +118,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         (None, Some(model)) => {
             let dir = nuwa::checkpoint::resolve(model)?;
             let ckpt = nuwa::checkpoint::Checkpoint::open(&dir)?;
-            (ckpt.config, Source::Checkpoint(dir))
+            (nuwa::models::llava::Config::from_checkpoint(&ckpt)?, Source::Checkpoint(dir))
         }
         (None, None) => bail!("pass --model DIR or --preset NAME (tiny, llava-1.5-7b)"),
     };
     let full_depth = (cfg.text_config.num_hidden_layers, cfg.vision_config.num_hidden_layers);
-    bench::set_depth(&mut cfg, args.llm_layers, args.vision_layers)?;
+    cfg.trim(args.llm_layers, args.vision_layers)?;
 
     let configs = configurations(&args, &budgets, &cfg)?;
     let describe = Description { source: &source, cfg: &cfg, full_depth, args: &args, runs, warmup };
@@ -145,11 +145,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     eprintln!("building {} ({} parameters, {:?})…", describe.model_name(), human_count(bench::parameter_count(&cfg)), dt);
     let engine = match &source {
         Source::Preset(_) => bench::random_engine(&cfg, RandomWeights { seed: args.seed, std: 0.02 }, dt, &dev)?,
-        Source::Checkpoint(dir) => bench::load_trimmed(dir, args.llm_layers, args.vision_layers, dt, &dev)?,
+        Source::Checkpoint(dir) => {
+            let opts = LoadOptions { dtype: dt, device: dev.clone(), llm_layers: args.llm_layers, vision_layers: args.vision_layers };
+            Engine::load(dir, &opts)?
+        }
     };
     eprintln!("  ready in {:.1} s, resident {}", t.elapsed().as_secs_f64(), memory::rss_bytes().map_or("?".into(), human_bytes));
     let prompt = match &engine.tokenizer {
-        Some(tok) => tok.prompt(bench::BENCH_QUESTION, true)?,
+        Some(_) => engine.prompt(bench::BENCH_QUESTION, true)?,
         None => bench::bench_prompt(args.seed, cfg.text_config.vocab_size()),
     };
     let pixels = bench::random_pixels(&cfg.vision_config, args.seed, &dev)?;
@@ -237,7 +240,7 @@ impl Description<'_> {
 fn configurations(args: &BenchArgs, budgets: &[usize], cfg: &llava::Config) -> Result<Vec<Config>> {
     use clap::ValueEnum;
     let text = bench::PREFIX_TOKENS + bench::SUFFIX_TOKENS;
-    let mut methods = vec![("none".to_string(), Method::None)];
+    let mut methods = vec![("none".to_string(), Method::NONE)];
     let mut seen_methods = Vec::new();
     for &p in &args.prune {
         if p == PruneArg::None || seen_methods.contains(&p) {

@@ -26,6 +26,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         positions: args.prune.positions(),
         sampling: Sampling { temperature: args.temperature, top_p: args.top_p, seed: args.seed },
         max_new_tokens: args.max_new_tokens,
+        stop: args.stop.clone(),
     };
     let mut stdout = std::io::stdout();
     let out = if args.json {

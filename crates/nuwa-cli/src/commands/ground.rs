@@ -55,6 +55,7 @@ pub fn run(args: GroundArgs) -> Result<()> {
         positions: args.prune.positions(),
         sampling: Sampling { temperature: 0.0, top_p: 1.0, seed: args.seed },
         max_new_tokens: args.max_new_tokens,
+        stop: Vec::new(),
     };
     let out = engine.generate(&req, &mut |_| {})?;
     let geometry = out.encoded.as_ref().and_then(|e| e.geometry).context("the engine returned no image geometry")?;

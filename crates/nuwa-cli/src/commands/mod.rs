@@ -38,7 +38,7 @@ pub fn device(arg: DeviceArg) -> Result<candle_core::Device> {
 }
 
 pub fn load_engine(args: &ModelArgs) -> Result<Engine> {
-    let opts = LoadOptions { dtype: dtype(args.dtype), device: device(args.device)? };
+    let opts = LoadOptions { dtype: dtype(args.dtype), device: device(args.device)?, ..LoadOptions::default() };
     let dir = nuwa::checkpoint::resolve(&args.model)?;
     Ok(Engine::load(&dir, &opts)?)
 }

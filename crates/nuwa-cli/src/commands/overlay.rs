@@ -33,7 +33,8 @@ pub fn write(
     let original = nuwa::preprocess::load_image(image)?;
     let marks;
     let (layer, title) = if heatmap {
-        (Layer::Saliency { grid: encoded.grid, saliency: &encoded.saliency }, "[CLS] saliency".to_owned())
+        let saliency = encoded.saliency.as_deref().context("--heatmap: this model gives no per-patch saliency")?;
+        (Layer::Saliency { grid: encoded.grid(), saliency }, "[CLS] saliency".to_owned())
     } else {
         marks = PatchMarks::from_report(report)?;
         (Layer::Pruning(&marks), overlay::summary(report))

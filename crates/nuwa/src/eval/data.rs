@@ -96,7 +96,7 @@ impl Dataset {
     /// single rows are recorded in those rows.
     pub fn open(paths: &[PathBuf], task: Task) -> Result<Self> {
         if paths.is_empty() {
-            return Err(Error::InvalidArgument("--data: give at least one manifest (.jsonl) or Parquet file".into()));
+            return Err(Error::invalid("data", "needs at least one manifest (.jsonl) or Parquet file"));
         }
         let mut files = Vec::new();
         for p in paths {
@@ -210,7 +210,7 @@ fn projection(reader: &SerializedFileReader<std::fs::File>, keep: impl Fn(&str) 
     Type::group_type_builder(schema.name())
         .with_fields(fields)
         .build()
-        .map_err(|e| Error::InvalidArgument(format!("cannot project the Parquet schema: {e}")))
+        .map_err(|e| Error::Unsupported(format!("cannot project the Parquet schema: {e}")))
 }
 
 /// Reads a Parquet file's rows (every column but the image) into `rows`; returns its number of rows.

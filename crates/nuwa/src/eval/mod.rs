@@ -5,16 +5,17 @@
 //! An output folder holds:
 //! - `run.json`: the settings (task, model, data, max new tokens, …), the configurations, shard and limit;
 //! - `predictions.jsonl`: one line per sample × configuration, appended and flushed as each answer is
-//!   scored, so an interrupted run keeps everything it finished and `--resume` continues it;
+//!   scored, so an interrupted run keeps everything it finished and resuming continues it;
 //! - `errors.jsonl`: one line per unusable row (`row`, `message`) of the latest run;
 //! - `summary.json`: computed from the two files above (so a run, a resumed run and a merge of shards
 //!   give the same summary); anything run-dependent is under its `timings` key.
 //!
-//! Sharding splits by row (`(row − 1) mod N = i`), after `--limit`; [`merge`] combines shard folders.
+//! Sharding splits by row (`(row − 1) mod N = i`), after the limit; [`merge`] combines shard folders.
 
 pub mod data;
 
-use crate::engine::{needs_similarity, Engine};
+use crate::engine::Engine;
+use crate::layout::Needs;
 use crate::preprocess::Geometry;
 use crate::prompt::PromptTokens;
 use crate::prune::Method;
@@ -122,7 +123,7 @@ impl std::str::FromStr for Shard {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::InvalidArgument(format!("--shard: expected i/N with 0 ≤ i < N (e.g. 0/4), got {s:?}"));
+        let bad = || Error::invalid("shard", format!("expects i/N with 0 ≤ i < N (e.g. 0/4), got {s:?}"));
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
         let (index, count): (usize, usize) =
             (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
@@ -150,9 +151,9 @@ impl EvalConfig {
     /// `prune` with `budget` (ignored by `none`); every method takes its defaults otherwise.
     pub fn new(prune: &str, budget: Option<usize>, seed: u64) -> Result<Self> {
         match (prune.trim(), budget) {
-            ("none", _) => Ok(Self { name: "none".into(), method: Method::None }),
+            ("none", _) => Ok(Self { name: "none".into(), method: Method::NONE }),
             (name, Some(budget)) => Ok(Self { name: format!("{name}@{budget}"), method: Method::from_name(name, budget, seed)? }),
-            (name, None) => Err(Error::InvalidArgument(format!("--budgets: {name} needs at least one budget"))),
+            (name, None) => Err(Error::invalid("budgets", format!("is empty: {name} needs at least one budget"))),
         }
     }
 
@@ -161,7 +162,7 @@ impl EvalConfig {
         match name.split_once('@') {
             None => Self::new(name, None, seed),
             Some((m, b)) => {
-                let b = b.parse().map_err(|_| Error::InvalidArgument(format!("bad configuration name {name:?}")))?;
+                let b = b.parse().map_err(|_| Error::invalid("configs", format!("bad configuration name {name:?} (expected none or METHOD@BUDGET)")))?;
                 Self::new(m, Some(b), seed)
             }
         }
@@ -170,7 +171,7 @@ impl EvalConfig {
     /// Every method × every budget (`none` once), sorted, without duplicates.
     pub fn grid(prune: &[String], budgets: &[usize], seed: u64) -> Result<Vec<Self>> {
         if prune.is_empty() {
-            return Err(Error::InvalidArgument("--prune: give at least one method (none, nuwa, fastv, …)".into()));
+            return Err(Error::invalid("prune", "needs at least one method (none, nuwa, fastv, …)"));
         }
         let mut out = Vec::new();
         for p in prune {
@@ -178,7 +179,7 @@ impl EvalConfig {
                 out.push(Self::new("none", None, seed)?);
             } else {
                 if budgets.is_empty() {
-                    return Err(Error::InvalidArgument(format!("--budgets: {p} needs at least one budget")));
+                    return Err(Error::invalid("budgets", format!("is empty: {p} needs at least one budget")));
                 }
                 for &b in budgets {
                     out.push(Self::new(p, Some(b), seed)?);
@@ -333,7 +334,7 @@ pub struct Prediction {
     /// The box parsed from the response (padded-square frame), absent when none parsed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pred_box: Option<[f64; 4]>,
-    /// The box scored (`pred_box`, mapped to the original with `--rec-boxes original`; `[0,0,0,0]`
+    /// The box scored (`pred_box`, mapped to the original with [`RecBoxes::Original`]; `[0,0,0,0]`
     /// when nothing parsed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scored_box: Option<[f64; 4]>,
@@ -439,10 +440,10 @@ pub fn run(
     let t0 = Instant::now();
     let max_new_tokens = opts.max_new_tokens.unwrap_or(opts.task.default_max_new_tokens());
     if max_new_tokens == 0 {
-        return Err(Error::InvalidArgument("--max-new-tokens must be at least 1".into()));
+        return Err(Error::invalid("max_new_tokens", "must be at least 1"));
     }
     if opts.configs.is_empty() {
-        return Err(Error::InvalidArgument("no configurations to run (--prune / --budgets)".into()));
+        return Err(Error::invalid("prune", "leaves no configurations to run (give methods and `budgets`)"));
     }
     let settings = Settings {
         task: opts.task,
@@ -469,21 +470,21 @@ pub fn run(
         if !opts.resume {
             return Err(Error::io(
                 out,
-                "already holds a run (run.json, predictions.jsonl): pass --resume to continue it, or choose another --out",
+                "already holds a run (run.json, predictions.jsonl): pass `resume` to continue it, or choose another `out`",
             ));
         }
         let prev = read_run_file(&run_path)?;
         if let Some(d) = prev.settings.difference(&settings) {
             return Err(Error::io(
                 out,
-                format!("--resume: this folder's run has different settings ({d}); use another --out"),
+                format!("cannot `resume`: this folder's run has different settings ({d}); use another `out`"),
             ));
         }
         if prev.shard != opts.shard {
             let show = |s: Option<Shard>| s.map_or("none".to_string(), |s| s.to_string());
             return Err(Error::io(
                 out,
-                format!("--resume: this folder holds shard {} but --shard is {}", show(prev.shard), show(opts.shard)),
+                format!("cannot `resume`: this folder holds shard {} but `shard` is {}", show(prev.shard), show(opts.shard)),
             ));
         }
         all_configs.extend(prev.configs);
@@ -498,7 +499,7 @@ pub fn run(
     // A summary describes a finished run; this one is not finished yet.
     let _ = std::fs::remove_file(out.join(SUMMARY_FILE));
 
-    // --limit counts samples in dataset order (an unusable row counts as one), then --shard picks rows.
+    // The limit counts samples in dataset order (an unusable row counts as one), then the shard picks rows.
     let mut left = opts.limit;
     let mut selected = Vec::new();
     for row in &data.rows {
@@ -521,8 +522,8 @@ pub fn run(
                         return Err(Error::io(
                             &pred_path,
                             format!(
-                                "--resume: row {} was answered for a different question ({prompt:?}, now {:?}); \
-                                 the data changed since this run began: use another --out",
+                                "cannot `resume`: row {} was answered for a different question ({prompt:?}, now {:?}); \
+                                 the data changed since this run began: use another `out`",
                                 row.row, s.prompt
                             ),
                         ))
@@ -560,8 +561,8 @@ pub fn run(
         .map_err(|e| Error::io(&pred_path, format!("cannot open for appending: {e}")))?;
     let mut errors =
         std::fs::File::create(&err_path).map_err(|e| Error::io(&err_path, format!("cannot create: {e}")))?;
-    let needs_sim = run_configs.iter().any(|c| needs_similarity(&c.method));
-    let tokenizer = engine.tokenizer()?;
+    let needs = run_configs.iter().fold(Needs::default(), |n, c| n.union(c.method.needs()));
+    engine.tokenizer()?;
     let mut images = data::ImageReader::new();
     let sampling = Sampling::default();
 
@@ -591,7 +592,7 @@ pub fn run(
                     prompts.push(None);
                     continue;
                 }
-                match tokenizer.prompt(&s.prompt, true) {
+                match engine.prompt(&s.prompt, true) {
                     Ok(p) => prompts.push(Some(p)),
                     Err(e) if is_row_error(&e) => {
                         return Ok(Err(format!("{at}: {}", with_sub(&e.to_string(), s, samples.len()))))
@@ -600,7 +601,7 @@ pub fn run(
                 }
             }
             let (pixels, geometry) = engine.pixels(&img)?;
-            let mut features = engine.encode_vision(&pixels, needs_sim)?;
+            let mut features = engine.encode_vision(&pixels, needs)?;
             features.geometry = Some(geometry);
             Ok(Ok((features, geometry, prompts)))
         })()?;
@@ -672,12 +673,12 @@ pub fn run(
 
 /// A row ready to answer: its vision features, geometry and tokenised prompts (`None` where nothing is
 /// left to do).
-type Prepared = (crate::engine::VisionFeatures, Geometry, Vec<Option<PromptTokens>>);
+type Prepared = (crate::layout::VisionEvidence, Geometry, Vec<Option<PromptTokens>>);
 
 /// Problems tokenising a row's question (the data's fault: an `<image>` in the text, an encoding
 /// failure, a prompt longer than the context) as opposed to failures of the engine or the machine.
 fn is_row_error(e: &Error) -> bool {
-    matches!(e, Error::Image(_) | Error::ContextOverflow { .. } | Error::InvalidArgument(_) | Error::Tokenizer { .. })
+    matches!(e, Error::Image(_) | Error::ContextOverflow { .. } | Error::Invalid { .. } | Error::Tokenizer { .. })
 }
 
 fn with_sub(msg: &str, s: &Sample, n: usize) -> String {
@@ -703,9 +704,9 @@ fn record_error(
     append_line(file, err_path, &e)?;
     let _ = on_event(Event::RowError { row, message: &e.message });
     if opts.on_error == OnError::Fail {
-        return Err(Error::InvalidArgument(format!(
-            "row {row}: {}\n(--on-error fail: stopped; {} answers of this run and all earlier ones are kept in {}; \
-             fix the row or pass --on-error skip, then continue with --resume)",
+        return Err(Error::RowFailed(format!(
+            "row {row}: {}\n(`on_error` fail: stopped; {} answers of this run and all earlier ones are kept in {}; \
+             fix the row or pass `on_error` skip, then continue with `resume`)",
             e.message,
             report.ran,
             pred_path.display()
@@ -1047,11 +1048,11 @@ pub struct MergeReport {
 /// predictions (sorted, duplicates dropped), errors, `run.json` and the summary.
 pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<MergeReport> {
     if dirs.is_empty() {
-        return Err(Error::InvalidArgument("merge: give at least one run folder".into()));
+        return Err(Error::invalid("dirs", "is empty: merge needs at least one run folder"));
     }
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     if dirs.iter().any(|d| canon(d) == canon(out)) {
-        return Err(Error::io(out, "merge: --out must be a new folder, not one of the inputs"));
+        return Err(Error::io(out, "merge: `out` must be a new folder, not one of the inputs"));
     }
     let mut first: Option<RunFile> = None;
     let mut configs = BTreeSet::new();

@@ -1,5 +1,105 @@
-//! The networks, one file each: configuration, weights, forward pass. They expose hooks (requested
-//! hidden states, one attention row, a token dropper) and know nothing about pruning methods.
+//! The model families and the networks they are built from. A family turns an image and a question into
+//! a decoder sequence and exposes hooks (requested hidden states, one attention row, a token dropper);
+//! none of this knows a pruning method.
+//!
+//! Adding a family is a folder here implementing [`VisionLanguageModel`] plus one line in [`FAMILIES`].
 pub mod clip;
-pub mod llama;
+pub mod decoder;
 pub mod llava;
+
+use crate::checkpoint::Checkpoint;
+use crate::layout::{Needs, SequenceLayout, VisionEvidence, VisualLayout};
+use crate::preprocess::Geometry;
+use crate::prompt::{PromptTokens, TextTokenizer};
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+
+/// How a checkpoint is loaded.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub dtype: DType,
+    pub device: Device,
+    /// Keep only this many decoder layers (benchmarks on machines too small for the whole model).
+    pub llm_layers: Option<usize>,
+    /// Keep only this many vision-encoder layers.
+    pub vision_layers: Option<usize>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { dtype: DType::F32, device: Device::Cpu, llm_layers: None, vision_layers: None }
+    }
+}
+
+/// One model family: everything between an image plus a question and the decoder.
+pub trait VisionLanguageModel: Send + Sync {
+    /// The family's name, for reports and messages (`llava-1.5`).
+    fn family(&self) -> &'static str;
+
+    /// The language model all families end in.
+    fn decoder(&self) -> &decoder::Decoder;
+
+    /// Turns a decoded image into the encoder's input, with the geometry that maps the frame the family
+    /// answers boxes in (and its patches) back onto the image.
+    fn preprocess(&self, img: &image::RgbImage, device: &Device) -> Result<(Tensor, Geometry)>;
+
+    /// Checks pixel values supplied directly (already preprocessed) and puts them in the encoder's shape.
+    fn check_pixels(&self, pixels: &Tensor) -> Result<Tensor>;
+
+    /// One vision-encoder pass: the layout of the image's tokens and the evidence `needs` asks for.
+    fn encode(&self, pixels: &Tensor, needs: Needs) -> Result<VisionEvidence>;
+
+    /// Vision features (K, vision hidden) into the decoder's embedding space.
+    fn project(&self, features: &Tensor) -> Result<Tensor>;
+
+    /// The family's chat template around one user turn, tokenised and split at the image.
+    fn prompt(&self, tokenizer: &TextTokenizer, question: &str, with_image: bool) -> Result<PromptTokens>;
+
+    /// How the unpruned sequence (prefix, the image's slots, suffix) is numbered.
+    fn sequence_layout(&self, prompt: &PromptTokens, image: Option<&VisualLayout>) -> SequenceLayout;
+
+    /// The layout of one image at the encoder's native input (what budgets and schedules count on).
+    fn native_layout(&self) -> VisualLayout;
+
+    /// End-of-sequence ids when the checkpoint names none.
+    fn default_eos(&self, tokenizer: Option<&TextTokenizer>) -> Vec<u32>;
+}
+
+/// A family the loader knows: whether a `config.json` is one of its own, and how to load it.
+pub struct Family {
+    pub name: &'static str,
+    /// `model_type` values of its configs.
+    pub model_types: &'static [&'static str],
+    pub load: fn(&Checkpoint, &LoadOptions) -> Result<Box<dyn VisionLanguageModel>>,
+}
+
+/// Every supported family.
+pub const FAMILIES: &[Family] = &[llava::FAMILY];
+
+/// The family of a checkpoint, from `model_type` (or, when absent, `architectures`) in its config.
+pub fn detect(ckpt: &Checkpoint) -> Result<&'static Family> {
+    let v: serde_json::Value = serde_json::from_str(&ckpt.config_text)
+        .map_err(|e| Error::config(&ckpt.config_path, format!("malformed config: {e}")))?;
+    let model_type = v.get("model_type").and_then(|t| t.as_str());
+    let architectures: Vec<&str> =
+        v.get("architectures").and_then(|a| a.as_array()).map_or(vec![], |a| a.iter().filter_map(|x| x.as_str()).collect());
+    let found = match model_type {
+        Some(t) => FAMILIES.iter().find(|f| f.model_types.contains(&t)),
+        // Old conversions may omit `model_type`: LLaVA's architecture name says it.
+        None if architectures.contains(&"LlavaForConditionalGeneration") || architectures.is_empty() => {
+            FAMILIES.iter().find(|f| f.name == llava::FAMILY.name)
+        }
+        None => None,
+    };
+    found.ok_or_else(|| {
+        let known: Vec<&str> = FAMILIES.iter().flat_map(|f| f.model_types.iter().copied()).collect();
+        Error::config(
+            &ckpt.config_path,
+            format!(
+                "field `model_type`: {} is not a supported model family (supported: {})",
+                model_type.map_or_else(|| format!("architectures {architectures:?}"), |t| format!("{t:?}")),
+                known.join(", ")
+            ),
+        )
+    })
+}

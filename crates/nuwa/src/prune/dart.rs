@@ -3,8 +3,9 @@
 //! L1 norm of layer 1's keys (4 in the image, 4 in the text after it), then for each pivot keep the
 //! B/8 image tokens least similar to it (cosine of the final-normed states); original positions.
 
-use super::{top_k, CutRecord, Span, VisionDropper};
+use super::{schedule_steps, top_k, CutRecord, FromBudget, PositionPolicy, Pruner, Span, VisionDropper};
 use crate::hooks::{Cut, DecoderProbe, TokenDropper};
+use crate::layout::VisualLayout;
 use crate::Result;
 use candle_core::DType;
 
@@ -83,8 +84,7 @@ impl TokenDropper for Dart {
             top_k(&l1[slots.end..], TEXT_PIVOTS).into_iter().map(|i| slots.end + i).collect();
         let order = cpython_set_order(&[image_pivots.clone(), text_pivots].concat());
 
-        let state = probe.final_norm()?.to_dtype(DType::F32)?;
-        let unit = state.broadcast_div(&state.sqr()?.sum_keepdim(1)?.sqrt()?)?;
+        let unit = crate::l2_normalize_rows(&probe.final_norm()?)?;
         let mut candidates: Vec<usize> = slots.clone().filter(|s| !image_pivots.contains(s)).collect();
         let mut kept: Vec<usize> = image_pivots.clone();
         for pivot in order {
@@ -97,7 +97,7 @@ impl TokenDropper for Dart {
         }
         let mut local: Vec<usize> = kept.into_iter().map(|s| s - slots.start).collect();
         local.sort_unstable();
-        let (cut, record) = self.span.cut(LAYER, seq_len, &local, None);
+        let (cut, record) = self.span.cut(LAYER, seq_len, &local, None)?;
         self.records.push(record);
         Ok(cut)
     }
@@ -106,5 +106,33 @@ impl TokenDropper for Dart {
 impl VisionDropper for Dart {
     fn records(&self) -> &[CutRecord] {
         &self.records
+    }
+}
+
+/// DART's knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DartConfig {
+    pub budget: usize,
+}
+
+impl FromBudget for DartConfig {
+    fn from_budget(budget: usize, _seed: u64) -> Result<Self> {
+        Ok(DartConfig { budget })
+    }
+}
+
+impl Pruner for DartConfig {
+    fn budget(&self) -> Option<usize> {
+        Some(self.budget)
+    }
+    fn default_positions(&self) -> PositionPolicy {
+        PositionPolicy::Original
+    }
+    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+        let n = layout.len();
+        Ok(schedule_steps(n, &[(LAYER, (IMAGE_PIVOTS + 8 * (self.budget / 8).max(1)).min(n))], depth))
+    }
+    fn dropper(&self, span: Span, _depth: usize) -> Result<Option<Box<dyn VisionDropper>>> {
+        Ok(Some(Box::new(Dart::new(self.budget, span))))
     }
 }

@@ -2,13 +2,15 @@
 //! input, greedily pick the projected tokens that are most different from those already picked
 //! (max–min cosine distance); contiguous positions.
 
+use super::{FromBudget, Pruner, Reduction, VisionReducer, VisionTokens};
 use crate::generation::argmax;
-use candle_core::{DType, Tensor};
+use crate::layout::{VisionEvidence, VisualLayout};
+use crate::Result;
+use candle_core::Tensor;
 
 /// Picks `k` of the rows of `v` (N, D), returning them in the order they were chosen.
 pub fn select(v: &Tensor, k: usize) -> crate::Result<Vec<usize>> {
-    let v = v.to_dtype(DType::F32)?;
-    let unit = v.broadcast_div(&v.sqr()?.sum_keepdim(1)?.sqrt()?)?;
+    let unit = crate::l2_normalize_rows(v)?;
     let dist = (1.0 - unit.matmul(&unit.t()?)?)?.to_vec2::<f32>()?;
     let n = dist.len();
     let k = k.min(n);
@@ -39,4 +41,42 @@ pub fn select(v: &Tensor, k: usize) -> crate::Result<Vec<usize>> {
         }
     }
     Ok(order)
+}
+
+/// DivPrune's knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DivPrune {
+    pub budget: usize,
+}
+
+impl FromBudget for DivPrune {
+    fn from_budget(budget: usize, _seed: u64) -> Result<Self> {
+        Ok(DivPrune { budget })
+    }
+}
+
+impl Pruner for DivPrune {
+    fn budget(&self) -> Option<usize> {
+        Some(self.budget)
+    }
+    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+        Ok(vec![self.budget.min(layout.len()); depth])
+    }
+    fn reducer(&self) -> Option<&dyn VisionReducer> {
+        Some(self)
+    }
+}
+
+impl VisionReducer for DivPrune {
+    fn reduce(&self, ev: &VisionEvidence, project: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Reduction> {
+        let all = project(&ev.features)?;
+        let mut kept = select(&all, self.budget)?;
+        kept.sort_unstable();
+        let idx = crate::index_tensor(&kept, all.device())?;
+        Ok(Reduction {
+            tokens: VisionTokens::Projected(all.index_select(&idx, 0)?),
+            sources: super::singletons(&kept),
+            pillars: vec![],
+        })
+    }
 }

@@ -4,8 +4,9 @@
 //!
 //! The same single-cut family also runs a seeded random choice or a fixed list (Nüwa's appendix B.3).
 
-use super::{top_k_ascending, CutRecord, Span, VisionDropper};
+use super::{schedule_steps, top_k_ascending, CutRecord, FromBudget, PositionPolicy, Pruner, Span, VisionDropper};
 use crate::hooks::{Cut, DecoderProbe, TokenDropper};
+use crate::layout::VisualLayout;
 use crate::Result;
 
 /// The layer FastV cuts before.
@@ -73,7 +74,7 @@ impl TokenDropper for SingleCut {
             Selection::Random { seed } => super::random::indices(self.span.len(), self.keep, *seed),
             Selection::Fixed(list) => list.clone(),
         };
-        let (cut, record) = self.span.cut(self.layer, seq_len, &chosen, None);
+        let (cut, record) = self.span.cut(self.layer, seq_len, &chosen, None)?;
         self.records.push(record);
         Ok(cut)
     }
@@ -82,5 +83,35 @@ impl TokenDropper for SingleCut {
 impl VisionDropper for SingleCut {
     fn records(&self) -> &[CutRecord] {
         &self.records
+    }
+}
+
+/// FastV's knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct FastV {
+    pub budget: usize,
+    pub count: Count,
+}
+
+impl FromBudget for FastV {
+    fn from_budget(budget: usize, _seed: u64) -> Result<Self> {
+        Ok(FastV { budget, count: Count::Average })
+    }
+}
+
+impl Pruner for FastV {
+    fn budget(&self) -> Option<usize> {
+        Some(self.budget)
+    }
+    fn default_positions(&self) -> PositionPolicy {
+        PositionPolicy::Original
+    }
+    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+        let n = layout.len();
+        Ok(schedule_steps(n, &[(LAYER, keep_count(self.budget, self.count, n, depth))], depth))
+    }
+    fn dropper(&self, span: Span, depth: usize) -> Result<Option<Box<dyn VisionDropper>>> {
+        let keep = keep_count(self.budget, self.count, span.n_slots(), depth);
+        Ok(Some(Box::new(SingleCut::new(LAYER, keep, Selection::Attention, span))))
     }
 }

@@ -6,9 +6,13 @@
 //! tokens the last prompt token attends to most. Tokens keep their original positions (the pipeline's job).
 //! Where the paper and the released code differ, this follows the released code (see SPEC-nuwa.md).
 
-use super::{sort_desc, top_k_ascending, CutRecord, Span, VisionDropper};
-use crate::index_tensor;
+use super::{
+    schedule_steps, singletons, sort_desc, top_k_ascending, CutRecord, FromBudget, PositionPolicy, Pruner, Reduction,
+    Span, VisionDropper, VisionReducer, VisionTokens,
+};
 use crate::hooks::{Cut, DecoderProbe, TokenDropper};
+use crate::index_tensor;
+use crate::layout::{Needs, VisionEvidence, VisualLayout};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 
@@ -71,15 +75,14 @@ impl Default for NuwaConfig {
 impl NuwaConfig {
     /// Rejects values no model could run with; layer bounds are checked against the model later.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::InvalidArgument(m));
         if self.budget == 0 {
-            return bad("--budget must be at least 1 vision token".into());
+            return Err(Error::invalid("budget", "must be at least 1 vision token"));
         }
         if !(self.distance > 0.0 && self.distance.is_finite()) {
-            return bad(format!("--distance must be a positive number of patches², got {}", self.distance));
+            return Err(Error::invalid("distance", format!("must be a positive number of patches², got {}", self.distance)));
         }
         if !(0.0..=1.0).contains(&self.pillar_quantile) {
-            return bad(format!("--pillar-quantile must be within [0, 1], got {}", self.pillar_quantile));
+            return Err(Error::invalid("pillar_quantile", format!("must be within [0, 1], got {}", self.pillar_quantile)));
         }
         Ok(())
     }
@@ -88,10 +91,10 @@ impl NuwaConfig {
     pub fn stage2_layer(&self, depth: usize) -> Result<usize> {
         let layer = self.stage2_layer.unwrap_or(depth / 2);
         if layer == 0 || layer >= depth {
-            return Err(Error::InvalidArgument(format!(
-                "--stage2-layer must be within 1..={} for this {depth}-layer decoder, got {layer}",
-                depth - 1
-            )));
+            return Err(Error::invalid(
+                "stage2_layer",
+                format!("must be within 1..={} for this {depth}-layer decoder, got {layer}", depth - 1),
+            ));
         }
         Ok(layer)
     }
@@ -114,20 +117,26 @@ pub struct Budgets {
 /// K1 = round(1.75·B), K2 = 2·B − K1, n = ceil(K1 / cells). K1 is also capped at 2·B − 1 so that K2 ≥ 1
 /// and (K1 + K2) / 2 = B holds for every B (at B = 2 the uncapped rule would average 2.5).
 pub fn budgets(budget: usize, stages: Stages, h: usize, w: usize) -> Budgets {
-    let n = h * w;
     let cells = (h / 2) * (w / 2);
-    let top_n = |k1: usize| if cells == 0 { 4 } else { k1.div_ceil(cells).clamp(1, 4) };
+    let (k1, k2) = counts(budget, stages, h * w);
+    let top_n = match stages {
+        Stages::Two => 4,
+        _ if cells == 0 => 4,
+        _ => k1.div_ceil(cells).clamp(1, 4),
+    };
+    Budgets { k1, k2, top_n }
+}
+
+/// (K1, K2) for budget B on `n` patches; see [`budgets`].
+pub fn counts(budget: usize, stages: Stages, n: usize) -> (usize, Option<usize>) {
     match stages {
         Stages::Both => {
             let k1 = ((1.75 * budget as f64).round() as usize).min(2 * budget - 1).clamp(1, n);
             let k2 = (2 * budget - k1).max(1);
-            Budgets { k1, k2: (k2 < k1).then_some(k2), top_n: top_n(k1) }
+            (k1, (k2 < k1).then_some(k2))
         }
-        Stages::One => {
-            let k1 = budget.min(n);
-            Budgets { k1, k2: None, top_n: top_n(k1) }
-        }
-        Stages::Two => Budgets { k1: n, k2: (budget < n).then_some(budget), top_n: 4 },
+        Stages::One => (budget.min(n), None),
+        Stages::Two => (n, (budget < n).then_some(budget)),
     }
 }
 
@@ -191,9 +200,7 @@ pub fn pillars(anchor_saliency: &[f32], q: f64) -> Vec<bool> {
 /// distance fall-off `P = 1 − min(d / √distance, 1)` on the `h`×`w` grid. `m` is (N, D); result (rows, N) f32.
 pub fn similarity_rows(m: &Tensor, rows: &[usize], h: usize, w: usize, distance: f64) -> Result<Tensor> {
     let dev = m.device();
-    let m = m.to_dtype(DType::F32)?;
-    let norms = m.sqr()?.sum_keepdim(1)?.sqrt()?;
-    let unit = m.broadcast_div(&norms.clamp(1e-8f32, f32::INFINITY)?)?;
+    let unit = crate::l2_normalize_rows(&m)?;
     let picked = unit.index_select(&index_tensor(rows, dev)?, 0)?;
     let cos = picked.matmul(&unit.t()?)?.relu()?;
     Ok((cos * falloff(rows, h, w, distance, dev)?)?)
@@ -279,25 +286,6 @@ pub fn stage1(
     Ok(Stage1 { anchors, pillars, tokens })
 }
 
-/// The similarity features: the mean of the encoder's last hidden states (each (N, D), [CLS] removed).
-///
-/// Summed one tensor at a time in order, then scaled: the same additions `stack(..).mean(0)` makes (the
-/// result is bit for bit the same) without the stacked copy or a strided reduction over the first
-/// dimension, which made this 10–30× slower than stage 1's own work.
-pub fn similarity_features(hidden: &[Tensor]) -> Result<Tensor> {
-    let (first, rest) = hidden
-        .split_first()
-        .ok_or_else(|| Error::InvalidArgument("similarity features need at least one hidden state".into()))?;
-    let mut sum = first.to_dtype(DType::F32)?;
-    for h in rest {
-        sum = (sum + h.to_dtype(DType::F32)?)?;
-    }
-    Ok((sum / hidden.len() as f64)?)
-}
-
-/// How many trailing hidden states feed the similarity features.
-pub const SIMILARITY_LAYERS: usize = 9;
-
 /// Stage 2: which of the `scores.len()` vision tokens survive, ascending. `Attention` keeps the `k2`
 /// highest scores (ties to the lower index); `Random` a seeded uniform subset.
 pub fn stage2_keep(scores: &[f32], k2: usize, rule: Stage2Rule, seed: u64) -> Vec<usize> {
@@ -329,7 +317,7 @@ impl Stage2 {
     /// `None` when the budget leaves nothing to cut (stage 1 only, or K2 ≥ the tokens in `span`).
     pub fn new(cfg: &NuwaConfig, span: Span, depth: usize) -> Result<Option<Self>> {
         let layer = cfg.stage2_layer(depth)?;
-        let k2 = budgets(cfg.budget, cfg.stages, span.grid.0, span.grid.1).k2;
+        let k2 = counts(cfg.budget, cfg.stages, span.n_slots()).1;
         Ok(k2.filter(|&k2| k2 < span.len()).map(|k2| Self {
             layer,
             k2,
@@ -349,7 +337,7 @@ impl TokenDropper for Stage2 {
     fn cut(&mut self, probe: &dyn DecoderProbe) -> Result<Cut> {
         let row = probe.prev_attention().expect("the last row is always handed over").squeeze(0)?.to_vec1::<f32>()?;
         let chosen = stage2_keep(&row[self.span.slots()], self.k2, self.rule, self.seed);
-        let (cut, record) = self.span.cut(self.layer, row.len(), &chosen, None);
+        let (cut, record) = self.span.cut(self.layer, row.len(), &chosen, None)?;
         self.records.push(record);
         Ok(cut)
     }
@@ -358,5 +346,54 @@ impl TokenDropper for Stage2 {
 impl VisionDropper for Stage2 {
     fn records(&self) -> &[CutRecord] {
         &self.records
+    }
+}
+
+impl FromBudget for NuwaConfig {
+    fn from_budget(budget: usize, seed: u64) -> Result<Self> {
+        Ok(NuwaConfig { budget, seed, ..NuwaConfig::default() })
+    }
+}
+
+impl Pruner for NuwaConfig {
+    fn budget(&self) -> Option<usize> {
+        Some(self.budget)
+    }
+
+    fn validate(&self) -> Result<()> {
+        NuwaConfig::validate(self)
+    }
+
+    fn default_positions(&self) -> PositionPolicy {
+        PositionPolicy::Original
+    }
+
+    fn needs(&self) -> Needs {
+        Needs { similarity: self.stages != Stages::Two }
+    }
+
+    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+        Ok(match counts(self.budget, self.stages, layout.len()) {
+            (k1, Some(k2)) if k2 < k1 => schedule_steps(k1, &[(self.stage2_layer(depth)?, k2)], depth),
+            (k1, _) => vec![k1; depth],
+        })
+    }
+
+    fn reducer(&self) -> Option<&dyn VisionReducer> {
+        (self.stages != Stages::Two).then_some(self as &dyn VisionReducer)
+    }
+
+    fn dropper(&self, span: Span, depth: usize) -> Result<Option<Box<dyn VisionDropper>>> {
+        Ok(Stage2::new(self, span, depth)?.map(|d| Box::new(d) as Box<dyn VisionDropper>))
+    }
+}
+
+impl VisionReducer for NuwaConfig {
+    fn reduce(&self, ev: &VisionEvidence, _project: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Reduction> {
+        let grid = ev.layout.raster_grid("nuwa")?;
+        let b = budgets(self.budget, self.stages, grid.0, grid.1);
+        let s1 = stage1(&ev.saliency()?.summed, &ev.features, ev.similarity()?, grid, &b, self)?;
+        let pillars = s1.anchors.iter().zip(&s1.pillars).filter(|(_, &p)| p).map(|(&a, _)| a).collect();
+        Ok(Reduction { tokens: VisionTokens::Features(s1.tokens), sources: singletons(&s1.anchors), pillars })
     }
 }

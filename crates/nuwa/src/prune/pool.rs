@@ -1,6 +1,9 @@
 //! Average pooling (Nüwa's appendix B.3, Algorithm 2): the patch grid pooled to about B cells with
 //! adaptive average pooling, before the projector.
 
+use super::{FromBudget, Pruner, Reduction, VisionReducer, VisionTokens};
+use crate::layout::{VisionEvidence, VisualLayout};
+use crate::Result;
 use candle_core::{Device, Tensor};
 
 /// Output grid for budget B on an `h`×`w` grid: W' = round(√(B/α)), H' = round(α·W'), α = h/w
@@ -39,4 +42,39 @@ pub fn pool(x: &Tensor, cells: &[Vec<usize>]) -> crate::Result<Tensor> {
     }
     let weights = Tensor::from_vec(weights, (cells.len(), n), &Device::Cpu)?.to_device(x.device())?.to_dtype(x.dtype())?;
     Ok(weights.matmul(x)?)
+}
+
+/// Pooling's knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Pool {
+    pub budget: usize,
+}
+
+impl FromBudget for Pool {
+    fn from_budget(budget: usize, _seed: u64) -> Result<Self> {
+        Ok(Pool { budget })
+    }
+}
+
+impl Pruner for Pool {
+    fn budget(&self) -> Option<usize> {
+        Some(self.budget)
+    }
+    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+        let (h, w) = layout.raster_grid("pool")?;
+        let (ho, wo) = output_grid(self.budget, h, w);
+        Ok(vec![ho * wo; depth])
+    }
+    fn reducer(&self) -> Option<&dyn VisionReducer> {
+        Some(self)
+    }
+}
+
+impl VisionReducer for Pool {
+    fn reduce(&self, ev: &VisionEvidence, _project: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Reduction> {
+        let (h, w) = ev.layout.raster_grid("pool")?;
+        let (ho, wo) = output_grid(self.budget, h, w);
+        let cells = windows(h, w, ho, wo);
+        Ok(Reduction { tokens: VisionTokens::Features(pool(&ev.features, &cells)?), sources: cells, pillars: vec![] })
+    }
 }

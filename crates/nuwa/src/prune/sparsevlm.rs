@@ -5,8 +5,9 @@
 //! Positions are renumbered. Clustering decisions are taken in f64 without the reference's random
 //! density noise, so the result is deterministic.
 
-use super::{pdrop, sort_desc, top_k_ascending, CutRecord, Span, VisionDropper};
+use super::{pdrop, schedule_steps, sort_desc, top_k_ascending, CutRecord, FromBudget, Pruner, Span, VisionDropper};
 use crate::hooks::{Cut, DecoderProbe, TokenDropper};
+use crate::layout::VisualLayout;
 use crate::Result;
 use candle_core::{DType, Tensor};
 
@@ -115,7 +116,7 @@ impl TokenDropper for SparseVlm {
         }
         let weights = Tensor::from_vec(weights, (centres.len(), feed.len()), x.device())?.to_dtype(x.dtype())?;
         let merged = weights.matmul(&x)?;
-        let (cut, record) = self.span.cut(probe.layer(), seq_len, &keep, Some((merged, sources)));
+        let (cut, record) = self.span.cut(probe.layer(), seq_len, &keep, Some((merged, sources)))?;
         self.records.push(record);
         Ok(cut)
     }
@@ -124,5 +125,45 @@ impl TokenDropper for SparseVlm {
 impl VisionDropper for SparseVlm {
     fn records(&self) -> &[CutRecord] {
         &self.records
+    }
+}
+
+/// SparseVLM's knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SparseVlmConfig {
+    pub budget: usize,
+}
+
+impl FromBudget for SparseVlmConfig {
+    fn from_budget(budget: usize, _seed: u64) -> Result<Self> {
+        Ok(SparseVlmConfig { budget })
+    }
+}
+
+impl Pruner for SparseVlmConfig {
+    fn budget(&self) -> Option<usize> {
+        Some(self.budget)
+    }
+    fn validate(&self) -> Result<()> {
+        pdrop::schedule(self.budget).map(|_| ())
+    }
+    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+        // Each cut keeps its count and recycles ⌊0.3·pruned⌋ + 1 tokens into ⌊m/10⌋ + 1 merged ones.
+        let n = layout.len();
+        let mut n_v = n;
+        let cuts: Vec<(usize, usize)> = pdrop::CUT_LAYERS
+            .iter()
+            .zip(pdrop::schedule(self.budget)?)
+            .map(|(&layer, keep)| {
+                let k = keep.min(n_v - 1);
+                let m = (n_v - k) * 3 / 10 + 1;
+                n_v = k + m / 10 + 1;
+                (layer, n_v)
+            })
+            .collect();
+        Ok(schedule_steps(n, &cuts, depth))
+    }
+    fn dropper(&self, span: Span, _depth: usize) -> Result<Option<Box<dyn VisionDropper>>> {
+        Ok(Some(Box::new(SparseVlm::new(self.budget, span)?)))
     }
 }

@@ -2,7 +2,10 @@
 //! CVPR 2025): before the projector keep the [CLS] token and the patches [CLS] attends to most
 //! ("dominant"), then fold the rest into a few evenly spaced "contextual" tokens by key similarity.
 
-use candle_core::{DType, Device, Tensor};
+use super::{FromBudget, Pruner, Reduction, VisionReducer, VisionTokens};
+use crate::layout::{VisionEvidence, VisualLayout};
+use crate::Result;
+use candle_core::{Device, Tensor};
 
 /// Dominant (including [CLS]) and contextual counts for budget B: 54 + 10 at 64, scaled alike (108 + 20,
 /// 162 + 30).
@@ -24,7 +27,7 @@ pub struct Selection {
 }
 
 /// Chooses the tokens from the per-patch `saliency` (summed [CLS] attention) and the head-averaged
-/// `mean_keys` (1 + N, d) of the same layer.
+/// patch keys `mean_keys` (N, d) of the same layer.
 pub fn select(saliency: &[f32], mean_keys: &Tensor, dominant: usize, contextual: usize) -> crate::Result<Selection> {
     let n = saliency.len();
     let mut dom = super::top_k_ascending(saliency, dominant.saturating_sub(1).min(n));
@@ -39,12 +42,9 @@ pub fn select(saliency: &[f32], mean_keys: &Tensor, dominant: usize, contextual:
     let targets: Vec<usize> = target_pos.iter().map(|&i| remaining[i]).collect();
     let others: Vec<usize> = (0..remaining.len()).filter(|i| !target_pos.contains(i)).map(|i| remaining[i]).collect();
 
-    let keys = mean_keys.to_dtype(DType::F32)?;
     let rows = |patches: &[usize]| -> crate::Result<Tensor> {
-        // Patch p is row p + 1 ([CLS] first).
-        let idx = Tensor::new(patches.iter().map(|&p| p as u32 + 1).collect::<Vec<_>>(), keys.device())?;
-        let k = keys.index_select(&idx, 0)?;
-        Ok(k.broadcast_div(&k.sqr()?.sum_keepdim(1)?.sqrt()?)?)
+        let k = mean_keys.index_select(&crate::index_tensor(patches, mean_keys.device())?, 0)?;
+        Ok(crate::l2_normalize_rows(&k)?)
     };
     let mut members = vec![Vec::new(); targets.len()];
     if !others.is_empty() {
@@ -81,4 +81,37 @@ pub fn tokens(sel: &Selection, x: &Tensor, cls: &Tensor) -> crate::Result<(Tenso
     sources.extend(sel.dominant.iter().map(|&p| vec![p]));
     sources.extend(sel.targets.iter().zip(&sel.members).map(|(&t, m)| std::iter::once(t).chain(m.iter().copied()).collect()));
     Ok((out, sources))
+}
+
+/// VisionZip's knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct VisionZip {
+    pub budget: usize,
+}
+
+impl FromBudget for VisionZip {
+    fn from_budget(budget: usize, _seed: u64) -> Result<Self> {
+        Ok(VisionZip { budget })
+    }
+}
+
+impl Pruner for VisionZip {
+    fn budget(&self) -> Option<usize> {
+        Some(self.budget)
+    }
+    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+        Ok(vec![self.budget.min(layout.len()); depth])
+    }
+    fn reducer(&self) -> Option<&dyn VisionReducer> {
+        Some(self)
+    }
+}
+
+impl VisionReducer for VisionZip {
+    fn reduce(&self, ev: &VisionEvidence, _project: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Reduction> {
+        let (dominant, contextual) = split(self.budget);
+        let sel = select(&ev.saliency()?.summed, ev.keys()?, dominant, contextual)?;
+        let (features, sources) = tokens(&sel, &ev.features, ev.summary()?)?;
+        Ok(Reduction { tokens: VisionTokens::Features(features), sources, pillars: vec![] })
+    }
 }

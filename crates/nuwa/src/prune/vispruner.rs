@@ -3,6 +3,10 @@
 //! ("important") and fill the rest with diverse tokens, repeatedly dropping the tokens most similar to
 //! another. Decisions are taken in f64: in f32 near-duplicate patches make the choice fragile.
 
+use super::{FromBudget, Pruner, Reduction, VisionReducer};
+use crate::layout::{VisionEvidence, VisualLayout};
+use candle_core::{DType, Tensor};
+
 /// Kept patches (raster, ascending) and the important ones, for budget B from the per-patch [CLS]
 /// attention (head mean) `attn` and features `x` (N rows of D).
 pub fn select(attn: &[f32], x: &[Vec<f32>], budget: usize, important_ratio: f64) -> (Vec<usize>, Vec<usize>) {
@@ -18,7 +22,8 @@ pub fn select(attn: &[f32], x: &[Vec<f32>], budget: usize, important_ratio: f64)
     let unit: Vec<Vec<f64>> = x
         .iter()
         .map(|r| {
-            let norm = r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            // A zero row stays zero (no NaN), as in [`crate::l2_normalize_rows`].
+            let norm = r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt().max(1e-8);
             r.iter().map(|&v| v as f64 / norm).collect()
         })
         .collect();
@@ -40,4 +45,36 @@ pub fn select(attn: &[f32], x: &[Vec<f32>], budget: usize, important_ratio: f64)
     let mut important = important;
     important.sort_unstable();
     (kept, important)
+}
+
+/// VisPruner's knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct VisPruner {
+    pub budget: usize,
+}
+
+impl FromBudget for VisPruner {
+    fn from_budget(budget: usize, _seed: u64) -> crate::Result<Self> {
+        Ok(VisPruner { budget })
+    }
+}
+
+impl Pruner for VisPruner {
+    fn budget(&self) -> Option<usize> {
+        Some(self.budget)
+    }
+    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> crate::Result<Vec<usize>> {
+        Ok(vec![self.budget.min(layout.len()); depth])
+    }
+    fn reducer(&self) -> Option<&dyn VisionReducer> {
+        Some(self)
+    }
+}
+
+impl VisionReducer for VisPruner {
+    fn reduce(&self, ev: &VisionEvidence, _project: &dyn Fn(&Tensor) -> crate::Result<Tensor>) -> crate::Result<Reduction> {
+        let attn = ev.saliency()?.mean();
+        let rows = ev.features.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        Reduction::gather(ev, select(&attn, &rows, self.budget, 0.5).0)
+    }
 }

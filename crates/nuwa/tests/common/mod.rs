@@ -49,3 +49,8 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 pub const QUESTION: &str = "What is shown in this image?";
+
+/// A golden 1-D position-id tensor as the decoder's positions.
+pub fn linear_positions(name: &str) -> nuwa::layout::Positions {
+    nuwa::layout::Positions::Linear(ids(name))
+}

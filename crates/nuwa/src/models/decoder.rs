@@ -1,4 +1,4 @@
-//! LLaMA decoder (Vicuna-7B in LLaVA-1.5), after transformers' `LlamaForCausalLM`.
+//! The LLaMA-style decoder (Vicuna-7B in LLaVA-1.5), after transformers' `LlamaForCausalLM`.
 //!
 //! What differs from candle-transformers' llama: every token carries an explicit position id (RoPE is
 //! gathered from a precomputed table, so a pruned sequence keeps its original positions), each layer has
@@ -10,6 +10,7 @@ use candle_nn::{embedding, kv_cache::KvCache, linear_b, rms_norm, Embedding, Lin
 use serde::Deserialize;
 
 use crate::hooks::{DecoderProbe, TokenDropper};
+use crate::layout::Positions;
 
 /// `LlamaConfig` as a hub `config.json` (or LLaVA's `text_config`) holds it; omitted keys take
 /// transformers' defaults.
@@ -341,7 +342,7 @@ impl Cache {
 
 /// The decoder with its embedding table and LM head.
 #[derive(Debug, Clone)]
-pub struct Llama {
+pub struct Decoder {
     embed_tokens: Embedding,
     layers: Vec<Block>,
     norm: RmsNorm,
@@ -352,7 +353,7 @@ pub struct Llama {
     dtype: DType,
 }
 
-impl Llama {
+impl Decoder {
     /// `vb_model` points at the weights named `embed_tokens`, `layers.N.*`, `norm`; `vb_lm_head` at
     /// `lm_head` (ignored when the embeddings are tied).
     pub fn new(cfg: &Config, vb_model: VarBuilder, vb_lm_head: VarBuilder) -> candle_core::Result<Self> {
@@ -387,6 +388,10 @@ impl Llama {
         self.dtype
     }
 
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Token embeddings, (T, hidden).
     pub fn embed(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
         let ids = Tensor::new(ids, &self.device)?;
@@ -404,13 +409,13 @@ impl Llama {
     pub fn forward(
         &self,
         embeds: &Tensor,
-        positions: &[u32],
+        positions: &Positions,
         cache: &mut Cache,
         mut dropper: Option<&mut dyn TokenDropper>,
     ) -> crate::Result<Tensor> {
         let cuts = dropper.as_ref().map(|d| d.cut_layers()).unwrap_or_default();
         if let Some(&bad) = cuts.iter().find(|&&l| l == 0 || l >= self.layers.len()) {
-            return Err(crate::Error::InvalidArgument(format!(
+            return Err(crate::Error::Internal(format!(
                 "cannot change the sequence before decoder layer {bad}: the layer must be in 1..{}",
                 self.layers.len()
             )));
@@ -418,9 +423,9 @@ impl Llama {
         if let Some(d) = dropper.as_deref_mut() {
             d.start(embeds)?;
         }
-        let input_last = *positions.last().ok_or_else(|| crate::Error::InvalidArgument("empty sequence".into()))?;
+        let input_last = positions.last().ok_or_else(|| crate::Error::Internal("empty sequence".into()))?;
         let mut x = embeds.unsqueeze(0)?;
-        let mut positions = positions.to_vec();
+        let mut positions = positions.clone();
         // RoPE tables and the mask are rebuilt only when the sequence or its numbering changes.
         let mut rope: Option<((Tensor, Tensor), i64)> = None;
         let mut mask: Option<(Option<Tensor>, (usize, usize))> = None;
@@ -428,12 +433,12 @@ impl Llama {
         for (i, layer) in self.layers.iter().enumerate() {
             if let Some(d) = dropper.as_deref_mut().filter(|_| cuts.contains(&i)) {
                 let hidden = x.squeeze(0)?;
-                let probe = Probe { llama: self, layer: i, hidden: &hidden, positions: &positions, prev_rows: prev_rows.as_ref(), cache };
+                let probe = Probe { decoder: self, layer: i, hidden: &hidden, positions: &positions, prev_rows: prev_rows.as_ref(), cache };
                 let cut = d.cut(&probe)?;
                 let (next_x, next_positions) = apply_cut(&hidden, &positions, cut, i)?;
                 x = next_x.unsqueeze(0)?;
                 positions = next_positions;
-                let offset = *positions.last().expect("the last token is always kept") as i64 - input_last as i64;
+                let offset = positions.last().expect("the last token is always kept") as i64 - input_last as i64;
                 cache.position_offsets[i..].fill(offset);
                 rope = None;
             }
@@ -464,11 +469,11 @@ impl Llama {
     }
 
     /// RoPE tables for `positions` shifted by `offset`.
-    fn rope_at(&self, positions: &[u32], offset: i64) -> crate::Result<(Tensor, Tensor)> {
-        let shifted = positions
-            .iter()
-            .map(|&p| u32::try_from(p as i64 + offset).map_err(|_| crate::Error::InvalidArgument(format!("position {p} + {offset} is negative"))))
-            .collect::<crate::Result<Vec<u32>>>()?;
+    fn rope_at(&self, positions: &Positions, offset: i64) -> crate::Result<(Tensor, Tensor)> {
+        let shifted = positions.shifted(offset)?;
+        let Positions::Linear(shifted) = shifted else {
+            return Err(crate::Error::Unsupported("this decoder uses 1-D RoPE: multimodal position ids given".into()));
+        };
         if let Some(&max) = shifted.iter().max() {
             if max as usize >= self.cfg.max_position_embeddings {
                 return Err(crate::Error::ContextOverflow { needed: max as usize + 1, context: self.cfg.max_position_embeddings });
@@ -480,10 +485,10 @@ impl Llama {
 
 /// The decoder's side of [`DecoderProbe`], valid before one layer during prefill.
 struct Probe<'a> {
-    llama: &'a Llama,
+    decoder: &'a Decoder,
     layer: usize,
     hidden: &'a Tensor,
-    positions: &'a [u32],
+    positions: &'a Positions,
     prev_rows: Option<&'a Tensor>,
     cache: &'a Cache,
 }
@@ -495,23 +500,23 @@ impl DecoderProbe for Probe<'_> {
     fn hidden(&self) -> &Tensor {
         self.hidden
     }
-    fn positions(&self) -> &[u32] {
+    fn positions(&self) -> &Positions {
         self.positions
     }
     fn prev_attention(&self) -> Option<&Tensor> {
         self.prev_rows
     }
     fn preview_attention(&self, rows: &[usize]) -> crate::Result<Tensor> {
-        let block = &self.llama.layers[self.layer];
-        let (cos, sin) = self.llama.rope_at(self.positions, 0)?;
+        let block = &self.decoder.layers[self.layer];
+        let (cos, sin) = self.decoder.rope_at(self.positions, 0)?;
         let x = block.input_layernorm.forward(&self.hidden.unsqueeze(0)?)?;
         Ok(block.self_attn.preview(&x, &cos, &sin, rows)?)
     }
     fn final_norm(&self) -> crate::Result<Tensor> {
-        Ok(self.llama.norm.forward(self.hidden)?)
+        Ok(self.decoder.norm.forward(self.hidden)?)
     }
     fn prev_keys(&self) -> crate::Result<Tensor> {
-        let attn = &self.llama.layers[self.layer - 1].self_attn;
+        let attn = &self.decoder.layers[self.layer - 1].self_attn;
         let kv = self.cache.layers[self.layer - 1].as_ref().expect("the previous layer has run");
         let k = kv.k()?.expect("the previous layer cached its keys");
         let k = repeat_kv(k, attn.num_heads / attn.num_kv_heads)?;
@@ -522,9 +527,14 @@ impl DecoderProbe for Probe<'_> {
 }
 
 /// The sequence after a cut: kept rows, inserted rows, and their positions.
-fn apply_cut(hidden: &Tensor, positions: &[u32], cut: crate::hooks::Cut, layer: usize) -> crate::Result<(Tensor, Vec<u32>)> {
+fn apply_cut(
+    hidden: &Tensor,
+    positions: &Positions,
+    cut: crate::hooks::Cut,
+    layer: usize,
+) -> crate::Result<(Tensor, Positions)> {
     let t = positions.len();
-    let bad = |m: String| crate::Error::InvalidArgument(format!("token dropper before layer {layer}: {m}"));
+    let bad = |m: String| crate::Error::Internal(format!("token dropper before layer {layer}: {m}"));
     if cut.keep.iter().any(|&k| k >= t) || cut.keep.windows(2).any(|w| w[0] >= w[1]) {
         return Err(bad(format!("kept slots must be ascending within 0..{t}")));
     }
@@ -533,16 +543,17 @@ fn apply_cut(hidden: &Tensor, positions: &[u32], cut: crate::hooks::Cut, layer: 
     }
     let idx = crate::index_tensor(&cut.keep, hidden.device())?;
     let mut x = hidden.index_select(&idx, 0)?;
-    let mut kept_positions: Vec<u32> = cut.keep.iter().map(|&k| positions[k]).collect();
+    let mut kept: Vec<usize> = cut.keep.clone();
     if let Some((at, rows)) = &cut.insert {
         if *at > cut.keep.len() {
             return Err(bad(format!("insertion index {at} is past the {} kept slots", cut.keep.len())));
         }
         x = Tensor::cat(&[&x.narrow(0, 0, *at)?, rows, &x.narrow(0, *at, cut.keep.len() - at)?], 0)?;
         // Inserted rows take the position of the kept slot before them until renumbered.
-        let fill = if *at == 0 { kept_positions[0] } else { kept_positions[at - 1] };
-        kept_positions.splice(at..at, std::iter::repeat_n(fill, rows.dim(0)?));
+        let fill = if *at == 0 { kept[0] } else { kept[at - 1] };
+        kept.splice(at..at, std::iter::repeat_n(fill, rows.dim(0)?));
     }
+    let kept_positions = positions.select(&kept);
     let positions = match cut.positions {
         Some(p) if p.len() == x.dim(0)? => p,
         Some(p) => return Err(bad(format!("{} positions for {} tokens", p.len(), x.dim(0)?))),

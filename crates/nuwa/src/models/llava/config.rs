@@ -1,12 +1,7 @@
-//! LLaVA-1.5 (Liu et al., "Improved Baselines with Visual Instruction Tuning", 2023), after transformers'
-//! `LlavaForConditionalGeneration`: a CLIP vision tower, a two-layer GELU projector, a LLaMA decoder.
-//!
-//! This file holds the configuration and the weights; how an image and a prompt become a sequence (and
-//! which vision tokens survive) is the pipeline's business.
+//! LLaVA's `config.json` (transformers' `LlavaConfig`) and where its weights live in a checkpoint.
 
-use super::{clip, llama};
-use candle_core::{Module, Tensor};
-use candle_nn::{linear_b, Linear, VarBuilder};
+use crate::models::{clip, decoder};
+use crate::{Error, Result};
 use serde::Deserialize;
 
 /// `LlavaConfig` from a llava-hf `config.json`.
@@ -15,7 +10,7 @@ pub struct Config {
     #[serde(default = "default_vision_config")]
     pub vision_config: clip::Config,
     #[serde(default = "default_text_config")]
-    pub text_config: llama::Config,
+    pub text_config: decoder::Config,
     #[serde(default = "default_image_token_index", alias = "image_token_id")]
     pub image_token_index: u32,
     #[serde(default = "default_projector_hidden_act")]
@@ -40,7 +35,7 @@ fn default_vision_config() -> clip::Config {
     }))
     .expect("static CLIP config")
 }
-fn default_text_config() -> llama::Config {
+fn default_text_config() -> decoder::Config {
     serde_json::from_value(serde_json::json!({})).expect("static LLaMA config")
 }
 fn default_image_token_index() -> u32 {
@@ -136,43 +131,38 @@ impl WeightPrefixes {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Projector {
-    linear_1: Linear,
-    linear_2: Linear,
-}
-
-impl Projector {
-    fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
-        let (v, t) = (cfg.vision_config.hidden_size, cfg.text_config.hidden_size);
-        Ok(Self {
-            linear_1: linear_b(v, t, cfg.multimodal_projector_bias, vb.pp("linear_1"))?,
-            linear_2: linear_b(t, t, cfg.multimodal_projector_bias, vb.pp("linear_2"))?,
-        })
+impl Config {
+    /// The configuration of a checkpoint, errors naming `config.json` and the field.
+    pub fn from_checkpoint(ckpt: &crate::checkpoint::Checkpoint) -> Result<Self> {
+        Self::from_json(&ckpt.config_text).map_err(|m| Error::config(&ckpt.config_path, m))
     }
-}
 
-impl Module for Projector {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.linear_2.forward(&self.linear_1.forward(x)?.gelu_erf()?)
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Llava {
-    pub vision: clip::ClipVisionModel,
-    pub projector: Projector,
-    pub llm: llama::Llama,
-    pub config: Config,
-}
-
-impl Llava {
-    pub fn new(cfg: &Config, prefixes: &WeightPrefixes, vb: VarBuilder) -> candle_core::Result<Self> {
-        Ok(Self {
-            vision: clip::ClipVisionModel::new(&cfg.vision_config, vb.pp(&prefixes.vision))?,
-            projector: Projector::new(cfg, vb.pp(&prefixes.projector))?,
-            llm: llama::Llama::new(&cfg.text_config, vb.pp(&prefixes.llm), vb.pp(&prefixes.lm_head))?,
-            config: cfg.clone(),
-        })
+    /// Shortens the decoder and/or the vision encoder (benchmarks on machines too small for the whole
+    /// model). The vision encoder keeps feeding the projector from its second-to-last layer.
+    pub fn trim(&mut self, llm_layers: Option<usize>, vision_layers: Option<usize>) -> Result<()> {
+        if let Some(n) = llm_layers {
+            let full = self.text_config.num_hidden_layers;
+            if n < 2 || n > full {
+                return Err(Error::invalid(
+                    "llm_layers",
+                    format!("must be within 2..={full} (stage 2 cuts between two decoder layers), got {n}"),
+                ));
+            }
+            self.text_config.num_hidden_layers = n;
+        }
+        if let Some(n) = vision_layers {
+            let full = self.vision_config.num_hidden_layers;
+            if n < 2 || n > full {
+                return Err(Error::invalid(
+                    "vision_layers",
+                    format!("must be within 2..={full} (the projector reads the second-to-last layer), got {n}"),
+                ));
+            }
+            self.vision_config.num_hidden_layers = n;
+            if self.vision_feature_layer >= 0 && self.vision_feature_layer as usize > n {
+                self.vision_feature_layer = -2;
+            }
+        }
+        Ok(())
     }
 }

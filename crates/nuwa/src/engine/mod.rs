@@ -1,0 +1,424 @@
+//! The pipeline: image → the family's vision encoder → token reduction (the method's, in `prune/`) →
+//! projector → sequence with positions → decoder (with the method's mid-stack cuts) → a [`Session`]
+//! that decodes token by token. This is the one place where a pruning method meets a model's hooks,
+//! and it names neither a method nor a family.
+
+mod session;
+
+pub use session::{Session, SessionOptions, StopReason, Step};
+
+use crate::checkpoint::Checkpoint;
+use crate::generation::Sampling;
+use crate::hooks::TokenDropper;
+use crate::layout::{Needs, Positions, VisionEvidence, VisualLayout};
+pub use crate::models::LoadOptions;
+use crate::models::{decoder, VisionLanguageModel};
+use crate::preprocess::{self, Geometry};
+use crate::prompt::{PromptTokens, TextTokenizer};
+use crate::prune::{representatives, CutRecord, Method, PositionPolicy, Span, VisionDropper, VisionTokens};
+use crate::{Error, Result};
+use candle_core::{Device, Tensor};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// A loaded model ready to answer requests.
+pub struct Engine {
+    pub model: Box<dyn VisionLanguageModel>,
+    /// Absent for random-weight benchmark models, which are fed token ids directly.
+    pub tokenizer: Option<TextTokenizer>,
+    eos_token_ids: Vec<u32>,
+    device: Device,
+}
+
+/// Where the image comes from.
+#[derive(Debug, Clone)]
+pub enum ImageInput {
+    Path(PathBuf),
+    /// Already preprocessed pixel values in the encoder's input shape.
+    Pixels(Tensor),
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    pub image: Option<ImageInput>,
+    pub method: Method,
+    /// Overrides the method's own position policy.
+    pub positions: Option<PositionPolicy>,
+    pub sampling: Sampling,
+    pub max_new_tokens: usize,
+    /// Generation stops before the first of these strings appears in the answer.
+    pub stop: Vec<String>,
+}
+
+/// What the vision side hands to the decoder for one image.
+#[derive(Debug, Clone)]
+pub struct EncodedImage {
+    /// The image's tokens before reduction.
+    pub layout: VisualLayout,
+    /// Kept slots, ascending.
+    pub kept: Vec<usize>,
+    /// Per token entering the decoder, the slots it stands for (empty for a summary token).
+    pub sources: Vec<Vec<usize>>,
+    /// Stage-1 pillars (slots), for methods that have them.
+    pub pillars: Vec<usize>,
+    /// Per-slot saliency (the summary token's attention summed over heads) when the model gives one.
+    pub saliency: Option<Vec<f32>>,
+    /// Vision features of the kept tokens before the projector, (K, vision hidden).
+    pub features: Tensor,
+    /// The same after the projector, (K, text hidden).
+    pub tokens: Tensor,
+    /// How the original image maps onto the model's input (absent for raw pixel values).
+    pub geometry: Option<Geometry>,
+    pub vision_ms: f64,
+    pub stage1_ms: f64,
+}
+
+impl EncodedImage {
+    /// (rows, cols) of the image's first grid (the one LLaVA-1.5 has).
+    pub fn grid(&self) -> (usize, usize) {
+        self.layout.grids.first().map_or((0, 0), |g| (g.rows, g.cols))
+    }
+}
+
+/// What pruning did to one request, as reported to users.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VisionReport {
+    pub grid: [usize; 2],
+    pub method: &'static str,
+    pub budget: Option<usize>,
+    pub positions: PositionPolicy,
+    pub k1: usize,
+    pub k2: Option<usize>,
+    /// Slots kept by stage 1, ascending.
+    pub stage1: Vec<usize>,
+    pub pillars: Vec<usize>,
+    /// Slots that survive stage 2 (equal to `stage1` without a cut).
+    pub stage2: Vec<usize>,
+    pub stage2_layer: Option<usize>,
+    /// Mean number of vision tokens over the decoder's layers.
+    pub avg_vision_tokens: f64,
+    /// Vision tokens entering the decoder: per token, the slots it stands for.
+    pub vision_tokens: Vec<Vec<usize>>,
+    /// Each cut inside the decoder: the layer and what survived it.
+    pub cuts: Vec<CutRecord>,
+}
+
+/// Milliseconds per step; serialised under `timings_ms` with short keys.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Timings {
+    #[serde(rename = "vision")]
+    pub vision_ms: f64,
+    /// Vision-side token reduction (Nüwa's stage 1, or a baseline's selection).
+    #[serde(rename = "stage1")]
+    pub stage1_ms: f64,
+    #[serde(rename = "prefill")]
+    pub prefill_ms: f64,
+    #[serde(rename = "decode_per_token")]
+    pub decode_ms_per_token: f64,
+}
+
+/// The state after prefill: what decoding continues from.
+pub struct Prefill {
+    pub logits: Tensor,
+    pub cache: decoder::Cache,
+    /// Position id of the next token (one past the unpruned sequence for position-keeping policies).
+    pub next_position: u32,
+    /// Position ids of the prefill sequence as it entered the decoder.
+    pub positions: Positions,
+    pub prompt_tokens: usize,
+    pub vision: Option<VisionReport>,
+    pub encoded: Option<EncodedImage>,
+    pub timings: Timings,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub stop_reason: StopReason,
+    pub timings: Timings,
+    pub vision: Option<VisionReport>,
+    pub kv_cache_bytes: usize,
+    /// The encoded image (kept slots, saliency, geometry) for overlays; not serialised.
+    #[serde(skip)]
+    pub encoded: Option<EncodedImage>,
+}
+
+impl Engine {
+    /// Loads a hub checkpoint directory of any supported family (detected from its `config.json`).
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let ckpt = Checkpoint::open(dir)?;
+        let family = crate::models::detect(&ckpt)?;
+        let model = (family.load)(&ckpt, opts)?;
+        let tokenizer = TextTokenizer::from_file(&ckpt.tokenizer_file)?;
+        let eos = if ckpt.eos_token_ids.is_empty() { model.default_eos(Some(&tokenizer)) } else { ckpt.eos_token_ids.clone() };
+        Ok(Self::from_parts(model, Some(tokenizer), eos, opts.device.clone()))
+    }
+
+    pub fn from_parts(
+        model: Box<dyn VisionLanguageModel>,
+        tokenizer: Option<TextTokenizer>,
+        eos_token_ids: Vec<u32>,
+        device: Device,
+    ) -> Self {
+        Self { model, tokenizer, eos_token_ids, device }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn decoder(&self) -> &decoder::Decoder {
+        self.model.decoder()
+    }
+
+    pub fn tokenizer(&self) -> Result<&TextTokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            Error::Unsupported("this engine has no tokenizer (a random-weight preset): pass token ids".into())
+        })
+    }
+
+    /// The family's conversation for one question, tokenised.
+    pub fn prompt(&self, question: &str, with_image: bool) -> Result<PromptTokens> {
+        self.model.prompt(self.tokenizer()?, question, with_image)
+    }
+
+    /// Reads an image file and preprocesses it as the checkpoint's processor does.
+    pub fn load_pixels(&self, path: &Path) -> Result<(Tensor, Geometry)> {
+        self.pixels(&preprocess::load_image(path)?)
+    }
+
+    /// Preprocesses a decoded image as the checkpoint's processor does, with the geometry that maps the
+    /// model's input back onto the image.
+    pub fn pixels(&self, img: &image::RgbImage) -> Result<(Tensor, Geometry)> {
+        self.model.preprocess(img, &self.device)
+    }
+
+    /// Encodes one image and reduces its tokens as `method` says, up to (not including) the decoder.
+    pub fn encode_image(&self, pixels: &Tensor, method: &Method) -> Result<EncodedImage> {
+        let evidence = self.encode_vision(pixels, method.needs())?;
+        self.reduce(&evidence, method)
+    }
+
+    /// Runs the vision encoder once, keeping what methods with `needs` may ask for. One result serves
+    /// every pruning configuration with those needs ([`Engine::reduce`]).
+    pub fn encode_vision(&self, pixels: &Tensor, needs: Needs) -> Result<VisionEvidence> {
+        self.model.encode(pixels, needs)
+    }
+
+    /// Applies `method`'s vision-side reduction and the projector to an encoded image.
+    pub fn reduce(&self, ev: &VisionEvidence, method: &Method) -> Result<EncodedImage> {
+        let n = ev.layout.len();
+        let t0 = Instant::now();
+        let r = method.reduce(ev, &|f| self.model.project(f))?;
+        let reduce_ms = ms(t0);
+        let mut e = self.encoded_from(ev, r.tokens, r.sources)?;
+        e.pillars = r.pillars;
+        e.stage1_ms = match (method.needs().similarity, e.sources.len() < n) {
+            (true, _) => reduce_ms + ev.similarity_ms,
+            (false, true) => reduce_ms,
+            (false, false) => 0.0,
+        };
+        Ok(e)
+    }
+
+    /// Tokenises, encodes and runs the prompt through the decoder.
+    pub fn prefill(&self, req: &GenerateRequest) -> Result<Prefill> {
+        let prompt = self.prompt(&req.prompt, req.image.is_some())?;
+        let encoded = match &req.image {
+            None => None,
+            Some(ImageInput::Pixels(p)) => Some(self.encode_image(&self.model.check_pixels(p)?, &req.method)?),
+            Some(ImageInput::Path(path)) => {
+                let (pixels, geometry) = self.load_pixels(path)?;
+                let mut v = self.encode_vision(&pixels, req.method.needs())?;
+                v.geometry = Some(geometry);
+                Some(self.reduce(&v, &req.method)?)
+            }
+        };
+        let policy = req.positions.unwrap_or_else(|| req.method.default_positions());
+        self.prefill_with(&prompt, encoded, &req.method, policy)
+    }
+
+    /// Prefill from an already tokenised prompt and encoded image (so an image can be encoded once and
+    /// asked several questions).
+    pub fn prefill_encoded(&self, prompt: &PromptTokens, encoded: Option<EncodedImage>, method: &Method) -> Result<Prefill> {
+        self.prefill_with(prompt, encoded, method, method.default_positions())
+    }
+
+    /// Prefill with an explicit position policy for the vision tokens and the text after them.
+    pub fn prefill_with(
+        &self,
+        prompt: &PromptTokens,
+        encoded: Option<EncodedImage>,
+        method: &Method,
+        policy: PositionPolicy,
+    ) -> Result<Prefill> {
+        let dropper = match &encoded {
+            Some(e) => method.dropper(self.span(prompt, e, policy), self.decoder().config().num_hidden_layers)?,
+            None => None,
+        };
+        self.prefill_custom(prompt, encoded, method, policy, dropper)
+    }
+
+    /// Where an image's tokens sit in the decoder's sequence for `prompt`.
+    pub fn span(&self, prompt: &PromptTokens, e: &EncodedImage, policy: PositionPolicy) -> Span {
+        Span { tokens: e.sources.clone(), policy, sequence: self.model.sequence_layout(prompt, Some(&e.layout)) }
+    }
+
+    /// Prefill with any in-decoder dropper; `method` only labels the report.
+    pub fn prefill_custom(
+        &self,
+        prompt: &PromptTokens,
+        encoded: Option<EncodedImage>,
+        method: &Method,
+        policy: PositionPolicy,
+        mut dropper: Option<Box<dyn VisionDropper>>,
+    ) -> Result<Prefill> {
+        let (embeds, positions, next_position) = self.sequence(prompt, encoded.as_ref(), policy)?;
+        let llm = self.decoder();
+        let mut cache = llm.new_cache(0);
+        let t0 = Instant::now();
+        let logits = llm.forward(&embeds, &positions, &mut cache, dropper.as_deref_mut().map(|d| d as &mut dyn TokenDropper))?;
+        let prefill_ms = ms(t0);
+        let cuts = dropper.as_ref().map(|d| d.records().to_vec()).unwrap_or_default();
+        let vision = encoded.as_ref().map(|e| self.report(e, method, policy, cuts));
+        let timings = Timings {
+            vision_ms: encoded.as_ref().map_or(0.0, |e| e.vision_ms),
+            stage1_ms: encoded.as_ref().map_or(0.0, |e| e.stage1_ms),
+            prefill_ms,
+            decode_ms_per_token: 0.0,
+        };
+        Ok(Prefill {
+            logits,
+            cache,
+            next_position,
+            positions,
+            prompt_tokens: prompt.prefix.len() + prompt.suffix.len(),
+            vision,
+            encoded,
+            timings,
+        })
+    }
+
+    /// An encoded image from a vision-side selection: `tokens` before or after the projector, with the
+    /// slots each token stands for.
+    pub fn encoded_from(&self, v: &VisionEvidence, tokens: VisionTokens, sources: Vec<Vec<usize>>) -> Result<EncodedImage> {
+        let (features, tokens) = match tokens {
+            VisionTokens::Features(f) => {
+                let projected = self.model.project(&f)?;
+                (f, projected)
+            }
+            VisionTokens::Projected(p) => (p.clone(), p),
+        };
+        let mut kept: Vec<usize> = sources.iter().flatten().copied().collect();
+        kept.sort_unstable();
+        kept.dedup();
+        Ok(EncodedImage {
+            layout: v.layout.clone(),
+            kept,
+            sources,
+            pillars: Vec::new(),
+            saliency: v.saliency.as_ref().map(|s| s.summed.clone()),
+            features,
+            tokens,
+            geometry: v.geometry,
+            vision_ms: v.vision_ms,
+            stage1_ms: 0.0,
+        })
+    }
+
+    /// A decoding session from a prefill state: call [`Session::step`] for each token.
+    pub fn session(&self, state: Prefill, sampling: &Sampling, opts: SessionOptions) -> Result<Session<'_>> {
+        Session::new(self, state, sampling, opts)
+    }
+
+    /// Generates an answer, calling `on_text` with each new piece of text as it is decoded.
+    pub fn generate(&self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str)) -> Result<Generation> {
+        let opts = SessionOptions { max_new_tokens: req.max_new_tokens, stop: req.stop.clone(), ..Default::default() };
+        opts.validate()?;
+        let state = self.prefill(req)?;
+        self.session(state, &req.sampling, opts)?.run(on_text)
+    }
+
+    /// Decodes from a prefill state (see [`Engine::prefill_encoded`]) until EOS, `max_new_tokens` or a
+    /// full context.
+    pub fn generate_from(
+        &self,
+        state: Prefill,
+        sampling: &Sampling,
+        max_new_tokens: usize,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation> {
+        self.session(state, sampling, SessionOptions { max_new_tokens, ..Default::default() })?.run(on_text)
+    }
+
+    /// Lays out prefix, vision tokens and suffix, numbered as `policy` says: the embeddings, their
+    /// positions and the position of the first generated token.
+    fn sequence(
+        &self,
+        prompt: &PromptTokens,
+        encoded: Option<&EncodedImage>,
+        policy: PositionPolicy,
+    ) -> Result<(Tensor, Positions, u32)> {
+        let llm = self.decoder();
+        let layout = self.model.sequence_layout(prompt, encoded.map(|e| &e.layout));
+        // Positions as the unpruned model would use them bound the context, whatever is kept.
+        let needed = layout.unpruned.max().map_or(0, |m| m as usize + 1);
+        let context = llm.config().max_position_embeddings;
+        if needed > context {
+            return Err(Error::ContextOverflow { needed, context });
+        }
+        let mut parts = vec![llm.embed(&prompt.prefix)?];
+        if let Some(e) = encoded {
+            parts.push(e.tokens.to_dtype(llm.dtype())?);
+        }
+        if !prompt.suffix.is_empty() {
+            parts.push(llm.embed(&prompt.suffix)?);
+        }
+        let reps = encoded.map_or(Vec::new(), |e| representatives(&e.sources));
+        let positions = layout.assign(policy, &reps)?;
+        let next = layout.next_position(policy, &positions);
+        Ok((Tensor::cat(&parts, 0)?, positions, next))
+    }
+
+    fn report(&self, e: &EncodedImage, method: &Method, positions: PositionPolicy, cuts: Vec<CutRecord>) -> VisionReport {
+        let depth = self.decoder().config().num_hidden_layers;
+        // Tokens entering each layer: the vision-side count until the first cut, then each cut's.
+        let mut per_layer = vec![e.sources.len(); depth];
+        for c in &cuts {
+            per_layer[c.layer..].fill(c.kept.len());
+        }
+        let survivors = cuts.last().map_or_else(|| e.sources.clone(), |c| c.kept.clone());
+        let (rows, cols) = e.grid();
+        VisionReport {
+            grid: [rows, cols],
+            method: method.name(),
+            budget: method.budget(),
+            positions,
+            k1: e.sources.len(),
+            k2: cuts.last().map(|c| c.kept.len()),
+            stage1: e.kept.clone(),
+            pillars: e.pillars.clone(),
+            stage2: survivors.iter().flatten().copied().collect(),
+            stage2_layer: cuts.last().map(|c| c.layer),
+            avg_vision_tokens: per_layer.iter().sum::<usize>() as f64 / depth as f64,
+            vision_tokens: e.sources.clone(),
+            cuts,
+        }
+    }
+}
+
+/// Reads the `pixel_values` tensor of a safetensors file.
+pub fn read_pixel_values(path: &Path, device: &Device) -> Result<Tensor> {
+    let tensors = candle_core::safetensors::load(path, device).map_err(|e| Error::io(path, format!("cannot read safetensors: {e}")))?;
+    tensors
+        .get("pixel_values")
+        .cloned()
+        .ok_or_else(|| Error::config(path, "no tensor named `pixel_values` (expected [3,H,W] or [1,3,H,W])"))
+}
+
+pub(crate) fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
