@@ -33,6 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sampling: Sampling::default(),
         // Pruning is decided at prefill; the answer itself is not used.
         max_new_tokens: 1,
+        stop: vec![],
     };
     let generation = engine.generate(&request, &mut |_| {})?;
     let (Some(report), Some(encoded)) = (&generation.vision, &generation.encoded) else {

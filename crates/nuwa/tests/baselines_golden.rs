@@ -4,8 +4,12 @@
 mod common;
 use candle_core::{Device, Tensor};
 use common::*;
-use nuwa::engine::{EncodedImage, Prefill, VisionTokens};
-use nuwa::prune::{dart, divprune, fastv, pdrop, pool, sparsevlm, visionzip, vispruner, PositionPolicy, Span, VisionDropper};
+use nuwa::engine::{EncodedImage, Prefill};
+use nuwa::layout::{Needs, VisionEvidence, VisualLayout};
+use nuwa::prune::{
+    dart, divprune, fastv, pdrop, pool, random, sparsevlm, visionzip, vispruner, PositionPolicy, Span, VisionDropper,
+    VisionTokens,
+};
 use nuwa::{Method, Sampling};
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -29,6 +33,10 @@ fn b_u32(name: &str) -> Vec<u32> {
     b(name).to_vec1::<i64>().unwrap().into_iter().map(|v| v as u32).collect()
 }
 
+fn lin(name: &str) -> nuwa::layout::Positions {
+    nuwa::layout::Positions::Linear(b_u32(name))
+}
+
 fn config(name: &str) -> serde_json::Value {
     static J: OnceLock<serde_json::Value> = OnceLock::new();
     J.get_or_init(|| {
@@ -39,8 +47,8 @@ fn config(name: &str) -> serde_json::Value {
         .clone()
 }
 
-fn vision() -> nuwa::engine::VisionFeatures {
-    engine().encode_vision(g("pixel_values"), false).unwrap()
+fn vision() -> VisionEvidence {
+    engine().encode_vision(g("pixel_values"), Needs::default()).unwrap()
 }
 
 fn all_patches() -> EncodedImage {
@@ -55,7 +63,7 @@ fn check_run(name: &str, encoded: EncodedImage, policy: PositionPolicy, dropper:
     let prompt = e.prompt(QUESTION, true).unwrap();
     let span = e.span(&prompt, &encoded, policy);
     let pre = e.prefill_custom(&prompt, Some(encoded.clone()), &Method::NONE, policy, dropper(span.clone())).unwrap();
-    assert_eq!(pre.positions, b_u32(&format!("{name}.position_ids")), "{name}: layer-0 position ids");
+    assert_eq!(pre.positions, lin(&format!("{name}.position_ids")), "{name}: layer-0 position ids");
     let d = max_abs_diff(&pre.logits, b(&format!("{name}.logits_last")));
     assert!(d <= 2e-3, "{name}: logits max |Δ| {d}");
     check_cuts(name, &pre);
@@ -76,7 +84,7 @@ fn check_cuts(name: &str, pre: &Prefill) {
             let want: Vec<usize> = kept.to_vec1::<i64>().unwrap().into_iter().map(|v| v as usize).collect();
             assert_eq!(got, want, "{name}: cut {j} kept");
         }
-        assert_eq!(cut.positions, b_u32(&format!("{name}.cut{j}.position_ids")), "{name}: cut {j} positions");
+        assert_eq!(cut.positions, lin(&format!("{name}.cut{j}.position_ids")), "{name}: cut {j} positions");
     }
 }
 
@@ -162,7 +170,8 @@ fn pyramid_drop_stages() {
         let pre = check_run(&name, all_patches(), PositionPolicy::Contiguous, &make);
         assert_eq!(pre.vision.unwrap().avg_vision_tokens, config(&name)["avg_visual_tokens"].as_f64().unwrap());
     }
-    assert!(pdrop::schedule(100).unwrap_err().to_string().contains("--budget 100"));
+    let err = pdrop::schedule(100).unwrap_err();
+    assert!(err.field() == Some("budget") && err.to_string().contains("100"), "{err}");
 }
 
 #[test]
@@ -188,9 +197,11 @@ fn visionzip_dominant_and_contextual_tokens() {
         let name = format!("visionzip{budget}");
         assert_eq!(visionzip::split(budget), split);
         let v = vision();
-        let d = max_abs_diff(&v.mean_keys, b(&format!("{name}.key_metric")));
+        // The reference's key metric has the [CLS] row first; the evidence holds the patches' rows.
+        let keys = v.keys.as_ref().unwrap();
+        let d = max_abs_diff(keys, &b(&format!("{name}.key_metric")).narrow(0, 1, 576).unwrap());
         assert!(d <= 1e-4, "{name}: key metric max |Δ| {d}");
-        let sel = visionzip::select(&v.saliency, &v.mean_keys, split.0, split.1).unwrap();
+        let sel = visionzip::select(&v.saliency.as_ref().unwrap().summed, keys, split.0, split.1).unwrap();
         assert_eq!(sel.dominant, b_ints(&format!("{name}.dominant_raster")), "{name}: dominant");
         assert_eq!(sel.targets, b_ints(&format!("{name}.contextual_target_raster")), "{name}: targets");
         // The reference's assignment, compared first; the spec lists the near-ties (cosine gaps below
@@ -211,7 +222,7 @@ fn visionzip_dominant_and_contextual_tokens() {
                 flips.push(p);
             }
         }
-        let (features, sources) = visionzip::tokens(&sel, &v.features, &v.cls_feature).unwrap();
+        let (features, sources) = visionzip::tokens(&sel, &v.features, v.summary.as_ref().unwrap()).unwrap();
         let enc = engine().encoded_from(&v, VisionTokens::Features(features), sources).unwrap();
         if flips.is_empty() {
             assert!(max_abs_diff(&enc.features, b(&format!("{name}.tokens"))) <= 1e-4, "{name}: tokens");
@@ -259,7 +270,7 @@ fn sparsevlm_raters_cuts_and_recycling() {
     let e = engine();
     let prompt = e.prompt(QUESTION, true).unwrap();
     let embeds = candle_core::Tensor::cat(
-        &[&e.model.llm.embed(&prompt.prefix).unwrap(), &all_patches().tokens, &e.model.llm.embed(&prompt.suffix).unwrap()],
+        &[&e.decoder().embed(&prompt.prefix).unwrap(), &all_patches().tokens, &e.decoder().embed(&prompt.suffix).unwrap()],
         0,
     )
     .unwrap();
@@ -285,7 +296,7 @@ fn sparsevlm_raters_cuts_and_recycling() {
             }).collect();
             assert_eq!(mine[..kept.len()], kept[..], "{name}: cut {j} kept tokens");
             assert_eq!(mine[kept.len()..], merged[..], "{name}: cut {j} merged tokens");
-            assert_eq!(cut.positions, b_u32(&format!("{name}.cut{j}.position_ids")), "{name}: cut {j} positions");
+            assert_eq!(cut.positions, lin(&format!("{name}.cut{j}.position_ids")), "{name}: cut {j} positions");
         }
         assert_eq!(report.avg_vision_tokens, cfg["avg_visual_tokens"].as_f64().unwrap());
         check_run(&name, enc, PositionPolicy::Contiguous, &make);
@@ -300,15 +311,15 @@ fn methods_through_the_request_path() {
         .into_iter()
         .flat_map(|b| {
             vec![
-                (format!("fastv{b}"), Method::FastV { budget: b, count: Count::Average }),
-                (format!("fastv_r{b}"), Method::FastV { budget: b, count: Count::Kept }),
-                (format!("visionzip{b}"), Method::VisionZip { budget: b }),
-                (format!("pool{b}"), Method::Pool { budget: b }),
-                (format!("divprune{b}"), Method::DivPrune { budget: b }),
-                (format!("dart{b}"), Method::Dart { budget: b }),
-                (format!("pdrop{b}"), Method::PDrop { budget: b }),
-                (format!("sparsevlm{b}"), Method::SparseVlm { budget: b }),
-                (format!("random_enc{b}"), Method::Manual { keep: b_ints(&format!("random_enc{b}.kept_raster")) }),
+                (format!("fastv{b}"), Method::FastV(fastv::FastV { budget: b, count: Count::Average })),
+                (format!("fastv_r{b}"), Method::FastV(fastv::FastV { budget: b, count: Count::Kept })),
+                (format!("visionzip{b}"), Method::VisionZip(visionzip::VisionZip { budget: b })),
+                (format!("pool{b}"), Method::Pool(pool::Pool { budget: b })),
+                (format!("divprune{b}"), Method::DivPrune(divprune::DivPrune { budget: b })),
+                (format!("dart{b}"), Method::Dart(dart::DartConfig { budget: b })),
+                (format!("pdrop{b}"), Method::PDrop(pdrop::PDrop { budget: b })),
+                (format!("sparsevlm{b}"), Method::SparseVlm(sparsevlm::SparseVlmConfig { budget: b })),
+                (format!("random_enc{b}"), Method::Manual(random::Manual { keep: b_ints(&format!("random_enc{b}.kept_raster")) })),
             ]
         })
         .collect();
@@ -321,13 +332,14 @@ fn methods_through_the_request_path() {
             positions: None,
             sampling: Sampling::default(),
             max_new_tokens: 8,
+            stop: vec![],
         };
         let pre = e.prefill(&req).unwrap();
-        assert_eq!(pre.positions, b_u32(&format!("{name}.position_ids")), "{name}: positions");
+        assert_eq!(pre.positions, lin(&format!("{name}.position_ids")), "{name}: positions");
         assert!(max_abs_diff(&pre.logits, b(&format!("{name}.logits_last"))) <= 2e-3, "{name}: logits");
         check_cuts(&name, &pre);
         let report = pre.vision.as_ref().unwrap();
-        let schedule = method.vision_tokens_per_layer((24, 24), 32).unwrap();
+        let schedule = method.vision_tokens_per_layer(&VisualLayout::grid(24, 24), 32).unwrap();
         assert_eq!(schedule, config(&name)["visual_tokens_per_layer"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>(), "{name}: schedule");
         assert_eq!(report.avg_vision_tokens, schedule.iter().sum::<usize>() as f64 / 32.0, "{name}: measured mean matches the schedule");
         let gen = e.generate(&req, &mut |_| {}).unwrap();
@@ -340,13 +352,14 @@ fn position_override_reproduces_original_positions_for_an_encoder_method() {
     let req = nuwa::GenerateRequest {
         prompt: QUESTION.into(),
         image: Some(nuwa::ImageInput::Pixels(g("pixel_values").clone())),
-        method: Method::Manual { keep: b_ints("random_enc64.kept_raster") },
+        method: Method::Manual(random::Manual { keep: b_ints("random_enc64.kept_raster") }),
         positions: Some(PositionPolicy::Original),
         sampling: Sampling::default(),
         max_new_tokens: 8,
+        stop: vec![],
     };
     let pre = engine().prefill(&req).unwrap();
-    assert_eq!(pre.positions, b_u32("random_enc64_pesp.position_ids"));
+    assert_eq!(pre.positions, lin("random_enc64_pesp.position_ids"));
     assert!(max_abs_diff(&pre.logits, b("random_enc64_pesp.logits_last")) <= 2e-3);
     assert_eq!(engine().generate(&req, &mut |_| {}).unwrap().tokens, b_u32("random_enc64_pesp.greedy"));
 }

@@ -49,7 +49,7 @@ fn token_schedule_follows_the_budget_rule_and_the_stage2_layer() {
     assert_eq!(f.total, 32.0 * bench::layer_flops(625, 4096, 11008));
     // A shorter decoder moves the cut to its middle.
     let mut short = cfg.clone();
-    bench::set_depth(&mut short, Some(8), None).unwrap();
+    short.trim(Some(8), None).unwrap();
     let s = TokenSchedule::new(&short, &nuwa_at(64)).unwrap();
     assert_eq!((s.cut_layer, s.layers), (Some(4), 8));
 }
@@ -57,10 +57,10 @@ fn token_schedule_follows_the_budget_rule_and_the_stage2_layer() {
 #[test]
 fn bad_budgets_and_depths_are_rejected() {
     let mut cfg = Preset::Llava15_7b.config();
-    assert!(TokenSchedule::new(&cfg, &nuwa_at(0)).unwrap_err().to_string().contains("--budget"));
-    assert!(bench::set_depth(&mut cfg, Some(1), None).unwrap_err().to_string().contains("--llm-layers"));
-    assert!(bench::set_depth(&mut cfg, Some(33), None).unwrap_err().to_string().contains("--llm-layers"));
-    assert!(bench::set_depth(&mut cfg, None, Some(25)).unwrap_err().to_string().contains("--vision-layers"));
+    assert_eq!(TokenSchedule::new(&cfg, &nuwa_at(0)).unwrap_err().field(), Some("budget"));
+    assert_eq!(cfg.trim(Some(1), None).unwrap_err().field(), Some("llm_layers"));
+    assert_eq!(cfg.trim(Some(33), None).unwrap_err().field(), Some("llm_layers"));
+    assert_eq!(cfg.trim(None, Some(25)).unwrap_err().field(), Some("vision_layers"));
     let err = Preset::from_name("llava-13b").unwrap_err().to_string();
     assert!(err.contains("llava-13b") && err.contains("tiny") && err.contains("llava-1.5-7b"), "{err}");
 }

@@ -148,6 +148,7 @@ fn request(method: Method, max_new_tokens: usize) -> GenerateRequest {
         positions: None,
         sampling: Sampling::default(),
         max_new_tokens,
+        stop: vec![],
     }
 }
 
@@ -196,19 +197,20 @@ fn prompt_longer_than_the_context() {
 
 #[test]
 fn zero_new_tokens_and_impossible_pruning_values() {
-    let err = engine().generate(&request(Method::NONE, 0), &mut |_| {}).unwrap_err().to_string();
-    assert!(err.contains("--max-new-tokens"), "{err}");
-    for (cfg, flag) in [
-        (NuwaConfig { budget: 0, ..NuwaConfig::default() }, "--budget"),
-        (NuwaConfig { pillar_quantile: 1.2, ..NuwaConfig::default() }, "--pillar-quantile"),
-        (NuwaConfig { distance: 0.0, ..NuwaConfig::default() }, "--distance"),
+    let err = engine().generate(&request(Method::NONE, 0), &mut |_| {}).unwrap_err();
+    assert_eq!(err.field(), Some("max_new_tokens"), "{err}");
+    for (cfg, field) in [
+        (NuwaConfig { budget: 0, ..NuwaConfig::default() }, "budget"),
+        (NuwaConfig { pillar_quantile: 1.2, ..NuwaConfig::default() }, "pillar_quantile"),
+        (NuwaConfig { distance: 0.0, ..NuwaConfig::default() }, "distance"),
     ] {
-        assert!(cfg.validate().unwrap_err().to_string().contains(flag));
+        assert_eq!(cfg.validate().unwrap_err().field(), Some(field));
     }
     for layer in [0, 32] {
         let m = Method::Nuwa(NuwaConfig { stage2_layer: Some(layer), ..NuwaConfig::default() });
-        let err = engine().generate(&request(m, 1), &mut |_| {}).unwrap_err().to_string();
-        assert!(err.contains("--stage2-layer"), "layer {layer}: {err}");
+        let err = engine().generate(&request(m, 1), &mut |_| {}).unwrap_err();
+        assert_eq!(err.field(), Some("stage2_layer"), "layer {layer}: {err}");
+        assert!(err.to_string().contains("1..=31"), "{err}");
     }
 }
 

@@ -5,7 +5,8 @@
 
 use image::RgbImage;
 use nuwa::ground::{ground_box, prompt};
-use nuwa::preprocess::{preprocess, Geometry, PreprocessConfig};
+use nuwa::models::llava::processor::{preprocess, PreprocessConfig};
+use nuwa::preprocess::Geometry;
 use nuwa::score::rec::PROMPT_PREFIX;
 use std::path::PathBuf;
 

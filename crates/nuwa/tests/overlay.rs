@@ -7,7 +7,8 @@ use nuwa::ground::ground_box;
 use nuwa::overlay::{
     heat_colour, palette, render, BoxMark, Layer, Overlay, PatchMarks, Role, DROP_ALPHA, FILL_ALPHA, HEAT_ALPHA,
 };
-use nuwa::preprocess::{preprocess, Geometry, PreprocessConfig};
+use nuwa::models::llava::processor::{preprocess, PreprocessConfig};
+use nuwa::preprocess::Geometry;
 use std::path::PathBuf;
 
 const GRID: (usize, usize) = (24, 24);

@@ -1,10 +1,8 @@
 use std::path::{Path, PathBuf};
 
 use image::{ImageBuffer, Luma, LumaA, Rgb, RgbImage, Rgba};
-use nuwa::preprocess::{
-    decode_image, expand_to_square, load_image, preprocess, resize, CropSize, Geometry,
-    PreprocessConfig, Resample, Size,
-};
+use nuwa::models::llava::processor::{preprocess, CropSize, PreprocessConfig, Size};
+use nuwa::preprocess::{decode_image, expand_to_square, load_image, resize, Geometry, Resample};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-llava-1.5");
 const CLIP_PAD: [u8; 3] = [122, 116, 104];

@@ -1,6 +1,12 @@
 //! Properties of Nüwa's pure functions that would catch real bugs on inputs the fixtures do not cover.
 use candle_core::{Device, Tensor};
-use nuwa::prune::{layout_positions, PositionPolicy};
+use nuwa::layout::SequenceLayout;
+use nuwa::prune::PositionPolicy;
+
+/// 1-D positions for a prefix, one vision token per kept patch of `n`, and a suffix.
+fn layout_positions(policy: PositionPolicy, p: usize, kept: &[usize], n: usize, s: usize) -> Vec<u32> {
+    SequenceLayout::linear(p, n, s).assign(policy, kept).unwrap().as_linear().unwrap().to_vec()
+}
 use nuwa::prune::nuwa::{self as nw, NuwaConfig, Stages};
 use proptest::prelude::*;
 
