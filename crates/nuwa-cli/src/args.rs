@@ -1,7 +1,7 @@
 //! Command-line flags. Pruning and model flags are shared by every command that runs the model.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
 use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use nuwa::prune::nuwa::{NuwaConfig, Stage2Rule, Stages};
 use nuwa::prune::{fastv, random, PositionPolicy};
 use nuwa::Method;
@@ -202,11 +202,14 @@ impl PruneArgs {
             PruneArg::Manual => {
                 let path = self.keep_file.as_ref().context("--prune manual needs --keep-file FILE")?;
                 let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-                let keep: Vec<usize> = serde_json::from_str(&text)
-                    .with_context(|| format!("{}: expected a JSON list of patch indices like [0, 5, 17]", path.display()))?;
+                let keep: Vec<usize> = serde_json::from_str(&text).with_context(|| {
+                    format!("{}: expected a JSON list of patch indices like [0, 5, 17]", path.display())
+                })?;
                 Method::Manual(random::Manual { keep })
             }
-            other => Method::from_name(other.to_possible_value().expect("no skipped values").get_name(), self.budget, seed)?,
+            other => {
+                Method::from_name(other.to_possible_value().expect("no skipped values").get_name(), self.budget, seed)?
+            }
         };
         method.validate()?;
         Ok(method)

@@ -17,7 +17,18 @@ const TIMES: [&str; 5] = ["vision", "stage1", "llm_prefill", "ttft", "decode_per
 #[test]
 fn tiny_preset_json_has_every_documented_key() {
     let v = json_of(&[
-        "bench", "--preset", "tiny", "--runs", "1", "--warmup", "0", "--decode-tokens", "2", "--budgets", "64,128", "--json",
+        "bench",
+        "--preset",
+        "tiny",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--decode-tokens",
+        "2",
+        "--budgets",
+        "64,128",
+        "--json",
     ]);
     let results = v["results"].as_array().unwrap();
     let labels: Vec<_> = results.iter().map(|r| (r["prune"].as_str().unwrap(), r["budget"].as_u64())).collect();
@@ -52,7 +63,8 @@ fn tiny_preset_json_has_every_documented_key() {
 
 #[test]
 fn tiny_preset_prints_tables_and_progress() {
-    let out = nuwa(&["bench", "--preset", "tiny", "--runs", "1", "--warmup", "0", "--decode-tokens", "1", "--budgets", "64"]);
+    let out =
+        nuwa(&["bench", "--preset", "tiny", "--runs", "1", "--warmup", "0", "--decode-tokens", "1", "--budgets", "64"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     for needle in ["median ms", "ratio to unpruned", "nuwa-64", "goals at budget 64", "KV cache"] {
@@ -115,10 +127,23 @@ fn model_or_preset_is_required() {
 #[test]
 fn every_budgeted_method_can_be_measured() {
     let v = json_of(&[
-        "bench", "--preset", "tiny", "--runs", "1", "--warmup", "0", "--decode-tokens", "1", "--budgets", "64",
-        "--prune", "fastv,pdrop,visionzip", "--json",
+        "bench",
+        "--preset",
+        "tiny",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--decode-tokens",
+        "1",
+        "--budgets",
+        "64",
+        "--prune",
+        "fastv,pdrop,visionzip",
+        "--json",
     ]);
-    let labels: Vec<_> = v["results"].as_array().unwrap().iter().map(|r| r["label"].as_str().unwrap().to_string()).collect();
+    let labels: Vec<_> =
+        v["results"].as_array().unwrap().iter().map(|r| r["label"].as_str().unwrap().to_string()).collect();
     assert_eq!(labels, ["none", "fastv-64", "pdrop-64", "visionzip-64"]);
     for r in &v["results"].as_array().unwrap()[1..] {
         assert!(r["ratio_to_unpruned"]["kv_cache"].as_f64().unwrap() < 1.0, "{}", r["label"]);

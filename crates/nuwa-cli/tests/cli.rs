@@ -19,10 +19,18 @@ fn golden() -> serde_json::Value {
 fn generate_args(prompt: &str, extra: &[&str]) -> Vec<String> {
     let model = fixture("tiny-llava-1.5");
     let pixels = fixture("tiny-llava-1.5/golden.safetensors");
-    let mut args: Vec<String> = ["generate", "--model", model.to_str().unwrap(), "--pixel-values", pixels.to_str().unwrap(), "--prompt", prompt]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = [
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--pixel-values",
+        pixels.to_str().unwrap(),
+        "--prompt",
+        prompt,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }

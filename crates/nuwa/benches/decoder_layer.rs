@@ -7,7 +7,8 @@
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use nuwa::bench::{layer_flops, Preset, RandomWeights};
-use nuwa::models::llama::Llama;
+use nuwa::layout::Positions;
+use nuwa::models::decoder::Decoder;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -17,12 +18,13 @@ fn bench_layer(c: &mut Criterion) {
     cfg.num_hidden_layers = 1;
     cfg.vocab_size = Some(256);
     let vb = RandomWeights::default().var_builder(DType::F32, &dev);
-    let llm = Llama::new(&cfg, vb.pp("model"), vb.pp("lm_head")).unwrap();
+    let llm = Decoder::new(&cfg, vb.pp("model"), vb.pp("lm_head")).unwrap();
     let mut g = c.benchmark_group("decoder_layer_7b");
     g.sample_size(10).measurement_time(Duration::from_secs(20)).warm_up_time(Duration::from_secs(2));
     for tokens in [620usize, 113] {
-        let x = Tensor::from_vec(RandomWeights { seed: 2, std: 1.0 }.values("x", tokens * 4096), (tokens, 4096), &dev).unwrap();
-        let positions: Vec<u32> = (0..tokens as u32).collect();
+        let x = Tensor::from_vec(RandomWeights { seed: 2, std: 1.0 }.values("x", tokens * 4096), (tokens, 4096), &dev)
+            .unwrap();
+        let positions = Positions::Linear((0..tokens as u32).collect());
         g.throughput(Throughput::Elements(layer_flops(tokens, 4096, 11008) as u64));
         g.bench_with_input(BenchmarkId::new("prefill tokens", tokens), &tokens, |b, _| {
             b.iter(|| {

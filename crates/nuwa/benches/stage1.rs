@@ -21,9 +21,8 @@ fn inputs() -> (Vec<f32>, Tensor, Vec<Tensor>) {
     // Saliency: a softmax row summed over 16 heads, positive and summing to about 16.
     let saliency: Vec<f32> = r.values("saliency", n).iter().map(|v| (v + 2.0) * 16.0 / (2.0 * n as f32)).collect();
     let x = Tensor::from_vec(r.values("x", n * WIDTH), (n, WIDTH), &dev).unwrap();
-    let hidden = (0..9)
-        .map(|i| Tensor::from_vec(r.values(&format!("h{i}"), n * WIDTH), (n, WIDTH), &dev).unwrap())
-        .collect();
+    let hidden =
+        (0..9).map(|i| Tensor::from_vec(r.values(&format!("h{i}"), n * WIDTH), (n, WIDTH), &dev).unwrap()).collect();
     (saliency, x, hidden)
 }
 

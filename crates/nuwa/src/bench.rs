@@ -53,10 +53,17 @@ impl TokenSchedule {
     pub fn new(cfg: &llava::Config, method: &Method) -> Result<Self> {
         method.validate()?;
         let side = cfg.vision_config.grid_side();
-        let per_layer = method.vision_tokens_per_layer(&VisualLayout::grid(side, side), cfg.text_config.num_hidden_layers)?;
+        let per_layer =
+            method.vision_tokens_per_layer(&VisualLayout::grid(side, side), cfg.text_config.num_hidden_layers)?;
         let k1 = per_layer.first().copied().unwrap_or(0);
         let cut_layer = per_layer.iter().position(|&t| t != k1);
-        Ok(Self { k1, k2: cut_layer.map(|_| *per_layer.last().expect("non-empty")), cut_layer, layers: per_layer.len(), per_layer })
+        Ok(Self {
+            k1,
+            k2: cut_layer.map(|_| *per_layer.last().expect("non-empty")),
+            cut_layer,
+            layers: per_layer.len(),
+            per_layer,
+        })
     }
 
     /// Vision tokens in decoder layer `l`.
@@ -295,7 +302,12 @@ fn uniform(key: u64, n: usize, bound: f32) -> Vec<f32> {
 }
 
 /// A LLaVA model with random weights and the shapes of `cfg`.
-pub fn random_model(cfg: &llava::Config, weights: RandomWeights, dtype: DType, device: &Device) -> Result<llava::Llava> {
+pub fn random_model(
+    cfg: &llava::Config,
+    weights: RandomWeights,
+    dtype: DType,
+    device: &Device,
+) -> Result<llava::Llava> {
     llava::Llava::new(cfg, &llava_hf_prefixes(), llava::PreprocessConfig::default(), weights.var_builder(dtype, device))
 }
 

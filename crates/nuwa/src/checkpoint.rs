@@ -56,7 +56,11 @@ impl Checkpoint {
     }
 
     /// A memory map of the weights in `dtype` on `device`.
-    pub fn var_builder(&self, dtype: candle_core::DType, device: &candle_core::Device) -> Result<candle_nn::VarBuilder<'static>> {
+    pub fn var_builder(
+        &self,
+        dtype: candle_core::DType,
+        device: &candle_core::Device,
+    ) -> Result<candle_nn::VarBuilder<'static>> {
         // SAFETY: the files were validated by `open`; mapping them is how candle avoids a copy.
         unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&self.weight_files, dtype, device) }
             .map_err(|e| Error::checkpoint(&self.dir, e.to_string()))
@@ -109,7 +113,9 @@ pub fn safetensors_names(path: &Path) -> Result<Vec<String>> {
         .map_err(|_| bad(format!("not a safetensors file: {file_len} bytes, too short for a header")))?;
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > file_len.saturating_sub(8) || header_len > 100_000_000 {
-        return Err(bad(format!("corrupt safetensors header: declares {header_len} header bytes in a {file_len}-byte file")));
+        return Err(bad(format!(
+            "corrupt safetensors header: declares {header_len} header bytes in a {file_len}-byte file"
+        )));
     }
     let mut header = vec![0u8; header_len as usize];
     f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
@@ -177,8 +183,8 @@ fn download(id: &str) -> Result<PathBuf> {
     match repo.get("model.safetensors.index.json") {
         Ok(index) => {
             let text = read_to_string(&index)?;
-            let parsed: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::config(&index, format!("malformed shard index: {e}")))?;
+            let parsed: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::config(&index, format!("malformed shard index: {e}")))?;
             let shards: BTreeSet<String> = parsed["weight_map"]
                 .as_object()
                 .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())

@@ -21,9 +21,16 @@ pub struct Grid {
 /// What one vision token of the unpruned sequence stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Slot {
-    Patch { grid: usize, row: usize, col: usize },
+    Patch {
+        grid: usize,
+        row: usize,
+        col: usize,
+    },
     /// A learned token closing a row of a grid.
-    Newline { grid: usize, row: usize },
+    Newline {
+        grid: usize,
+        row: usize,
+    },
     /// A token summarising the whole image (e.g. a [CLS] token kept by a method).
     Summary,
 }

@@ -10,9 +10,9 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod generation;
+pub mod ground;
 pub mod hooks;
 pub mod layout;
-pub mod ground;
 pub mod models;
 pub mod overlay;
 pub mod preprocess;
@@ -33,7 +33,9 @@ pub(crate) fn l2_normalize_rows(x: &candle_core::Tensor) -> candle_core::Result<
     x.broadcast_div(&norms)
 }
 
-pub use engine::{Engine, GenerateRequest, Generation, ImageInput, LoadOptions, Session, SessionOptions, StopReason, VisionReport};
+pub use engine::{
+    Engine, GenerateRequest, Generation, ImageInput, LoadOptions, Session, SessionOptions, StopReason, VisionReport,
+};
 pub use error::{Error, Result};
 pub use generation::Sampling;
 pub use prune::{nuwa::NuwaConfig, Method};

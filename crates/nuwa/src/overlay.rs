@@ -115,10 +115,9 @@ impl PatchMarks {
     pub fn new(grid: (usize, usize), stage1: &[usize], pillars: &[usize], stage2: Option<&[usize]>) -> Result<Self> {
         let n = grid.0 * grid.1;
         let check = |what: &str, ids: &[usize]| match ids.iter().find(|&&i| i >= n) {
-            Some(i) => Err(Error::Unsupported(format!(
-                "overlay: {what} patch {i} is outside the {}x{} grid",
-                grid.0, grid.1
-            ))),
+            Some(i) => {
+                Err(Error::Unsupported(format!("overlay: {what} patch {i} is outside the {}x{} grid", grid.0, grid.1)))
+            }
             None => Ok(()),
         };
         check("stage-1", stage1)?;

@@ -30,11 +30,7 @@ pub enum PreprocessError {
         source: image::ImageError,
     },
     #[error("image {what} is {width}x{height}; expected at least one pixel")]
-    ZeroSize {
-        what: String,
-        width: u32,
-        height: u32,
-    },
+    ZeroSize { what: String, width: u32, height: u32 },
     #[error("cannot read preprocessor config {path}: {source}")]
     ReadConfig {
         path: String,
@@ -47,10 +43,8 @@ pub enum PreprocessError {
 
 /// Loads an image file of any supported format and colour type as 8-bit RGB.
 pub fn load_image(path: &Path) -> Result<RgbImage, PreprocessError> {
-    let bytes = std::fs::read(path).map_err(|source| PreprocessError::ReadImage {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let bytes = std::fs::read(path)
+        .map_err(|source| PreprocessError::ReadImage { path: path.display().to_string(), source })?;
     decode_image(&bytes, &path.display().to_string())
 }
 
@@ -63,35 +57,22 @@ pub fn load_image(path: &Path) -> Result<RgbImage, PreprocessError> {
 /// too rather than whitening the image).
 pub fn decode_image(bytes: &[u8], what: &str) -> Result<RgbImage, PreprocessError> {
     if bytes.is_empty() {
-        return Err(PreprocessError::EmptyImage {
-            what: what.to_owned(),
-        });
+        return Err(PreprocessError::EmptyImage { what: what.to_owned() });
     }
-    let decode_err = |source| PreprocessError::Decode {
-        what: what.to_owned(),
-        source,
-    };
+    let decode_err = |source| PreprocessError::Decode { what: what.to_owned(), source };
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| decode_err(image::ImageError::IoError(e)))?;
     if reader.format().is_none() {
-        return Err(PreprocessError::UnknownFormat {
-            what: what.to_owned(),
-        });
+        return Err(PreprocessError::UnknownFormat { what: what.to_owned() });
     }
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
     // Broken EXIF is not worth rejecting an otherwise decodable image for.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
     img.apply_orientation(orientation);
     if img.width() == 0 || img.height() == 0 {
-        return Err(PreprocessError::ZeroSize {
-            what: what.to_owned(),
-            width: img.width(),
-            height: img.height(),
-        });
+        return Err(PreprocessError::ZeroSize { what: what.to_owned(), width: img.width(), height: img.height() });
     }
     Ok(match img {
         DynamicImage::ImageLuma16(_)
@@ -100,9 +81,7 @@ pub fn decode_image(bytes: &[u8], what: &str) -> Result<RgbImage, PreprocessErro
         | DynamicImage::ImageRgba16(_) => {
             // `to_rgb8` would round v/257; PIL truncates to the high byte.
             let rgb16 = img.to_rgb16();
-            RgbImage::from_fn(img.width(), img.height(), |x, y| {
-                Rgb(rgb16.get_pixel(x, y).0.map(|v| (v >> 8) as u8))
-            })
+            RgbImage::from_fn(img.width(), img.height(), |x, y| Rgb(rgb16.get_pixel(x, y).0.map(|v| (v >> 8) as u8)))
         }
         other => other.to_rgb8(),
     })
@@ -122,9 +101,9 @@ impl Resample {
         match code {
             2 => Ok(Self::Bilinear),
             3 => Ok(Self::Bicubic),
-            other => Err(format!(
-                "field `resample`: unsupported PIL filter {other}; expected 2 (bilinear) or 3 (bicubic)"
-            )),
+            other => {
+                Err(format!("field `resample`: unsupported PIL filter {other}; expected 2 (bilinear) or 3 (bicubic)"))
+            }
         }
     }
 
@@ -205,12 +184,7 @@ impl Geometry {
     pub fn original_to_square(&self, b: [f64; 4]) -> [f64; 4] {
         let s = self.side.max(1) as f64;
         let (px, py) = (self.pad_x as f64, self.pad_y as f64);
-        [
-            (b[0] * self.w() + px) / s,
-            (b[1] * self.h() + py) / s,
-            (b[2] * self.w() + px) / s,
-            (b[3] * self.h() + py) / s,
-        ]
+        [(b[0] * self.w() + px) / s, (b[1] * self.h() + py) / s, (b[2] * self.w() + px) / s, (b[3] * self.h() + py) / s]
     }
 
     /// Box normalised to the original → original pixel coordinates.
@@ -249,19 +223,9 @@ impl Geometry {
 pub fn expand_to_square(img: &RgbImage, color: [u8; 3]) -> (RgbImage, Geometry) {
     let (w, h) = img.dimensions();
     let side = w.max(h).max(1);
-    let (pad_x, pad_y) = if w >= h {
-        (0, (w - h) / 2)
-    } else {
-        ((h - w) / 2, 0)
-    };
-    let geometry = Geometry {
-        width: w,
-        height: h,
-        side,
-        pad_x,
-        pad_y,
-        input_window: [0.0, 0.0, side as f64, side as f64],
-    };
+    let (pad_x, pad_y) = if w >= h { (0, (w - h) / 2) } else { ((h - w) / 2, 0) };
+    let geometry =
+        Geometry { width: w, height: h, side, pad_x, pad_y, input_window: [0.0, 0.0, side as f64, side as f64] };
     if w == h && w > 0 {
         return (img.clone(), geometry);
     }
@@ -313,19 +277,11 @@ impl Coeffs {
                 let kx = if total != 0.0 { kx / total } else { kx };
                 let scaled = kx * (1u32 << PRECISION_BITS) as f64;
                 // Round half away from zero, then truncate, as normalize_coeffs_8bpc does.
-                *w = if kx < 0.0 {
-                    (scaled - 0.5) as i32
-                } else {
-                    (scaled + 0.5) as i32
-                };
+                *w = if kx < 0.0 { (scaled - 0.5) as i32 } else { (scaled + 0.5) as i32 };
             }
             bounds.push((xmin as usize, n));
         }
-        Self {
-            ksize,
-            bounds,
-            weights,
-        }
+        Self { ksize, bounds, weights }
     }
 
     fn taps(&self, out: usize) -> (usize, &[i32]) {
@@ -374,11 +330,7 @@ pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Resample) -> RgbI
                 b.0 -= first;
             }
         }
-        let rows = if height != in_h {
-            first..last
-        } else {
-            0..in_h as usize
-        };
+        let rows = if height != in_h { first..last } else { 0..in_h as usize };
         let line_len = in_w as usize * 3;
         let src = img.as_raw();
         let mut out = RgbImage::new(width, rows.len() as u32);

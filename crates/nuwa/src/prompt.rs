@@ -22,8 +22,10 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = Tokenizer::from_file(path)
-            .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), msg: format!("cannot load tokenizer.json: {e}") })?;
+        let inner = Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+            path: path.to_path_buf(),
+            msg: format!("cannot load tokenizer.json: {e}"),
+        })?;
         Ok(Self { inner, path: path.to_path_buf() })
     }
 
@@ -37,7 +39,13 @@ impl TextTokenizer {
 
     /// Tokenises a rendered conversation (BOS added as the tokenizer says) and splits it at the image
     /// token `image_token`: exactly one with an image, none without.
-    pub fn conversation(&self, text: &str, image_token: u32, placeholder: &str, with_image: bool) -> Result<PromptTokens> {
+    pub fn conversation(
+        &self,
+        text: &str,
+        image_token: u32,
+        placeholder: &str,
+        with_image: bool,
+    ) -> Result<PromptTokens> {
         let ids = self.encode(text, true)?;
         let at: Vec<usize> = ids.iter().enumerate().filter(|(_, &t)| t == image_token).map(|(i, _)| i).collect();
         match (with_image, at.as_slice()) {
@@ -47,7 +55,10 @@ impl TextTokenizer {
             (false, _) => Err(Error::invalid("prompt", format!("contains {placeholder} but no image was given"))),
             (true, _) => Err(Error::invalid(
                 "prompt",
-                format!("names {n} images ({placeholder} appears {n} times); one image per prompt is supported", n = at.len()),
+                format!(
+                    "names {n} images ({placeholder} appears {n} times); one image per prompt is supported",
+                    n = at.len()
+                ),
             )),
         }
     }

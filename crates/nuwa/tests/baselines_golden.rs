@@ -94,7 +94,9 @@ fn fastv_both_budget_conventions() {
         assert_eq!(fastv::keep_count(budget, fastv::Count::Average, 576, 32), r);
         assert_eq!(fastv::keep_count(budget, fastv::Count::Kept, 576, 32), budget);
         for (name, keep) in [(format!("fastv{budget}"), r), (format!("fastv_r{budget}"), budget)] {
-            let make = |s: Span| Some(Box::new(fastv::SingleCut::new(2, keep, fastv::Selection::Attention, s)) as Box<dyn VisionDropper>);
+            let make = |s: Span| {
+                Some(Box::new(fastv::SingleCut::new(2, keep, fastv::Selection::Attention, s)) as Box<dyn VisionDropper>)
+            };
             let pre = check_run(&name, all_patches(), PositionPolicy::Original, &make);
             assert_eq!(pre.vision.unwrap().avg_vision_tokens, config(&name)["avg_visual_tokens"].as_f64().unwrap());
         }
@@ -143,7 +145,9 @@ fn divprune_selects_like_the_reference() {
         let idx = Tensor::new(kept.iter().map(|&k| k as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap();
         let tokens = projected.index_select(&idx, 0).unwrap();
         assert!(max_abs_diff(&tokens, b(&format!("{name}.projected"))) <= 1e-4);
-        let enc = engine().encoded_from(&v, VisionTokens::Projected(tokens), kept.iter().map(|&k| vec![k]).collect()).unwrap();
+        let enc = engine()
+            .encoded_from(&v, VisionTokens::Projected(tokens), kept.iter().map(|&k| vec![k]).collect())
+            .unwrap();
         check_run(&name, enc, PositionPolicy::Contiguous, &|_| None);
     }
 }
@@ -155,7 +159,9 @@ fn manual_selection_reproduces_random_encoder_runs() {
         let v = vision();
         let idx = Tensor::new(kept.iter().map(|&k| k as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap();
         let features = v.features.index_select(&idx, 0).unwrap();
-        let enc = engine().encoded_from(&v, VisionTokens::Features(features), kept.iter().map(|&k| vec![k]).collect()).unwrap();
+        let enc = engine()
+            .encoded_from(&v, VisionTokens::Features(features), kept.iter().map(|&k| vec![k]).collect())
+            .unwrap();
         assert!(max_abs_diff(&enc.tokens, b(&format!("random_enc{budget}.projected"))) <= 1e-4);
         check_run(&format!("random_enc{budget}"), enc.clone(), PositionPolicy::Contiguous, &|_| None);
         check_run(&format!("random_enc{budget}_pesp"), enc, PositionPolicy::Original, &|_| None);
@@ -177,7 +183,10 @@ fn pyramid_drop_stages() {
 #[test]
 fn cpython_set_iteration_order() {
     // The fixture's pivots, inserted in top-k order, iterate in this order in CPython.
-    assert_eq!(dart::cpython_set_order(&[577, 512, 513, 442, 617, 616, 623, 612]), vec![512, 577, 513, 612, 616, 617, 623, 442]);
+    assert_eq!(
+        dart::cpython_set_order(&[577, 512, 513, 442, 617, 616, 623, 612]),
+        vec![512, 577, 513, 612, 616, 617, 623, 442]
+    );
     assert_eq!(dart::cpython_set_order(&[3, 1, 2, 1]), vec![1, 2, 3]);
 }
 
@@ -249,7 +258,9 @@ fn vispruner_in_f64_on_the_recorded_inputs() {
         let v = vision();
         let idx = Tensor::new(kept.iter().map(|&k| k as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap();
         let features = v.features.index_select(&idx, 0).unwrap();
-        let enc = engine().encoded_from(&v, VisionTokens::Features(features), kept.iter().map(|&k| vec![k]).collect()).unwrap();
+        let enc = engine()
+            .encoded_from(&v, VisionTokens::Features(features), kept.iter().map(|&k| vec![k]).collect())
+            .unwrap();
         assert!(max_abs_diff(&enc.tokens, b(&format!("{name}.projected"))) <= 1e-4, "{name}: projected");
         check_run(&name, enc, PositionPolicy::Contiguous, &|_| None);
     }
@@ -270,7 +281,11 @@ fn sparsevlm_raters_cuts_and_recycling() {
     let e = engine();
     let prompt = e.prompt(QUESTION, true).unwrap();
     let embeds = candle_core::Tensor::cat(
-        &[&e.decoder().embed(&prompt.prefix).unwrap(), &all_patches().tokens, &e.decoder().embed(&prompt.suffix).unwrap()],
+        &[
+            &e.decoder().embed(&prompt.prefix).unwrap(),
+            &all_patches().tokens,
+            &e.decoder().embed(&prompt.suffix).unwrap(),
+        ],
         0,
     )
     .unwrap();
@@ -283,17 +298,24 @@ fn sparsevlm_raters_cuts_and_recycling() {
         let e = engine();
         let enc = all_patches();
         let span = e.span(&prompt, &enc, PositionPolicy::Contiguous);
-        let pre = e.prefill_custom(&prompt, Some(enc.clone()), &Method::NONE, PositionPolicy::Contiguous, make(span.clone())).unwrap();
+        let pre = e
+            .prefill_custom(&prompt, Some(enc.clone()), &Method::NONE, PositionPolicy::Contiguous, make(span.clone()))
+            .unwrap();
         let cfg = config(&name);
         let report = pre.vision.as_ref().unwrap();
         for (j, (cut, want)) in report.cuts.iter().zip(cfg["cuts"].as_array().unwrap()).enumerate() {
             let kept: Vec<Vec<usize>> = want["kept_ids"].as_array().unwrap().iter().map(token_sources).collect();
-            let merged: Vec<Vec<usize>> = want["merged_groups_raster"].as_array().unwrap().iter().map(token_sources).collect();
-            let mine: Vec<Vec<usize>> = cut.kept.iter().map(|t| {
-                let mut t = t.clone();
-                t.sort_unstable();
-                t
-            }).collect();
+            let merged: Vec<Vec<usize>> =
+                want["merged_groups_raster"].as_array().unwrap().iter().map(token_sources).collect();
+            let mine: Vec<Vec<usize>> = cut
+                .kept
+                .iter()
+                .map(|t| {
+                    let mut t = t.clone();
+                    t.sort_unstable();
+                    t
+                })
+                .collect();
             assert_eq!(mine[..kept.len()], kept[..], "{name}: cut {j} kept tokens");
             assert_eq!(mine[kept.len()..], merged[..], "{name}: cut {j} merged tokens");
             assert_eq!(cut.positions, lin(&format!("{name}.cut{j}.position_ids")), "{name}: cut {j} positions");
@@ -319,7 +341,10 @@ fn methods_through_the_request_path() {
                 (format!("dart{b}"), Method::Dart(dart::DartConfig { budget: b })),
                 (format!("pdrop{b}"), Method::PDrop(pdrop::PDrop { budget: b })),
                 (format!("sparsevlm{b}"), Method::SparseVlm(sparsevlm::SparseVlmConfig { budget: b })),
-                (format!("random_enc{b}"), Method::Manual(random::Manual { keep: b_ints(&format!("random_enc{b}.kept_raster")) })),
+                (
+                    format!("random_enc{b}"),
+                    Method::Manual(random::Manual { keep: b_ints(&format!("random_enc{b}.kept_raster")) }),
+                ),
             ]
         })
         .collect();
@@ -340,8 +365,21 @@ fn methods_through_the_request_path() {
         check_cuts(&name, &pre);
         let report = pre.vision.as_ref().unwrap();
         let schedule = method.vision_tokens_per_layer(&VisualLayout::grid(24, 24), 32).unwrap();
-        assert_eq!(schedule, config(&name)["visual_tokens_per_layer"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>(), "{name}: schedule");
-        assert_eq!(report.avg_vision_tokens, schedule.iter().sum::<usize>() as f64 / 32.0, "{name}: measured mean matches the schedule");
+        assert_eq!(
+            schedule,
+            config(&name)["visual_tokens_per_layer"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect::<Vec<_>>(),
+            "{name}: schedule"
+        );
+        assert_eq!(
+            report.avg_vision_tokens,
+            schedule.iter().sum::<usize>() as f64 / 32.0,
+            "{name}: measured mean matches the schedule"
+        );
         let gen = e.generate(&req, &mut |_| {}).unwrap();
         assert_eq!(gen.tokens, b_u32(&format!("{name}.greedy")), "{name}: greedy");
     }

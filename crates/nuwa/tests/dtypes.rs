@@ -14,7 +14,8 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn f16_and_bf16_track_f32() {
     for dtype in [DType::F16, DType::BF16] {
-        let e = Engine::load(&tiny_dir(), &LoadOptions { dtype, device: Device::Cpu, ..LoadOptions::default() }).unwrap();
+        let e =
+            Engine::load(&tiny_dir(), &LoadOptions { dtype, device: Device::Cpu, ..LoadOptions::default() }).unwrap();
         for (method, golden) in [
             (Method::NONE, "unpruned.logits_last"),
             (Method::Nuwa(NuwaConfig { budget: 64, ..NuwaConfig::default() }), "nuwa64.logits_last"),

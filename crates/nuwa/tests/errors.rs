@@ -10,7 +10,9 @@ fn broken_checkpoint(name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("nuwa-errors-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    for f in ["config.json", "generation_config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json"] {
+    for f in
+        ["config.json", "generation_config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json"]
+    {
         std::fs::copy(tiny_dir().join(f), dir.join(f)).unwrap();
     }
     edit(&dir);
@@ -52,7 +54,9 @@ fn truncated_safetensors_is_named() {
 
 #[test]
 fn corrupt_safetensors_is_named() {
-    let dir = broken_checkpoint("corrupt", |d| std::fs::write(d.join("model.safetensors"), b"\x10\0\0\0\0\0\0\0not json at all!").unwrap());
+    let dir = broken_checkpoint("corrupt", |d| {
+        std::fs::write(d.join("model.safetensors"), b"\x10\0\0\0\0\0\0\0not json at all!").unwrap()
+    });
     let err = load_err(&dir);
     assert!(err.contains("model.safetensors") && err.contains("corrupt"), "{err}");
     let dir = broken_checkpoint("tiny", |d| std::fs::write(d.join("model.safetensors"), b"abc").unwrap());
@@ -114,7 +118,9 @@ fn wrong_tensor_shape_is_named() {
 
 #[test]
 fn malformed_config_is_named() {
-    let dir = broken_checkpoint("config", |d| std::fs::write(d.join("config.json"), "{\"text_config\": {\"hidden_size\": \"big\"}}").unwrap());
+    let dir = broken_checkpoint("config", |d| {
+        std::fs::write(d.join("config.json"), "{\"text_config\": {\"hidden_size\": \"big\"}}").unwrap()
+    });
     let err = load_err(&dir);
     assert!(err.contains("config.json") && err.contains("hidden_size"), "{err}");
     let dir = broken_checkpoint("config-syntax", |d| std::fs::write(d.join("config.json"), "{ not json").unwrap());

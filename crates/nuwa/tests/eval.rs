@@ -937,7 +937,8 @@ fn retention_is_relative_to_the_unpruned_run() {
 fn configuration_grid_and_shard_parsing() {
     let g = EvalConfig::grid(&["nuwa".into(), "none".into()], &[192, 64, 64], 0).unwrap();
     assert_eq!(g.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["none", "nuwa@64", "nuwa@192"]);
-    let side_by_side = EvalConfig::grid(&["none".into(), "nuwa".into(), "fastv".into(), "visionzip".into()], &[64, 128], 0).unwrap();
+    let side_by_side =
+        EvalConfig::grid(&["none".into(), "nuwa".into(), "fastv".into(), "visionzip".into()], &[64, 128], 0).unwrap();
     assert_eq!(
         side_by_side.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
         ["none", "fastv@64", "fastv@128", "nuwa@64", "nuwa@128", "visionzip@64", "visionzip@128"]

@@ -4,10 +4,10 @@
 
 use image::{Rgb, RgbImage};
 use nuwa::ground::ground_box;
+use nuwa::models::llava::processor::{preprocess, PreprocessConfig};
 use nuwa::overlay::{
     heat_colour, palette, render, BoxMark, Layer, Overlay, PatchMarks, Role, DROP_ALPHA, FILL_ALPHA, HEAT_ALPHA,
 };
-use nuwa::models::llava::processor::{preprocess, PreprocessConfig};
 use nuwa::preprocess::Geometry;
 use std::path::PathBuf;
 

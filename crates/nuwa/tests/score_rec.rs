@@ -2,19 +2,15 @@
 //! plus hand-computed cases for the edges the fixture does not pin down.
 
 use nuwa::score::rec::{
-    center_hit, gt_box_from_coco, iou, parse_box, parse_box_or_zero, score_row, summarize,
-    RecSummary, PROMPT_PREFIX, THRESHOLDS,
+    center_hit, gt_box_from_coco, iou, parse_box, parse_box_or_zero, score_row, summarize, RecSummary, PROMPT_PREFIX,
+    THRESHOLDS,
 };
 use serde_json::{json, Value};
 
-const FIXTURE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../tests/fixtures/refcoco-scoring/rec_scoring.json"
-);
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/refcoco-scoring/rec_scoring.json");
 
 fn fixture() -> Value {
-    let text =
-        std::fs::read_to_string(FIXTURE).unwrap_or_else(|e| panic!("reading {FIXTURE}: {e}"));
+    let text = std::fs::read_to_string(FIXTURE).unwrap_or_else(|e| panic!("reading {FIXTURE}: {e}"));
     serde_json::from_str(&text).expect("fixture is JSON")
 }
 
@@ -46,30 +42,14 @@ fn every_fixture_row_scores_like_the_harness() {
         let ctx = format!("row {i} {response:?}");
 
         // Bit equality also pins the sign of zeros.
-        assert_eq!(
-            bits(got.parsed.unwrap_or([0.0; 4])),
-            bits(want_parsed),
-            "{ctx} parsed"
-        );
-        assert_eq!(
-            bits(parse_box_or_zero(response)),
-            bits(want_parsed),
-            "{ctx} parsed"
-        );
+        assert_eq!(bits(got.parsed.unwrap_or([0.0; 4])), bits(want_parsed), "{ctx} parsed");
+        assert_eq!(bits(parse_box_or_zero(response)), bits(want_parsed), "{ctx} parsed");
 
         let want_iou = row["iou"].as_f64().unwrap();
-        assert!(
-            (got.iou - want_iou).abs() <= 1e-9,
-            "{ctx} iou {} vs {want_iou}",
-            got.iou
-        );
+        assert!((got.iou - want_iou).abs() <= 1e-9, "{ctx} iou {} vs {want_iou}", got.iou);
         if want_iou == 0.0 {
             // The harness yields -0.0 when an inverted prediction makes the union negative.
-            assert_eq!(
-                got.iou.is_sign_negative(),
-                want_iou.is_sign_negative(),
-                "{ctx} iou sign"
-            );
+            assert_eq!(got.iou.is_sign_negative(), want_iou.is_sign_negative(), "{ctx} iou sign");
         }
         for (k, t) in THRESHOLDS.iter().enumerate() {
             let want = row[format!("acc@{t}")].as_bool().unwrap();
@@ -114,17 +94,11 @@ fn parser_follows_the_harness_regex() {
     let b = [0.1, 0.2, 0.3, 0.4];
     assert_eq!(parse_box("[0.1,\t0.2,\n0.3,  0.4]"), Some(b));
     // Python's \s also covers U+001C..U+001F and Unicode spaces.
-    assert_eq!(
-        parse_box("[\u{1f}0.1,\u{a0}0.2, 0.3, 0.4\u{3000}]"),
-        Some(b)
-    );
+    assert_eq!(parse_box("[\u{1f}0.1,\u{a0}0.2, 0.3, 0.4\u{3000}]"), Some(b));
     // re.search keeps looking after a '[' that fails to match.
     assert_eq!(parse_box("[1, 2] then [0.1, 0.2, 0.3, 0.4]"), Some(b));
     assert_eq!(parse_box("[[0.1, 0.2, 0.3, 0.4]]"), Some(b));
-    assert_eq!(
-        parse_box("[-0, 1, 2, 3]").map(|b| b[0].is_sign_negative()),
-        Some(true)
-    );
+    assert_eq!(parse_box("[-0, 1, 2, 3]").map(|b| b[0].is_sign_negative()), Some(true));
     for bad in [
         "[0.1, 0.2, 0.3, 0.4",
         "[0.1, 0.2, 0.3, 0.4, 0.5]",
@@ -175,15 +149,7 @@ fn center_is_inclusive_and_tests_prediction_in_ground_truth() {
 #[test]
 fn empty_summary_is_zero() {
     let s = summarize(&[]);
-    assert_eq!(
-        s,
-        RecSummary {
-            n: 0,
-            iou: 0.0,
-            acc: [0.0; 5],
-            center: 0.0
-        }
-    );
+    assert_eq!(s, RecSummary { n: 0, iou: 0.0, acc: [0.0; 5], center: 0.0 });
     assert_eq!(
         s.to_json(),
         json!({"n": 0, "iou": 0.0, "acc@0.1": 0.0, "acc@0.3": 0.0, "acc@0.5": 0.0,
@@ -193,8 +159,5 @@ fn empty_summary_is_zero() {
 
 #[test]
 fn coco_gt_is_normalised_corners() {
-    assert_eq!(
-        gt_box_from_coco([64.0, 48.0, 128.0, 96.0], 640.0, 480.0),
-        [0.1, 0.1, 0.3, 0.3]
-    );
+    assert_eq!(gt_box_from_coco([64.0, 48.0, 128.0, 96.0], 640.0, 480.0), [0.1, 0.1, 0.3, 0.3]);
 }

@@ -101,7 +101,8 @@ const TIMES: [Timed; 6] = [
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let runs = positive("--runs", args.runs)?;
-    let warmup = usize::try_from(args.warmup).map_err(|_| anyhow::anyhow!("--warmup must be 0 or more, got {}", args.warmup))?;
+    let warmup =
+        usize::try_from(args.warmup).map_err(|_| anyhow::anyhow!("--warmup must be 0 or more, got {}", args.warmup))?;
     if args.prune.is_empty() {
         bail!("--prune needs at least one method (none, nuwa)");
     }
@@ -142,15 +143,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let dev = device(args.device)?;
     let dt = dtype(args.dtype);
     let t = Instant::now();
-    eprintln!("building {} ({} parameters, {:?})…", describe.model_name(), human_count(bench::parameter_count(&cfg)), dt);
+    eprintln!(
+        "building {} ({} parameters, {:?})…",
+        describe.model_name(),
+        human_count(bench::parameter_count(&cfg)),
+        dt
+    );
     let engine = match &source {
         Source::Preset(_) => bench::random_engine(&cfg, RandomWeights { seed: args.seed, std: 0.02 }, dt, &dev)?,
         Source::Checkpoint(dir) => {
-            let opts = LoadOptions { dtype: dt, device: dev.clone(), llm_layers: args.llm_layers, vision_layers: args.vision_layers };
+            let opts = LoadOptions {
+                dtype: dt,
+                device: dev.clone(),
+                llm_layers: args.llm_layers,
+                vision_layers: args.vision_layers,
+            };
             Engine::load(dir, &opts)?
         }
     };
-    eprintln!("  ready in {:.1} s, resident {}", t.elapsed().as_secs_f64(), memory::rss_bytes().map_or("?".into(), human_bytes));
+    eprintln!(
+        "  ready in {:.1} s, resident {}",
+        t.elapsed().as_secs_f64(),
+        memory::rss_bytes().map_or("?".into(), human_bytes)
+    );
     let prompt = match &engine.tokenizer {
         Some(_) => engine.prompt(bench::BENCH_QUESTION, true)?,
         None => bench::bench_prompt(args.seed, cfg.text_config.vocab_size()),
@@ -208,7 +223,10 @@ impl Description<'_> {
     fn depth(&self) -> String {
         format!(
             "decoder {}/{} layers, vision encoder {}/{} layers",
-            self.cfg.text_config.num_hidden_layers, self.full_depth.0, self.cfg.vision_config.num_hidden_layers, self.full_depth.1
+            self.cfg.text_config.num_hidden_layers,
+            self.full_depth.0,
+            self.cfg.vision_config.num_hidden_layers,
+            self.full_depth.1
         )
     }
 
@@ -434,7 +452,10 @@ fn report_json(d: &Description, configs: &[Config], measured: &[Measured], prefi
             o.insert("kv_cache_bytes".into(), json!(m.samples[0].kv_cache_bytes));
             o.insert("kv_cache_prefill_bytes".into(), json!(m.samples[0].kv_cache_prefill_bytes));
             o.insert("peak_rss_bytes".into(), json!(m.peak_rss));
-            o.insert("peak_rss_above_start_bytes".into(), json!(m.peak_rss.zip(m.base_rss).map(|(p, b)| p.saturating_sub(b))));
+            o.insert(
+                "peak_rss_above_start_bytes".into(),
+                json!(m.peak_rss.zip(m.base_rss).map(|(p, b)| p.saturating_sub(b))),
+            );
             o.insert("flops".into(), flops_entry(c, &configs[0].flops));
             v
         })
@@ -475,7 +496,8 @@ fn print_flops(d: &Description, configs: &[Config]) {
         bench::SUFFIX_TOKENS
     );
     let base = configs[0].flops;
-    let mut rows = vec![row(&["config", "K1", "K2", "cut", "mean vis", "vision-only TFLOPs", "ratio", "total TFLOPs", "ratio"])];
+    let mut rows =
+        vec![row(&["config", "K1", "K2", "cut", "mean vis", "vision-only TFLOPs", "ratio", "total TFLOPs", "ratio"])];
     for c in configs {
         let (k2, cut) = cut_cells(&c.schedule);
         rows.push(vec![
@@ -541,7 +563,17 @@ fn print_report(d: &Description, report: &Value) {
         println!();
     }
     println!("memory and FLOPs");
-    let mut rows = vec![row(&["config", "K1", "K2", "KV cache", "KV prefill", "peak RSS", "peak above start", "TFLOPs vision", "TFLOPs total"])];
+    let mut rows = vec![row(&[
+        "config",
+        "K1",
+        "K2",
+        "KV cache",
+        "KV prefill",
+        "peak RSS",
+        "peak above start",
+        "TFLOPs vision",
+        "TFLOPs total",
+    ])];
     for r in results {
         let mut row = cells(r);
         row.push(bytes_cell(&r["kv_cache_bytes"]));

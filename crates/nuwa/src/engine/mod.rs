@@ -5,7 +5,7 @@
 
 mod session;
 
-pub use session::{Session, SessionOptions, StopReason, Step};
+pub use session::{Session, SessionOptions, Step, StopReason};
 
 use crate::checkpoint::Checkpoint;
 use crate::generation::Sampling;
@@ -153,7 +153,11 @@ impl Engine {
         let family = crate::models::detect(&ckpt)?;
         let model = (family.load)(&ckpt, opts)?;
         let tokenizer = TextTokenizer::from_file(&ckpt.tokenizer_file)?;
-        let eos = if ckpt.eos_token_ids.is_empty() { model.default_eos(Some(&tokenizer)) } else { ckpt.eos_token_ids.clone() };
+        let eos = if ckpt.eos_token_ids.is_empty() {
+            model.default_eos(Some(&tokenizer))
+        } else {
+            ckpt.eos_token_ids.clone()
+        };
         Ok(Self::from_parts(model, Some(tokenizer), eos, opts.device.clone()))
     }
 
@@ -243,7 +247,12 @@ impl Engine {
 
     /// Prefill from an already tokenised prompt and encoded image (so an image can be encoded once and
     /// asked several questions).
-    pub fn prefill_encoded(&self, prompt: &PromptTokens, encoded: Option<EncodedImage>, method: &Method) -> Result<Prefill> {
+    pub fn prefill_encoded(
+        &self,
+        prompt: &PromptTokens,
+        encoded: Option<EncodedImage>,
+        method: &Method,
+    ) -> Result<Prefill> {
         self.prefill_with(prompt, encoded, method, method.default_positions())
     }
 
@@ -280,7 +289,8 @@ impl Engine {
         let llm = self.decoder();
         let mut cache = llm.new_cache(0);
         let t0 = Instant::now();
-        let logits = llm.forward(&embeds, &positions, &mut cache, dropper.as_deref_mut().map(|d| d as &mut dyn TokenDropper))?;
+        let logits =
+            llm.forward(&embeds, &positions, &mut cache, dropper.as_deref_mut().map(|d| d as &mut dyn TokenDropper))?;
         let prefill_ms = ms(t0);
         let cuts = dropper.as_ref().map(|d| d.records().to_vec()).unwrap_or_default();
         let vision = encoded.as_ref().map(|e| self.report(e, method, policy, cuts));
@@ -304,7 +314,12 @@ impl Engine {
 
     /// An encoded image from a vision-side selection: `tokens` before or after the projector, with the
     /// slots each token stands for.
-    pub fn encoded_from(&self, v: &VisionEvidence, tokens: VisionTokens, sources: Vec<Vec<usize>>) -> Result<EncodedImage> {
+    pub fn encoded_from(
+        &self,
+        v: &VisionEvidence,
+        tokens: VisionTokens,
+        sources: Vec<Vec<usize>>,
+    ) -> Result<EncodedImage> {
         let (features, tokens) = match tokens {
             VisionTokens::Features(f) => {
                 let projected = self.model.project(&f)?;
@@ -383,7 +398,13 @@ impl Engine {
         Ok((Tensor::cat(&parts, 0)?, positions, next))
     }
 
-    fn report(&self, e: &EncodedImage, method: &Method, positions: PositionPolicy, cuts: Vec<CutRecord>) -> VisionReport {
+    fn report(
+        &self,
+        e: &EncodedImage,
+        method: &Method,
+        positions: PositionPolicy,
+        cuts: Vec<CutRecord>,
+    ) -> VisionReport {
         let depth = self.decoder().config().num_hidden_layers;
         // Tokens entering each layer: the vision-side count until the first cut, then each cut's.
         let mut per_layer = vec![e.sources.len(); depth];
@@ -412,7 +433,8 @@ impl Engine {
 
 /// Reads the `pixel_values` tensor of a safetensors file.
 pub fn read_pixel_values(path: &Path, device: &Device) -> Result<Tensor> {
-    let tensors = candle_core::safetensors::load(path, device).map_err(|e| Error::io(path, format!("cannot read safetensors: {e}")))?;
+    let tensors = candle_core::safetensors::load(path, device)
+        .map_err(|e| Error::io(path, format!("cannot read safetensors: {e}")))?;
     tensors
         .get("pixel_values")
         .cloned()

@@ -152,7 +152,9 @@ impl EvalConfig {
     pub fn new(prune: &str, budget: Option<usize>, seed: u64) -> Result<Self> {
         match (prune.trim(), budget) {
             ("none", _) => Ok(Self { name: "none".into(), method: Method::NONE }),
-            (name, Some(budget)) => Ok(Self { name: format!("{name}@{budget}"), method: Method::from_name(name, budget, seed)? }),
+            (name, Some(budget)) => {
+                Ok(Self { name: format!("{name}@{budget}"), method: Method::from_name(name, budget, seed)? })
+            }
             (name, None) => Err(Error::invalid("budgets", format!("is empty: {name} needs at least one budget"))),
         }
     }
@@ -162,7 +164,12 @@ impl EvalConfig {
         match name.split_once('@') {
             None => Self::new(name, None, seed),
             Some((m, b)) => {
-                let b = b.parse().map_err(|_| Error::invalid("configs", format!("bad configuration name {name:?} (expected none or METHOD@BUDGET)")))?;
+                let b = b.parse().map_err(|_| {
+                    Error::invalid(
+                        "configs",
+                        format!("bad configuration name {name:?} (expected none or METHOD@BUDGET)"),
+                    )
+                })?;
                 Self::new(m, Some(b), seed)
             }
         }
@@ -484,7 +491,11 @@ pub fn run(
             let show = |s: Option<Shard>| s.map_or("none".to_string(), |s| s.to_string());
             return Err(Error::io(
                 out,
-                format!("cannot `resume`: this folder holds shard {} but `shard` is {}", show(prev.shard), show(opts.shard)),
+                format!(
+                    "cannot `resume`: this folder holds shard {} but `shard` is {}",
+                    show(prev.shard),
+                    show(opts.shard)
+                ),
             ));
         }
         all_configs.extend(prev.configs);

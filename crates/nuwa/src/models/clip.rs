@@ -156,13 +156,15 @@ impl Attention {
     fn forward(&self, x: &Tensor, probe: bool) -> candle_core::Result<(Tensor, Option<(Tensor, Tensor)>)> {
         let t = x.dim(0)?;
         // (heads, T, head_dim)
-        let heads = |p: &Linear| p.forward(x)?.reshape((t, self.num_heads, self.head_dim))?.transpose(0, 1)?.contiguous();
+        let heads =
+            |p: &Linear| p.forward(x)?.reshape((t, self.num_heads, self.head_dim))?.transpose(0, 1)?.contiguous();
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let (q, k, v) = (heads(&self.q_proj)?, heads(&self.k_proj)?, heads(&self.v_proj)?);
         let kt = k.t()?;
         let probs = candle_nn::ops::softmax_last_dim(&(q.matmul(&kt)? * scale)?.to_dtype(DType::F32)?)?;
         let row = if probe { Some((probs.i((.., 0, ..))?, k.mean(0)?)) } else { None };
-        let out = probs.to_dtype(v.dtype())?.matmul(&v)?.transpose(0, 1)?.reshape((t, self.num_heads * self.head_dim))?;
+        let out =
+            probs.to_dtype(v.dtype())?.matmul(&v)?.transpose(0, 1)?.reshape((t, self.num_heads * self.head_dim))?;
         Ok((self.out_proj.forward(&out)?, row))
     }
 }
@@ -243,13 +245,8 @@ impl ClipVisionModel {
         if let Some(l) = req.cls_attention_layer.filter(|&l| l >= n_layers) {
             candle_core::bail!("attention of layer {l} requested but the vision encoder has {n_layers} layers");
         }
-        let deepest = req
-            .hidden_states
-            .iter()
-            .copied()
-            .chain(req.cls_attention_layer.map(|l| l + 1))
-            .max()
-            .unwrap_or(0);
+        let deepest =
+            req.hidden_states.iter().copied().chain(req.cls_attention_layer.map(|l| l + 1)).max().unwrap_or(0);
 
         let mut x = self.pre_layrnorm.forward(&self.embed(pixels)?)?;
         let mut out = VisionOutput { hidden_states: BTreeMap::new(), cls_attention: None, mean_keys: None };
@@ -275,7 +272,10 @@ impl ClipVisionModel {
         let (c, p, g) = (self.cfg.num_channels, self.cfg.patch_size, self.cfg.grid_side());
         let (pc, ph, pw) = pixels.dims3()?;
         if (pc, ph, pw) != (c, g * p, g * p) {
-            candle_core::bail!("pixel values have shape ({pc}, {ph}, {pw}), the vision encoder expects ({c}, {s}, {s})", s = g * p);
+            candle_core::bail!(
+                "pixel values have shape ({pc}, {ph}, {pw}), the vision encoder expects ({c}, {s}, {s})",
+                s = g * p
+            );
         }
         // (C, g, p, g, p) -> (g, g, C, p, p) -> (N, C·p·p), the same order as the conv weight
         let patches = pixels

@@ -85,11 +85,7 @@ impl Config {
         self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
     }
     pub fn rope_theta(&self) -> f64 {
-        self.rope_parameters
-            .as_ref()
-            .and_then(|p| p.rope_theta)
-            .or(self.rope_theta)
-            .unwrap_or(10000.0)
+        self.rope_parameters.as_ref().and_then(|p| p.rope_theta).or(self.rope_theta).unwrap_or(10000.0)
     }
 
     /// Rejects values this implementation would otherwise silently compute wrongly.
@@ -104,7 +100,9 @@ impl Config {
                 }
             }
         }
-        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) && self.head_dim.is_none() {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads) && self.head_dim.is_none()
+        {
             return Err(format!(
                 "text_config.hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -433,7 +431,14 @@ impl Decoder {
         for (i, layer) in self.layers.iter().enumerate() {
             if let Some(d) = dropper.as_deref_mut().filter(|_| cuts.contains(&i)) {
                 let hidden = x.squeeze(0)?;
-                let probe = Probe { decoder: self, layer: i, hidden: &hidden, positions: &positions, prev_rows: prev_rows.as_ref(), cache };
+                let probe = Probe {
+                    decoder: self,
+                    layer: i,
+                    hidden: &hidden,
+                    positions: &positions,
+                    prev_rows: prev_rows.as_ref(),
+                    cache,
+                };
                 let cut = d.cut(&probe)?;
                 let (next_x, next_positions) = apply_cut(&hidden, &positions, cut, i)?;
                 x = next_x.unsqueeze(0)?;
@@ -476,7 +481,10 @@ impl Decoder {
         };
         if let Some(&max) = shifted.iter().max() {
             if max as usize >= self.cfg.max_position_embeddings {
-                return Err(crate::Error::ContextOverflow { needed: max as usize + 1, context: self.cfg.max_position_embeddings });
+                return Err(crate::Error::ContextOverflow {
+                    needed: max as usize + 1,
+                    context: self.cfg.max_position_embeddings,
+                });
             }
         }
         Ok(self.rotary.gather(&Tensor::new(shifted.as_slice(), &self.device)?)?)
@@ -568,8 +576,7 @@ fn causal_mask(t: usize, past: usize, dtype: DType, dev: &Device) -> candle_core
     if t == 1 {
         return Ok(None);
     }
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..past + t).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
+    let mask: Vec<f32> =
+        (0..t).flat_map(|i| (0..past + t).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Tensor::from_vec(mask, (t, past + t), dev)?.to_dtype(dtype).map(Some)
 }

@@ -81,8 +81,10 @@ pub fn detect(ckpt: &Checkpoint) -> Result<&'static Family> {
     let v: serde_json::Value = serde_json::from_str(&ckpt.config_text)
         .map_err(|e| Error::config(&ckpt.config_path, format!("malformed config: {e}")))?;
     let model_type = v.get("model_type").and_then(|t| t.as_str());
-    let architectures: Vec<&str> =
-        v.get("architectures").and_then(|a| a.as_array()).map_or(vec![], |a| a.iter().filter_map(|x| x.as_str()).collect());
+    let architectures: Vec<&str> = v
+        .get("architectures")
+        .and_then(|a| a.as_array())
+        .map_or(vec![], |a| a.iter().filter_map(|x| x.as_str()).collect());
     let found = match model_type {
         Some(t) => FAMILIES.iter().find(|f| f.model_types.contains(&t)),
         // Old conversions may omit `model_type`: LLaVA's architecture name says it.

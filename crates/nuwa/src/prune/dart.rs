@@ -80,8 +80,7 @@ impl TokenDropper for Dart {
         let l1: Vec<f32> = probe.prev_keys()?.to_dtype(DType::F32)?.abs()?.sum(1)?.to_vec1()?;
         let image_pivots: Vec<usize> =
             top_k(&l1[slots.clone()], IMAGE_PIVOTS).into_iter().map(|i| slots.start + i).collect();
-        let text_pivots: Vec<usize> =
-            top_k(&l1[slots.end..], TEXT_PIVOTS).into_iter().map(|i| slots.end + i).collect();
+        let text_pivots: Vec<usize> = top_k(&l1[slots.end..], TEXT_PIVOTS).into_iter().map(|i| slots.end + i).collect();
         let order = cpython_set_order(&[image_pivots.clone(), text_pivots].concat());
 
         let unit = crate::l2_normalize_rows(&probe.final_norm()?)?;

@@ -68,7 +68,8 @@ impl TokenDropper for SingleCut {
         let seq_len = probe.positions().len();
         let chosen = match &self.selection {
             Selection::Attention => {
-                let row = probe.prev_attention().expect("the last row is always handed over").squeeze(0)?.to_vec1::<f32>()?;
+                let row =
+                    probe.prev_attention().expect("the last row is always handed over").squeeze(0)?.to_vec1::<f32>()?;
                 top_k_ascending(&row[self.span.slots()], self.keep)
             }
             Selection::Random { seed } => super::random::indices(self.span.len(), self.keep, *seed),

@@ -75,7 +75,11 @@ impl Reduction {
     /// Rows `kept` of the features, one token per slot.
     pub fn gather(ev: &VisionEvidence, kept: Vec<usize>) -> Result<Self> {
         let idx = crate::index_tensor(&kept, ev.features.device())?;
-        Ok(Self { tokens: VisionTokens::Features(ev.features.index_select(&idx, 0)?), sources: singletons(&kept), pillars: vec![] })
+        Ok(Self {
+            tokens: VisionTokens::Features(ev.features.index_select(&idx, 0)?),
+            sources: singletons(&kept),
+            pillars: vec![],
+        })
     }
 }
 

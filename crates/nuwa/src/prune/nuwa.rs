@@ -79,10 +79,16 @@ impl NuwaConfig {
             return Err(Error::invalid("budget", "must be at least 1 vision token"));
         }
         if !(self.distance > 0.0 && self.distance.is_finite()) {
-            return Err(Error::invalid("distance", format!("must be a positive number of patches², got {}", self.distance)));
+            return Err(Error::invalid(
+                "distance",
+                format!("must be a positive number of patches², got {}", self.distance),
+            ));
         }
         if !(0.0..=1.0).contains(&self.pillar_quantile) {
-            return Err(Error::invalid("pillar_quantile", format!("must be within [0, 1], got {}", self.pillar_quantile)));
+            return Err(Error::invalid(
+                "pillar_quantile",
+                format!("must be within [0, 1], got {}", self.pillar_quantile),
+            ));
         }
         Ok(())
     }
@@ -200,7 +206,7 @@ pub fn pillars(anchor_saliency: &[f32], q: f64) -> Vec<bool> {
 /// distance fall-off `P = 1 − min(d / √distance, 1)` on the `h`×`w` grid. `m` is (N, D); result (rows, N) f32.
 pub fn similarity_rows(m: &Tensor, rows: &[usize], h: usize, w: usize, distance: f64) -> Result<Tensor> {
     let dev = m.device();
-    let unit = crate::l2_normalize_rows(&m)?;
+    let unit = crate::l2_normalize_rows(m)?;
     let picked = unit.index_select(&index_tensor(rows, dev)?, 0)?;
     let cos = picked.matmul(&unit.t()?)?.relu()?;
     Ok((cos * falloff(rows, h, w, distance, dev)?)?)

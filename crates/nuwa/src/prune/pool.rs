@@ -40,7 +40,8 @@ pub fn pool(x: &Tensor, cells: &[Vec<usize>]) -> crate::Result<Tensor> {
             weights[i * n + p] = 1.0 / cell.len() as f32;
         }
     }
-    let weights = Tensor::from_vec(weights, (cells.len(), n), &Device::Cpu)?.to_device(x.device())?.to_dtype(x.dtype())?;
+    let weights =
+        Tensor::from_vec(weights, (cells.len(), n), &Device::Cpu)?.to_device(x.device())?.to_dtype(x.dtype())?;
     Ok(weights.matmul(x)?)
 }
 

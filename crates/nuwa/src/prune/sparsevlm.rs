@@ -104,7 +104,8 @@ impl TokenDropper for SparseVlm {
         sort_desc(&scores, &mut pruned);
         let feed: Vec<usize> = pruned[..(pruned.len() * 3 / 10 + 1).min(pruned.len())].to_vec();
         let c = feed.len() / 10 + 1;
-        let idx = Tensor::new(feed.iter().map(|&i| (slots.start + i) as u32).collect::<Vec<_>>(), probe.hidden().device())?;
+        let idx =
+            Tensor::new(feed.iter().map(|&i| (slots.start + i) as u32).collect::<Vec<_>>(), probe.hidden().device())?;
         let x = probe.hidden().index_select(&idx, 0)?;
         let (centres, assign) = cluster(&x.to_dtype(DType::F32)?.to_vec2()?, c);
         let mut sources = vec![Vec::new(); centres.len()];

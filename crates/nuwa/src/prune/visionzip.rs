@@ -79,7 +79,9 @@ pub fn tokens(sel: &Selection, x: &Tensor, cls: &Tensor) -> crate::Result<(Tenso
     let out = Tensor::cat(&[cls, &patches], 0)?;
     let mut sources = vec![Vec::new()];
     sources.extend(sel.dominant.iter().map(|&p| vec![p]));
-    sources.extend(sel.targets.iter().zip(&sel.members).map(|(&t, m)| std::iter::once(t).chain(m.iter().copied()).collect()));
+    sources.extend(
+        sel.targets.iter().zip(&sel.members).map(|(&t, m)| std::iter::once(t).chain(m.iter().copied()).collect()),
+    );
     Ok((out, sources))
 }
 

@@ -34,8 +34,10 @@ pub fn select(attn: &[f32], x: &[Vec<f32>], budget: usize, important_ratio: f64)
         if drop == 0 {
             break;
         }
-        let (a, b): (Vec<usize>, Vec<usize>) = (residual.iter().step_by(2).copied().collect(), residual.iter().skip(1).step_by(2).copied().collect());
-        let score: Vec<f64> = a.iter().map(|&i| b.iter().map(|&j| cos(i, j)).fold(f64::NEG_INFINITY, f64::max)).collect();
+        let (a, b): (Vec<usize>, Vec<usize>) =
+            (residual.iter().step_by(2).copied().collect(), residual.iter().skip(1).step_by(2).copied().collect());
+        let score: Vec<f64> =
+            a.iter().map(|&i| b.iter().map(|&j| cos(i, j)).fold(f64::NEG_INFINITY, f64::max)).collect();
         let mut rank: Vec<usize> = (0..a.len()).collect();
         rank.sort_by(|&p, &q| score[q].total_cmp(&score[p]).then(p.cmp(&q)));
         residual = rank[drop..].iter().map(|&k| a[k]).chain(b).collect();
@@ -72,7 +74,11 @@ impl Pruner for VisPruner {
 }
 
 impl VisionReducer for VisPruner {
-    fn reduce(&self, ev: &VisionEvidence, _project: &dyn Fn(&Tensor) -> crate::Result<Tensor>) -> crate::Result<Reduction> {
+    fn reduce(
+        &self,
+        ev: &VisionEvidence,
+        _project: &dyn Fn(&Tensor) -> crate::Result<Tensor>,
+    ) -> crate::Result<Reduction> {
         let attn = ev.saliency()?.mean();
         let rows = ev.features.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         Reduction::gather(ev, select(&attn, &rows, self.budget, 0.5).0)

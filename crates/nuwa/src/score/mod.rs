@@ -1,5 +1,5 @@
 //! Scoring model answers against ground truth, as the standard evaluation harnesses do.
-pub mod rec;
 pub mod choice;
+pub mod rec;
 pub mod vqa;
 pub mod yesno;

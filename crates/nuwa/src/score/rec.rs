@@ -25,12 +25,7 @@ const FALLBACK_BOX: [f64; 4] = [0.0; 4];
 /// normalised corner form the harness scores against, with its exact arithmetic.
 pub fn gt_box_from_coco(bbox_xywh: [f64; 4], image_width: f64, image_height: f64) -> [f64; 4] {
     let [x, y, w, h] = bbox_xywh;
-    [
-        x / image_width,
-        y / image_height,
-        (x + w) / image_width,
-        (y + h) / image_height,
-    ]
+    [x / image_width, y / image_height, (x + w) / image_width, (y + h) / image_height]
 }
 
 /// First match of the harness regex
@@ -42,9 +37,7 @@ pub fn gt_box_from_coco(bbox_xywh: [f64; 4], image_width: f64, image_height: f64
 pub fn parse_box(response: &str) -> Option<[f64; 4]> {
     // A match attempt only consumes whitespace, digits, '-', '.' and ',',
     // never '[', so trying every '[' keeps the scan linear.
-    response
-        .match_indices('[')
-        .find_map(|(at, _)| match_after_bracket(&response[at + 1..]))
+    response.match_indices('[').find_map(|(at, _)| match_after_bracket(&response[at + 1..]))
 }
 
 /// [`parse_box`], or the harness's `[0, 0, 0, 0]` when nothing parses.
@@ -165,12 +158,7 @@ pub fn score_row(response: &str, gt: [f64; 4]) -> RecRowScore {
     let parsed = parse_box(response);
     let pred = parsed.unwrap_or(FALLBACK_BOX);
     let iou = iou(gt, pred);
-    RecRowScore {
-        parsed,
-        iou,
-        acc: THRESHOLDS.map(|t| iou >= t),
-        center: center_hit(gt, pred),
-    }
+    RecRowScore { parsed, iou, acc: THRESHOLDS.map(|t| iou >= t), center: center_hit(gt, pred) }
 }
 
 /// Means over rows, as the harness aggregates (`IoU`, `ACC@t`, `Center_ACC`).
@@ -199,12 +187,7 @@ impl RecSummary {
 pub fn summarize(rows: &[RecRowScore]) -> RecSummary {
     let n = rows.len();
     if n == 0 {
-        return RecSummary {
-            n,
-            iou: 0.0,
-            acc: [0.0; 5],
-            center: 0.0,
-        };
+        return RecSummary { n, iou: 0.0, acc: [0.0; 5], center: 0.0 };
     }
     let mean_of = |hits: usize| hits as f64 / n as f64;
     // Plain left-to-right sum from +0.0, as Python's `sum()` (up to 3.11; 3.12

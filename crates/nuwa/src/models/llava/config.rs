@@ -84,7 +84,11 @@ impl Config {
     /// Index into the vision encoder's hidden states that feeds the projector (`-2` → `L - 1`).
     pub fn feature_layer(&self) -> std::result::Result<usize, String> {
         let depth = self.vision_config.num_hidden_layers as i64;
-        let idx = if self.vision_feature_layer < 0 { depth + 1 + self.vision_feature_layer } else { self.vision_feature_layer };
+        let idx = if self.vision_feature_layer < 0 {
+            depth + 1 + self.vision_feature_layer
+        } else {
+            self.vision_feature_layer
+        };
         if !(1..=depth).contains(&idx) {
             return Err(format!(
                 "vision_feature_layer {} is outside the vision encoder's {} layers",

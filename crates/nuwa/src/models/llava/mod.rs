@@ -143,7 +143,8 @@ impl VisionLanguageModel for Llava {
         let cls = out.cls_attention.as_ref().expect("requested above");
         let t1 = Instant::now();
         let similarity = if needs.similarity {
-            let hidden = (first_similarity..=depth).map(|i| patches(&out.hidden_states[&i])).collect::<Result<Vec<_>>>()?;
+            let hidden =
+                (first_similarity..=depth).map(|i| patches(&out.hidden_states[&i])).collect::<Result<Vec<_>>>()?;
             Some(similarity_features(&hidden)?)
         } else {
             None

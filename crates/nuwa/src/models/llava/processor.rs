@@ -70,10 +70,7 @@ impl Default for PreprocessConfig {
             image_mean: [0.48145466, 0.4578275, 0.40821073],
             image_std: [0.26862954, 0.26130258, 0.27577711],
             size: Size::ShortestEdge(224),
-            crop_size: CropSize {
-                height: 224,
-                width: 224,
-            },
+            crop_size: CropSize { height: 224, width: 224 },
             do_resize: true,
             do_center_crop: true,
             do_rescale: true,
@@ -89,14 +86,9 @@ impl PreprocessConfig {
     /// Reads and validates a `preprocessor_config.json`.
     pub fn from_file(path: &Path) -> Result<Self, PreprocessError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| PreprocessError::ReadConfig {
-            path: shown.clone(),
-            source,
-        })?;
-        serde_json::from_str(&text).map_err(|e| PreprocessError::Config {
-            path: shown,
-            message: e.to_string(),
-        })
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| PreprocessError::ReadConfig { path: shown.clone(), source })?;
+        serde_json::from_str(&text).map_err(|e| PreprocessError::Config { path: shown, message: e.to_string() })
     }
 
     /// LLaVA's padding colour: `tuple(int(x * 255) for x in image_mean)`.
@@ -128,16 +120,10 @@ impl PreprocessConfig {
         if let Some(raw) = size {
             cfg.size = match raw {
                 RawSize::Int(n) => Size::ShortestEdge(n),
-                RawSize::Map {
-                    shortest_edge: Some(n),
-                    height: None,
-                    width: None,
-                } => Size::ShortestEdge(n),
-                RawSize::Map {
-                    shortest_edge: None,
-                    height: Some(height),
-                    width: Some(width),
-                } => Size::Exact { height, width },
+                RawSize::Map { shortest_edge: Some(n), height: None, width: None } => Size::ShortestEdge(n),
+                RawSize::Map { shortest_edge: None, height: Some(height), width: Some(width) } => {
+                    Size::Exact { height, width }
+                }
                 RawSize::Map { .. } => {
                     return Err("field `size`: expected {\"shortest_edge\": n} or \
                                 {\"height\": h, \"width\": w}"
@@ -150,18 +136,11 @@ impl PreprocessConfig {
         get(map, "crop_size", &mut crop)?;
         if let Some(raw) = crop {
             cfg.crop_size = match raw {
-                RawSize::Int(n) => CropSize {
-                    height: n,
-                    width: n,
-                },
-                RawSize::Map {
-                    shortest_edge: None,
-                    height: Some(height),
-                    width: Some(width),
-                } => CropSize { height, width },
-                RawSize::Map { .. } => {
-                    return Err("field `crop_size`: expected {\"height\": h, \"width\": w}".into())
+                RawSize::Int(n) => CropSize { height: n, width: n },
+                RawSize::Map { shortest_edge: None, height: Some(height), width: Some(width) } => {
+                    CropSize { height, width }
                 }
+                RawSize::Map { .. } => return Err("field `crop_size`: expected {\"height\": h, \"width\": w}".into()),
             };
         }
 
@@ -181,16 +160,10 @@ impl PreprocessConfig {
             return Err("field `crop_size`: expected positive dimensions".into());
         }
         if self.image_std.iter().any(|s| *s == 0.0 || !s.is_finite()) {
-            return Err(format!(
-                "field `image_std`: expected finite non-zero values, got {:?}",
-                self.image_std
-            ));
+            return Err(format!("field `image_std`: expected finite non-zero values, got {:?}", self.image_std));
         }
         if !self.image_mean.iter().all(|m| m.is_finite()) {
-            return Err(format!(
-                "field `image_mean`: expected finite values, got {:?}",
-                self.image_mean
-            ));
+            return Err(format!("field `image_mean`: expected finite values, got {:?}", self.image_mean));
         }
         if !self.rescale_factor.is_finite() {
             return Err("field `rescale_factor`: expected a finite number".into());
@@ -211,19 +184,11 @@ impl<'de> Deserialize<'de> for PreprocessConfig {
 #[serde(untagged)]
 enum RawSize {
     Int(u32),
-    Map {
-        shortest_edge: Option<u32>,
-        height: Option<u32>,
-        width: Option<u32>,
-    },
+    Map { shortest_edge: Option<u32>, height: Option<u32>, width: Option<u32> },
 }
 
 /// Overwrites `slot` with `map[key]` when present and not `null`.
-fn get<T: DeserializeOwned>(
-    map: &Map<String, Value>,
-    key: &str,
-    slot: &mut T,
-) -> Result<(), String> {
+fn get<T: DeserializeOwned>(map: &Map<String, Value>, key: &str, slot: &mut T) -> Result<(), String> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(()),
         Some(v) => {
@@ -277,20 +242,9 @@ pub fn preprocess(img: &RgbImage, cfg: &PreprocessConfig) -> Preprocessed {
     let (rw, rh) = resized.dimensions();
     let input = if cfg.do_center_crop {
         let crop = cfg.crop_size;
-        let (sx, sy) = (
-            side as f64 / rw.max(1) as f64,
-            side as f64 / rh.max(1) as f64,
-        );
-        let (left, top) = (
-            crop_offset(rw, crop.width) as f64,
-            crop_offset(rh, crop.height) as f64,
-        );
-        geometry.input_window = [
-            left * sx,
-            top * sy,
-            (left + crop.width as f64) * sx,
-            (top + crop.height as f64) * sy,
-        ];
+        let (sx, sy) = (side as f64 / rw.max(1) as f64, side as f64 / rh.max(1) as f64);
+        let (left, top) = (crop_offset(rw, crop.width) as f64, crop_offset(rh, crop.height) as f64);
+        geometry.input_window = [left * sx, top * sy, (left + crop.width as f64) * sx, (top + crop.height as f64) * sy];
         center_crop(&resized, crop)
     } else {
         resized
@@ -304,23 +258,14 @@ pub fn preprocess(img: &RgbImage, cfg: &PreprocessConfig) -> Preprocessed {
     let mut pixels = vec![0f32; 3 * plane];
     for (i, p) in input.pixels().enumerate() {
         for c in 0..3 {
-            let mut v = if cfg.do_rescale {
-                (p[c] as f64 * cfg.rescale_factor) as f32
-            } else {
-                p[c] as f32
-            };
+            let mut v = if cfg.do_rescale { (p[c] as f64 * cfg.rescale_factor) as f32 } else { p[c] as f32 };
             if cfg.do_normalize {
                 v = (v - mean[c]) / std[c];
             }
             pixels[c * plane + i] = v;
         }
     }
-    Preprocessed {
-        pixels,
-        height: h,
-        width: w,
-        geometry,
-    }
+    Preprocessed { pixels, height: h, width: w, geometry }
 }
 
 pub const VICUNA_SYSTEM: &str = "A chat between a curious human and an artificial intelligence assistant. \
