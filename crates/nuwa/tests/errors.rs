@@ -228,3 +228,15 @@ fn text_only_prompt_runs() {
     assert_eq!(gen.tokens.len(), 3);
     assert!(gen.vision.is_none());
 }
+
+#[test]
+fn unsupported_model_family_is_refused_by_name() {
+    let dir = broken_checkpoint("family", |d| {
+        let path = d.join("config.json");
+        let text = std::fs::read_to_string(&path).unwrap().replace("\"model_type\": \"llava\"", "\"model_type\": \"mllama\"");
+        std::fs::write(path, text).unwrap();
+    });
+    let err = load_err(&dir);
+    assert!(err.contains("config.json") && err.contains("model_type") && err.contains("mllama"), "{err}");
+    assert!(err.contains("llava"), "names what is supported: {err}");
+}
