@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use nuwa::prune::nuwa::{NuwaConfig, Stage2Rule, Stages};
-use nuwa::prune::{fastv, random, PositionPolicy};
+use nuwa::prune::nuwa::{Stage2Rule, Stages};
+use nuwa::prune::{fastv, PositionPolicy, PruneSpec};
 use nuwa::Method;
 use std::path::PathBuf;
 
@@ -28,6 +28,8 @@ pub enum Command {
     /// Score saved model answers against ground truth.
     #[command(subcommand)]
     Score(ScoreCommand),
+    /// Serve the OpenAI chat-completions API (with per-request pruning) over HTTP.
+    Serve(crate::commands::serve::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,8 +48,8 @@ pub enum ScoreCommand {
 
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// A llava-hf checkpoint directory (config.json, *.safetensors, tokenizer.json,
-    /// preprocessor_config.json). With the `hub` feature, a hub id such as llava-hf/llava-1.5-7b-hf.
+    /// A hub checkpoint directory (config.json, *.safetensors, tokenizer.json, preprocessor_config.json);
+    /// the model family is read from config.json. With the `hub` feature, a hub id such as llava-hf/llava-1.5-7b-hf.
     #[arg(long, value_name = "DIR")]
     pub model: String,
     /// Weight and activation dtype.
@@ -173,46 +175,45 @@ pub struct PruneArgs {
 }
 
 impl PruneArgs {
-    pub fn method(&self, seed: u64) -> anyhow::Result<Method> {
-        let method = match self.prune {
-            PruneArg::Nuwa => Method::Nuwa(NuwaConfig {
-                budget: self.budget,
-                stages: match self.stages {
-                    StagesArg::Both => Stages::Both,
-                    StagesArg::One => Stages::One,
-                    StagesArg::Two => Stages::Two,
-                },
-                distance: self.distance,
-                pillar_quantile: self.pillar_quantile,
-                cells: !self.no_cells,
-                stage2_layer: self.stage2_layer,
-                stage2_rule: match self.stage2_rule {
-                    Stage2RuleArg::Attention => Stage2Rule::Attention,
-                    Stage2RuleArg::Random => Stage2Rule::Random,
-                },
-                seed,
-            }),
-            PruneArg::Fastv => Method::FastV(fastv::FastV {
-                budget: self.budget,
-                count: match self.fastv_count {
-                    FastvCountArg::Average => fastv::Count::Average,
-                    FastvCountArg::Kept => fastv::Count::Kept,
-                },
-            }),
-            PruneArg::Manual => {
-                let path = self.keep_file.as_ref().context("--prune manual needs --keep-file FILE")?;
+    /// The flags as the library's pruning spec.
+    pub fn spec(&self, seed: u64) -> anyhow::Result<PruneSpec> {
+        let keep = match &self.keep_file {
+            None => None,
+            Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-                let keep: Vec<usize> = serde_json::from_str(&text).with_context(|| {
+                Some(serde_json::from_str(&text).with_context(|| {
                     format!("{}: expected a JSON list of patch indices like [0, 5, 17]", path.display())
-                })?;
-                Method::Manual(random::Manual { keep })
-            }
-            other => {
-                Method::from_name(other.to_possible_value().expect("no skipped values").get_name(), self.budget, seed)?
+                })?)
             }
         };
-        method.validate()?;
-        Ok(method)
+        Ok(PruneSpec {
+            method: self.prune.to_possible_value().expect("no skipped values").get_name().to_owned(),
+            budget: self.budget,
+            stages: match self.stages {
+                StagesArg::Both => Stages::Both,
+                StagesArg::One => Stages::One,
+                StagesArg::Two => Stages::Two,
+            },
+            distance: self.distance,
+            pillar_quantile: self.pillar_quantile,
+            cells: !self.no_cells,
+            stage2_layer: self.stage2_layer,
+            stage2_rule: match self.stage2_rule {
+                Stage2RuleArg::Attention => Stage2Rule::Attention,
+                Stage2RuleArg::Random => Stage2Rule::Random,
+            },
+            fastv_count: match self.fastv_count {
+                FastvCountArg::Average => fastv::Count::Average,
+                FastvCountArg::Kept => fastv::Count::Kept,
+            },
+            keep,
+            positions: self.positions(),
+            seed,
+        })
+    }
+
+    pub fn method(&self, seed: u64) -> anyhow::Result<Method> {
+        Ok(self.spec(seed)?.method()?)
     }
 
     /// The position policy override, if any.

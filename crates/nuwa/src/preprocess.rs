@@ -29,6 +29,12 @@ pub enum PreprocessError {
         #[source]
         source: image::ImageError,
     },
+    #[error(
+        "image {what} is {width}x{height} = {} pixels, above the limit of {max_pixels} (a decompression bomb, \
+         or raise the pixel limit)",
+        *width as u64 * *height as u64
+    )]
+    TooLarge { what: String, width: u32, height: u32, max_pixels: u64 },
     #[error("image {what} is {width}x{height}; expected at least one pixel")]
     ZeroSize { what: String, width: u32, height: u32 },
     #[error("cannot read preprocessor config {path}: {source}")]
@@ -56,6 +62,15 @@ pub fn load_image(path: &Path) -> Result<RgbImage, PreprocessError> {
 /// 16-bit colour PNGs (for 16-bit grey PIL clips to 255 instead; we keep the high byte there
 /// too rather than whitening the image).
 pub fn decode_image(bytes: &[u8], what: &str) -> Result<RgbImage, PreprocessError> {
+    decode_image_within(bytes, what, DEFAULT_MAX_PIXELS)
+}
+
+/// Pillow's decompression-bomb limit (twice `Image.MAX_IMAGE_PIXELS`), the default for every image.
+pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
+
+/// [`decode_image`] refusing images whose header claims more than `max_pixels` pixels, before any pixel
+/// is decoded (a few-KB file can claim gigapixels).
+pub fn decode_image_within(bytes: &[u8], what: &str, max_pixels: u64) -> Result<RgbImage, PreprocessError> {
     if bytes.is_empty() {
         return Err(PreprocessError::EmptyImage { what: what.to_owned() });
     }
@@ -67,6 +82,15 @@ pub fn decode_image(bytes: &[u8], what: &str) -> Result<RgbImage, PreprocessErro
         return Err(PreprocessError::UnknownFormat { what: what.to_owned() });
     }
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
+    let (w, h) = decoder.dimensions();
+    if w as u64 * h as u64 > max_pixels {
+        return Err(PreprocessError::TooLarge { what: what.to_owned(), width: w, height: h, max_pixels });
+    }
+    // The widest decoded form (16-bit RGBA) of an image within the limit, plus room for the decoder's own
+    // buffers: an allocation beyond that means the header lied.
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 26));
+    decoder.set_limits(limits).map_err(decode_err)?;
     // Broken EXIF is not worth rejecting an otherwise decodable image for.
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(decode_err)?;

@@ -14,6 +14,63 @@ pub struct PromptTokens {
     pub suffix: Vec<u32>,
 }
 
+/// Who speaks a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+/// A piece of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Text(String),
+    /// Where the image goes (its pixels travel separately).
+    Image,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub role: Role,
+    pub parts: Vec<Part>,
+}
+
+/// A chat to be continued by the assistant: optional system messages, then user and assistant turns
+/// ending with a user turn. At most one image part in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    pub messages: Vec<Message>,
+}
+
+impl Conversation {
+    /// One question, about an image when `with_image` (placed before the text, as LLaVA was trained).
+    pub fn question(text: &str, with_image: bool) -> Self {
+        let mut parts = if with_image { vec![Part::Image] } else { vec![] };
+        parts.push(Part::Text(text.to_owned()));
+        Self { messages: vec![Message { role: Role::User, parts }] }
+    }
+
+    pub fn has_image(&self) -> bool {
+        self.messages.iter().flat_map(|m| &m.parts).any(|p| *p == Part::Image)
+    }
+
+    /// Refuses what no template can render: no user turn last, several images, an image outside a user turn.
+    pub fn validate(&self) -> Result<()> {
+        if self.messages.last().is_none_or(|m| m.role != Role::User) {
+            return Err(Error::invalid("messages", "must end with a user message"));
+        }
+        let images = self.messages.iter().flat_map(|m| &m.parts).filter(|p| **p == Part::Image).count();
+        if images > 1 {
+            return Err(Error::invalid("messages", format!("hold {images} images; one image per request is supported")));
+        }
+        if self.messages.iter().any(|m| m.role != Role::User && m.parts.contains(&Part::Image)) {
+            return Err(Error::invalid("messages", "may carry an image only in a user message"));
+        }
+        Ok(())
+    }
+}
+
 /// The tokenizer with the path it came from, for error messages.
 pub struct TextTokenizer {
     inner: Tokenizer,

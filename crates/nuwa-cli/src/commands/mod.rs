@@ -6,6 +6,7 @@ pub mod generate;
 pub mod ground;
 mod overlay;
 pub mod score;
+pub mod serve;
 
 use crate::args::{Cli, Command, DTypeArg, DeviceArg, ModelArgs, ScoreCommand};
 use anyhow::{Context, Result};
@@ -18,6 +19,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Score(ScoreCommand::Rec { predictions, json }) => score::rec(&predictions, json),
+        Command::Serve(args) => serve::run(args),
     }
 }
 

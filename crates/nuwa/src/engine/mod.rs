@@ -14,7 +14,7 @@ use crate::layout::{Needs, Positions, VisionEvidence, VisualLayout};
 pub use crate::models::LoadOptions;
 use crate::models::{decoder, VisionLanguageModel};
 use crate::preprocess::{self, Geometry};
-use crate::prompt::{PromptTokens, TextTokenizer};
+use crate::prompt::{Conversation, PromptTokens, TextTokenizer};
 use crate::prune::{representatives, CutRecord, Method, PositionPolicy, Span, VisionDropper, VisionTokens};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -36,6 +36,8 @@ pub enum ImageInput {
     Path(PathBuf),
     /// Already preprocessed pixel values in the encoder's input shape.
     Pixels(Tensor),
+    /// A decoded image (e.g. from a request body).
+    Decoded(image::RgbImage),
 }
 
 #[derive(Debug, Clone)]
@@ -186,7 +188,12 @@ impl Engine {
 
     /// The family's conversation for one question, tokenised.
     pub fn prompt(&self, question: &str, with_image: bool) -> Result<PromptTokens> {
-        self.model.prompt(self.tokenizer()?, question, with_image)
+        self.conversation_prompt(&Conversation::question(question, with_image))
+    }
+
+    /// The family's chat template over `conversation`, tokenised.
+    pub fn conversation_prompt(&self, conversation: &Conversation) -> Result<PromptTokens> {
+        self.model.prompt(self.tokenizer()?, conversation)
     }
 
     /// Reads an image file and preprocesses it as the checkpoint's processor does.
@@ -231,18 +238,31 @@ impl Engine {
     /// Tokenises, encodes and runs the prompt through the decoder.
     pub fn prefill(&self, req: &GenerateRequest) -> Result<Prefill> {
         let prompt = self.prompt(&req.prompt, req.image.is_some())?;
-        let encoded = match &req.image {
-            None => None,
-            Some(ImageInput::Pixels(p)) => Some(self.encode_image(&self.model.check_pixels(p)?, &req.method)?),
-            Some(ImageInput::Path(path)) => {
-                let (pixels, geometry) = self.load_pixels(path)?;
-                let mut v = self.encode_vision(&pixels, req.method.needs())?;
-                v.geometry = Some(geometry);
-                Some(self.reduce(&v, &req.method)?)
-            }
+        self.prefill_image(&prompt, req.image.as_ref(), &req.method, req.positions)
+    }
+
+    /// Encodes `image` (if any), reduces it by `method` and runs `prompt` through the decoder, numbered
+    /// by `positions` or the method's own policy.
+    pub fn prefill_image(
+        &self,
+        prompt: &PromptTokens,
+        image: Option<&ImageInput>,
+        method: &Method,
+        positions: Option<PositionPolicy>,
+    ) -> Result<Prefill> {
+        let decoded = |img: &image::RgbImage| -> Result<EncodedImage> {
+            let (pixels, geometry) = self.pixels(img)?;
+            let mut v = self.encode_vision(&pixels, method.needs())?;
+            v.geometry = Some(geometry);
+            self.reduce(&v, method)
         };
-        let policy = req.positions.unwrap_or_else(|| req.method.default_positions());
-        self.prefill_with(&prompt, encoded, &req.method, policy)
+        let encoded = match image {
+            None => None,
+            Some(ImageInput::Pixels(p)) => Some(self.encode_image(&self.model.check_pixels(p)?, method)?),
+            Some(ImageInput::Path(path)) => Some(decoded(&preprocess::load_image(path)?)?),
+            Some(ImageInput::Decoded(img)) => Some(decoded(img)?),
+        };
+        self.prefill_with(prompt, encoded, method, positions.unwrap_or_else(|| method.default_positions()))
     }
 
     /// Prefill from an already tokenised prompt and encoded image (so an image can be encoded once and

@@ -10,7 +10,7 @@ pub mod llava;
 use crate::checkpoint::Checkpoint;
 use crate::layout::{Needs, SequenceLayout, VisionEvidence, VisualLayout};
 use crate::preprocess::Geometry;
-use crate::prompt::{PromptTokens, TextTokenizer};
+use crate::prompt::{Conversation, PromptTokens, TextTokenizer};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 
@@ -52,8 +52,8 @@ pub trait VisionLanguageModel: Send + Sync {
     /// Vision features (K, vision hidden) into the decoder's embedding space.
     fn project(&self, features: &Tensor) -> Result<Tensor>;
 
-    /// The family's chat template around one user turn, tokenised and split at the image.
-    fn prompt(&self, tokenizer: &TextTokenizer, question: &str, with_image: bool) -> Result<PromptTokens>;
+    /// The family's chat template over a conversation, tokenised and split at the image.
+    fn prompt(&self, tokenizer: &TextTokenizer, conversation: &Conversation) -> Result<PromptTokens>;
 
     /// How the unpruned sequence (prefix, the image's slots, suffix) is numbered.
     fn sequence_layout(&self, prompt: &PromptTokens, image: Option<&VisualLayout>) -> SequenceLayout;

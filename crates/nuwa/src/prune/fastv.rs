@@ -13,7 +13,7 @@ use crate::Result;
 pub const LAYER: usize = 2;
 
 /// How a budget B maps to the kept count R.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Count {
     /// B is the mean over layers: (K·N + (L − K)·R) / L = B (how Nüwa, SparseVLM and VisionZip count).

@@ -12,11 +12,13 @@ pub mod pdrop;
 pub mod pool;
 pub mod positions;
 pub mod random;
+pub mod spec;
 pub mod sparsevlm;
 pub mod visionzip;
 pub mod vispruner;
 
 pub use positions::PositionPolicy;
+pub use spec::PruneSpec;
 
 use crate::hooks::Cut;
 use crate::layout::{Needs, Positions, SequenceLayout, VisionEvidence, VisualLayout};

@@ -17,7 +17,7 @@ use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 
 /// Which stages run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stages {
     #[default]
@@ -31,7 +31,7 @@ pub enum Stages {
 }
 
 /// How stage 2 ranks the vision tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage2Rule {
     /// The last prompt token's attention in the layer before the cut, averaged over heads.

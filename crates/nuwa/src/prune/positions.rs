@@ -5,7 +5,7 @@ use crate::layout::{Positions, SequenceLayout};
 use crate::Result;
 
 /// How vision tokens (and the text after them) are numbered for RoPE.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PositionPolicy {
     /// Each token keeps the position it has in the unpruned sequence (its representative slot's); text

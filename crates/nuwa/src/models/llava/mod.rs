@@ -13,7 +13,7 @@ use super::{clip, decoder, Family, LoadOptions, VisionLanguageModel};
 use crate::checkpoint::Checkpoint;
 use crate::layout::{Needs, Saliency, SequenceLayout, VisionEvidence, VisualLayout};
 use crate::preprocess::Geometry;
-use crate::prompt::{PromptTokens, TextTokenizer};
+use crate::prompt::{Conversation, PromptTokens, TextTokenizer};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{linear_b, Linear, VarBuilder};
@@ -172,9 +172,11 @@ impl VisionLanguageModel for Llava {
         Ok(self.projector.forward(features)?)
     }
 
-    fn prompt(&self, tokenizer: &TextTokenizer, question: &str, with_image: bool) -> Result<PromptTokens> {
-        let text = processor::vicuna_v1(question, with_image);
-        tokenizer.conversation(&text, self.config.image_token_index, processor::IMAGE_PLACEHOLDER, with_image)
+    fn prompt(&self, tokenizer: &TextTokenizer, conversation: &Conversation) -> Result<PromptTokens> {
+        conversation.validate()?;
+        let text = processor::vicuna_v1(conversation);
+        let image = conversation.has_image();
+        tokenizer.conversation(&text, self.config.image_token_index, processor::IMAGE_PLACEHOLDER, image)
     }
 
     fn sequence_layout(&self, prompt: &PromptTokens, image: Option<&VisualLayout>) -> SequenceLayout {

@@ -3,6 +3,7 @@
 //! and normalise, producing a CHW `f32` tensor — and the vicuna_v1 conversation LLaVA-1.5 was trained with.
 
 use crate::preprocess::{expand_to_square, resize, Geometry, PreprocessError, Resample};
+use crate::prompt::{Conversation, Message, Part, Role};
 use image::{Rgb, RgbImage};
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
@@ -274,13 +275,45 @@ The assistant gives helpful, detailed, and polite answers to the human's questio
 /// Where the image goes in a user's prompt when it names a place for it.
 pub const IMAGE_PLACEHOLDER: &str = "<image>";
 
-/// The vicuna_v1 conversation for one question: `{system} USER: <image>\n{question} ASSISTANT:` with an
-/// image; a question that already contains `<image>` keeps the image where it says.
-pub fn vicuna_v1(question: &str, with_image: bool) -> String {
-    let question = question.trim();
-    if with_image && !question.contains(IMAGE_PLACEHOLDER) {
-        format!("{VICUNA_SYSTEM} USER: {IMAGE_PLACEHOLDER}\n{question} ASSISTANT:")
-    } else {
-        format!("{VICUNA_SYSTEM} USER: {question} ASSISTANT:")
+/// LLaVA's vicuna_v1 conversation: `{system} USER: <image>\n{question} ASSISTANT: {answer}</s>USER: …
+/// ASSISTANT:`. A system message replaces the default system prompt. An image part becomes `<image>\n`
+/// where it stands, unless the message's text already names the image's place with `<image>`.
+pub fn vicuna_v1(conversation: &Conversation) -> String {
+    let system: Vec<String> = conversation.messages.iter().filter(|m| m.role == Role::System).map(text_of).collect();
+    let mut out = if system.is_empty() { VICUNA_SYSTEM.to_owned() } else { system.join("\n") };
+    for m in conversation.messages.iter().filter(|m| m.role != Role::System) {
+        match m.role {
+            Role::User => {
+                let named = text_of(m).contains(IMAGE_PLACEHOLDER);
+                let mut turn = String::new();
+                let mut after_text = false;
+                for p in &m.parts {
+                    match p {
+                        Part::Text(t) => {
+                            if after_text {
+                                turn.push('\n');
+                            }
+                            turn.push_str(t.trim());
+                            after_text = true;
+                        }
+                        Part::Image if named => {}
+                        Part::Image => {
+                            turn.push_str(IMAGE_PLACEHOLDER);
+                            turn.push('\n');
+                            after_text = false;
+                        }
+                    }
+                }
+                out.push_str(&format!(" USER: {} ASSISTANT:", turn.trim()));
+            }
+            Role::Assistant => out.push_str(&format!(" {}</s>", text_of(m).trim())),
+            Role::System => unreachable!("filtered above"),
+        }
     }
+    out
+}
+
+fn text_of(m: &Message) -> String {
+    let texts: Vec<&str> = m.parts.iter().filter_map(|p| if let Part::Text(t) = p { Some(t.trim()) } else { None }).collect();
+    texts.join("\n")
 }
