@@ -87,8 +87,7 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let metrics = Arc::new(Metrics::default());
         let (jobs, worker) = worker::spawn(engine, metrics.clone(), config.max_queue);
-        let app =
-            Arc::new(App { config, jobs, metrics, next_id: AtomicU64::new(0), stopping: AtomicBool::new(false) });
+        let app = Arc::new(App { config, jobs, metrics, next_id: AtomicU64::new(0), stopping: AtomicBool::new(false) });
         Ok(Self { listener, app, worker })
     }
 
@@ -178,7 +177,7 @@ async fn accept(app: &Arc<App>, body: Result<Bytes, BytesRejection>) -> Result<R
     let req: ChatRequest = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let err = ApiError::bad_request(format!("malformed request: {}", e.inner())).code("invalid_json");
-        if path == "." {
+        if path == "." || path == "?" {
             err
         } else {
             err.param(path)
@@ -206,7 +205,9 @@ async fn accept(app: &Arc<App>, body: Result<Bytes, BytesRejection>) -> Result<R
         req.parse(&policy)
     })
     .await
-    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error reading the request"))??;
+    .map_err(|_| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error reading the request")
+    })??;
 
     let (tx, rx) = mpsc::channel(64);
     let job = Job {
@@ -231,7 +232,8 @@ async fn accept(app: &Arc<App>, body: Result<Bytes, BytesRejection>) -> Result<R
         return Err(err);
     }
     let id = format!("chatcmpl-{}", app.next_id.fetch_add(1, Ordering::Relaxed));
-    let meta = Meta { id, created: unix_now(), model: app.config.served_model_name.clone(), method: method_label(&spec) };
+    let meta =
+        Meta { id, created: unix_now(), model: app.config.served_model_name.clone(), method: method_label(&spec) };
     if stream {
         Ok(Sse::new(sse_stream(rx, meta, include_usage)).into_response())
     } else {
@@ -241,7 +243,10 @@ async fn accept(app: &Arc<App>, body: Result<Bytes, BytesRejection>) -> Result<R
 
 /// The server's default spec with the request's `pruning` keys laid over it. Switching `method` drops
 /// a default keep-list that belongs to the manual method.
-fn pruning_spec(defaults: &PruneSpec, overrides: Option<&serde_json::Map<String, Value>>) -> Result<PruneSpec, ApiError> {
+fn pruning_spec(
+    defaults: &PruneSpec,
+    overrides: Option<&serde_json::Map<String, Value>>,
+) -> Result<PruneSpec, ApiError> {
     let Some(overrides) = overrides else { return Ok(defaults.clone()) };
     let Value::Object(mut merged) = serde_json::to_value(defaults).expect("a spec serialises") else {
         unreachable!("a spec is an object")
@@ -337,7 +342,11 @@ fn chunk(meta: &Meta, delta: Value, finish: Option<&str>) -> SseEvent {
 /// `data: {chunk}` events: the role, one per piece of text, the finish reason (with the pruning
 /// report), usage when asked for, then `data: [DONE]`. Dropping the stream (client gone) closes the
 /// channel, which stops the worker's decoding.
-fn sse_stream(rx: mpsc::Receiver<Event>, meta: Meta, include_usage: bool) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+fn sse_stream(
+    rx: mpsc::Receiver<Event>,
+    meta: Meta,
+    include_usage: bool,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let mut pending = VecDeque::new();
     pending.push_back(chunk(&meta, json!({"role": "assistant", "content": ""}), None));
     stream::unfold((rx, meta, pending, false), move |(mut rx, meta, mut pending, mut ended)| async move {
@@ -373,7 +382,11 @@ fn sse_stream(rx: mpsc::Receiver<Event>, meta: Meta, include_usage: bool) -> imp
                     ended = true;
                 }
                 None => {
-                    let e = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the worker dropped the request");
+                    let e = ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "server_error",
+                        "the worker dropped the request",
+                    );
                     pending.push_back(SseEvent::default().data(e.body().to_string()));
                     pending.push_back(SseEvent::default().data("[DONE]"));
                     ended = true;

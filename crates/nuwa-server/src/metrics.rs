@@ -30,7 +30,11 @@ impl Histogram {
         for (c, b) in self.counts.iter().zip(&BUCKETS) {
             let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
         }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}", self.count, self.sum, self.count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+            self.count, self.sum, self.count
+        );
     }
 }
 
@@ -67,7 +71,9 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        out.push_str("# HELP nuwa_requests_total Requests answered, by HTTP status.\n# TYPE nuwa_requests_total counter\n");
+        out.push_str(
+            "# HELP nuwa_requests_total Requests answered, by HTTP status.\n# TYPE nuwa_requests_total counter\n",
+        );
         for (status, n) in self.by_status.lock().expect("metrics lock").iter() {
             let _ = writeln!(out, "nuwa_requests_total{{status=\"{status}\"}} {n}");
         }
@@ -76,8 +82,16 @@ impl Metrics {
             "# HELP nuwa_queue_depth Requests waiting for the worker.\n# TYPE nuwa_queue_depth gauge\nnuwa_queue_depth {}",
             self.queue_depth.load(Ordering::Relaxed)
         );
-        self.ttft.lock().expect("metrics lock").render("nuwa_time_to_first_token_seconds", "From accepting a request to its first token.", &mut out);
-        self.per_token.lock().expect("metrics lock").render("nuwa_time_per_output_token_seconds", "Between consecutive output tokens.", &mut out);
+        self.ttft.lock().expect("metrics lock").render(
+            "nuwa_time_to_first_token_seconds",
+            "From accepting a request to its first token.",
+            &mut out,
+        );
+        self.per_token.lock().expect("metrics lock").render(
+            "nuwa_time_per_output_token_seconds",
+            "Between consecutive output tokens.",
+            &mut out,
+        );
         for (name, help, v) in [
             ("nuwa_prompt_tokens_total", "Text tokens of prompts.", &self.prompt_tokens),
             ("nuwa_vision_tokens_total", "Vision tokens that entered the decoder.", &self.vision_tokens),

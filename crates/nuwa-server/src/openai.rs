@@ -65,7 +65,9 @@ impl From<nuwa::Error> for ApiError {
                 };
                 ApiError::bad_request(e.to_string()).param(param).code("invalid_value")
             }
-            E::ContextOverflow { .. } => ApiError::bad_request(e.to_string()).param("messages").code("context_length_exceeded"),
+            E::ContextOverflow { .. } => {
+                ApiError::bad_request(e.to_string()).param("messages").code("context_length_exceeded")
+            }
             E::Image(_) => ApiError::bad_request(e.to_string()).param("messages").code("invalid_image"),
             E::Unsupported(_) => ApiError::bad_request(e.to_string()).code("unsupported"),
             E::Tokenizer { .. } => ApiError::bad_request(e.to_string()).param("messages"),
@@ -154,7 +156,9 @@ fn refuse_unsupported(other: &serde_json::Map<String, Value>) -> Result<(), ApiE
         return Err(ApiError::bad_request("`logit_bias` is not supported").param("logit_bias"));
     }
     if set("response_format").is_some_and(|v| v.get("type") != Some(&json!("text"))) {
-        return Err(ApiError::bad_request("`response_format` other than text is not supported").param("response_format"));
+        return Err(
+            ApiError::bad_request("`response_format` other than text is not supported").param("response_format")
+        );
     }
     Ok(())
 }
@@ -193,8 +197,10 @@ impl ChatRequest {
                 "user" => Role::User,
                 "assistant" => Role::Assistant,
                 other => {
-                    return Err(ApiError::bad_request(format!("{at}.role {other:?} is not supported (system, user, assistant)"))
-                        .param(format!("{at}.role")))
+                    return Err(ApiError::bad_request(format!(
+                        "{at}.role {other:?} is not supported (system, user, assistant)"
+                    ))
+                    .param(format!("{at}.role")))
                 }
             };
             let parts = match &m.content {
@@ -208,7 +214,9 @@ impl ChatRequest {
                             ContentPart::ImageUrl { image_url } => {
                                 let param = format!("{at}.content[{j}].image_url.url");
                                 if image.is_some() {
-                                    return Err(ApiError::bad_request("only one image per request is supported").param(param));
+                                    return Err(
+                                        ApiError::bad_request("only one image per request is supported").param(param)
+                                    );
                                 }
                                 image = Some(load_image(&image_url.url, images).map_err(|e| e.param(param))?);
                                 out.push(Part::Image);
@@ -252,7 +260,8 @@ impl ChatRequest {
 fn load_image(url: &str, policy: &ImagePolicy<'_>) -> Result<image::RgbImage, ApiError> {
     let invalid = |m: String| ApiError::bad_request(m).code("invalid_image");
     let (bytes, what) = if let Some(rest) = url.strip_prefix("data:") {
-        let (meta, data) = rest.split_once(',').ok_or_else(|| invalid("a data URL needs a ',' before its data".into()))?;
+        let (meta, data) =
+            rest.split_once(',').ok_or_else(|| invalid("a data URL needs a ',' before its data".into()))?;
         if !meta.starts_with("image/") || !meta.ends_with(";base64") {
             return Err(invalid(format!("data URL of type {meta:?}: expected data:image/...;base64,")));
         }

@@ -39,7 +39,11 @@ pub struct Finished {
 }
 
 /// Starts the worker; requests go into the returned sender (at most `capacity` waiting).
-pub fn spawn(engine: Arc<Engine>, metrics: Arc<Metrics>, capacity: usize) -> (mpsc::Sender<Job>, std::thread::JoinHandle<()>) {
+pub fn spawn(
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    capacity: usize,
+) -> (mpsc::Sender<Job>, std::thread::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Job>(capacity.max(1));
     let handle = std::thread::Builder::new()
         .name("nuwa-worker".into())
@@ -74,7 +78,8 @@ pub fn spawn(engine: Arc<Engine>, metrics: Arc<Metrics>, capacity: usize) -> (mp
 }
 
 fn timeout() -> ApiError {
-    ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "the request ran past the server's request timeout").code("timeout")
+    ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "the request ran past the server's request timeout")
+        .code("timeout")
 }
 
 fn run(engine: &Engine, metrics: &Metrics, job: Job) -> Result<(), ApiError> {

@@ -62,7 +62,10 @@ impl Conversation {
         }
         let images = self.messages.iter().flat_map(|m| &m.parts).filter(|p| **p == Part::Image).count();
         if images > 1 {
-            return Err(Error::invalid("messages", format!("hold {images} images; one image per request is supported")));
+            return Err(Error::invalid(
+                "messages",
+                format!("hold {images} images; one image per request is supported"),
+            ));
         }
         if self.messages.iter().any(|m| m.role != Role::User && m.parts.contains(&Part::Image)) {
             return Err(Error::invalid("messages", "may carry an image only in a user message"));

@@ -233,7 +233,8 @@ fn text_only_prompt_runs() {
 fn unsupported_model_family_is_refused_by_name() {
     let dir = broken_checkpoint("family", |d| {
         let path = d.join("config.json");
-        let text = std::fs::read_to_string(&path).unwrap().replace("\"model_type\": \"llava\"", "\"model_type\": \"mllama\"");
+        let text =
+            std::fs::read_to_string(&path).unwrap().replace("\"model_type\": \"llava\"", "\"model_type\": \"mllama\"");
         std::fs::write(path, text).unwrap();
     });
     let err = load_err(&dir);

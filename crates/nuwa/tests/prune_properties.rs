@@ -176,3 +176,20 @@ fn random_selection_is_uniform_over_seeds() {
     assert!(chi2 < 800.0, "chi-square {chi2}");
     assert_ne!(nuwa::prune::random::indices(n, k, 1), nuwa::prune::random::indices(n, k, 2));
 }
+
+/// VisPruner keeps exactly `budget` distinct patches at every budget, the smallest included (a small
+/// residual once ran past the end of its candidates).
+#[test]
+fn vispruner_keeps_the_budget_at_every_size() {
+    use nuwa::prune::vispruner::select;
+    let n = 64;
+    let attn: Vec<f32> = (0..n).map(|i| ((i * 37) % 64) as f32 / 64.0).collect();
+    let rows: Vec<Vec<f32>> =
+        (0..n).map(|i| (0..6).map(|d| (((i * 7 + d * 13) % 11) as f32) - 5.0).collect()).collect();
+    for budget in 1..=n + 3 {
+        let (kept, important) = select(&attn, &rows, budget, 0.5);
+        assert_eq!(kept.len(), budget.min(n), "budget {budget}");
+        assert!(kept.windows(2).all(|w| w[0] < w[1]), "budget {budget}: sorted, distinct");
+        assert!(important.iter().all(|i| kept.contains(i)));
+    }
+}

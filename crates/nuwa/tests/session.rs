@@ -26,7 +26,8 @@ fn golden_text() -> String {
 fn stepping_yields_the_golden_greedy_tokens_and_text() {
     let e = engine();
     let state = e.prefill(&request(8, vec![])).unwrap();
-    let mut session = e.session(state, &Sampling::default(), SessionOptions { max_new_tokens: 8, ..Default::default() }).unwrap();
+    let mut session =
+        e.session(state, &Sampling::default(), SessionOptions { max_new_tokens: 8, ..Default::default() }).unwrap();
     let (mut tokens, mut streamed) = (Vec::new(), String::new());
     while let Some(step) = session.step().unwrap() {
         tokens.push(step.token);
@@ -63,7 +64,8 @@ fn a_stop_string_ends_the_answer_before_it() {
 fn cancelling_stops_at_once() {
     let e = engine();
     let state = e.prefill(&request(8, vec![])).unwrap();
-    let mut session = e.session(state, &Sampling::default(), SessionOptions { max_new_tokens: 8, ..Default::default() }).unwrap();
+    let mut session =
+        e.session(state, &Sampling::default(), SessionOptions { max_new_tokens: 8, ..Default::default() }).unwrap();
     session.step().unwrap().unwrap();
     session.step().unwrap().unwrap();
     session.cancel();

@@ -73,7 +73,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
         let addr = SocketAddr::new(args.host, args.port);
-        let server = Server::bind(engine, config, addr).await.with_context(|| format!("--host/--port: cannot listen on {addr}"))?;
+        let server = Server::bind(engine, config, addr)
+            .await
+            .with_context(|| format!("--host/--port: cannot listen on {addr}"))?;
         eprintln!("serving {} on http://{}", args.model.model, server.local_addr()?);
         server.run(shutdown_signal()).await?;
         eprintln!("stopped");
@@ -86,7 +88,8 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = interrupt => {}
             _ = term.recv() => {}

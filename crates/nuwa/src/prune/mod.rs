@@ -12,8 +12,8 @@ pub mod pdrop;
 pub mod pool;
 pub mod positions;
 pub mod random;
-pub mod spec;
 pub mod sparsevlm;
+pub mod spec;
 pub mod visionzip;
 pub mod vispruner;
 

@@ -68,7 +68,9 @@ impl PruneSpec {
             "fastv" => Method::FastV(fastv::FastV { budget: self.budget, count: self.fastv_count }),
             "manual" => match &self.keep {
                 Some(keep) => Method::Manual(random::Manual { keep: keep.clone() }),
-                None => return Err(Error::invalid("keep", "is required by the manual method (a list of patch indices)")),
+                None => {
+                    return Err(Error::invalid("keep", "is required by the manual method (a list of patch indices)"))
+                }
             },
             other => Method::from_name(other, self.budget, self.seed)?,
         };

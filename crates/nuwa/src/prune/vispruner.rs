@@ -40,7 +40,8 @@ pub fn select(attn: &[f32], x: &[Vec<f32>], budget: usize, important_ratio: f64)
             a.iter().map(|&i| b.iter().map(|&j| cos(i, j)).fold(f64::NEG_INFINITY, f64::max)).collect();
         let mut rank: Vec<usize> = (0..a.len()).collect();
         rank.sort_by(|&p, &q| score[q].total_cmp(&score[p]).then(p.cmp(&q)));
-        residual = rank[drop..].iter().map(|&k| a[k]).chain(b).collect();
+        // As Python's `rank[drop:]`: with fewer candidates than drops, all of them go.
+        residual = rank[drop.min(a.len())..].iter().map(|&k| a[k]).chain(b).collect();
     }
     let mut kept: Vec<usize> = important.iter().chain(&residual).copied().collect();
     kept.sort_unstable();

@@ -314,6 +314,7 @@ pub fn vicuna_v1(conversation: &Conversation) -> String {
 }
 
 fn text_of(m: &Message) -> String {
-    let texts: Vec<&str> = m.parts.iter().filter_map(|p| if let Part::Text(t) = p { Some(t.trim()) } else { None }).collect();
+    let texts: Vec<&str> =
+        m.parts.iter().filter_map(|p| if let Part::Text(t) = p { Some(t.trim()) } else { None }).collect();
     texts.join("\n")
 }
