@@ -286,3 +286,14 @@ async fn bad_requests_get_their_status_and_an_error_object() {
         assert!(metrics.contains(key), "{key} missing from /metrics");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_the_timeout_gets_504_and_the_server_goes_on() {
+    let addr =
+        start(ServerConfig { request_timeout: std::time::Duration::from_millis(1), ..ServerConfig::default() }).await;
+    let (status, v) = post(addr, &chat_body("Write a long answer", false, 3000, json!({"method": "none"}))).await;
+    assert_eq!(status, 504, "{v}");
+    assert_eq!(v["error"]["code"], "timeout");
+    let r = reqwest::get(format!("http://{addr}/health")).await.unwrap();
+    assert_eq!(r.status(), 200);
+}

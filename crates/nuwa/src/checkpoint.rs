@@ -34,8 +34,17 @@ impl Checkpoint {
         let config_text = read_to_string(&config_path)?;
         let weight_files = weight_files(dir)?;
         let mut tensor_names = BTreeSet::new();
+        let mut first_file: BTreeMap<String, &Path> = BTreeMap::new();
         for f in &weight_files {
-            tensor_names.extend(safetensors_names(f)?);
+            for name in safetensors_names(f)? {
+                if let Some(other) = first_file.insert(name.clone(), f) {
+                    return Err(Error::checkpoint(
+                        f,
+                        format!("tensor {name} is also in {}: which copy is meant is ambiguous", other.display()),
+                    ));
+                }
+                tensor_names.insert(name);
+            }
         }
         let tokenizer_file = dir.join("tokenizer.json");
         if !tokenizer_file.is_file() {
@@ -85,6 +94,11 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         return shards
             .into_iter()
             .map(|s| {
+                // A shard must be a file of this folder: no absolute paths, no `..`.
+                let plain = Path::new(s).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+                if !plain {
+                    return Err(Error::config(&index, format!("shard file name {s:?} leaves the model folder")));
+                }
                 let p = dir.join(s);
                 if p.is_file() {
                     Ok(p)
@@ -126,6 +140,12 @@ pub fn safetensors_names(path: &Path) -> Result<Vec<String>> {
     for (name, info) in header {
         if name == "__metadata__" {
             continue;
+        }
+        // Weights are floats; an integer tensor where a weight belongs would be cast and used silently.
+        let dtype = info.get("dtype").and_then(|d| d.as_str()).unwrap_or("");
+        let is_weight = name.ends_with(".weight") || name.ends_with(".bias") || name.ends_with("embedding");
+        if is_weight && !matches!(dtype, "F32" | "F16" | "BF16" | "F64") {
+            return Err(bad(format!("tensor {name} has dtype {dtype}; a weight must be F32, F16, BF16 or F64")));
         }
         let end = info
             .get("data_offsets")

@@ -38,6 +38,13 @@ impl Sampler {
     /// Picks a token from last-position logits (vocab,).
     pub fn sample(&mut self, logits: &Tensor) -> Result<u32> {
         let logits = logits.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Unsupported(format!(
+                "the model produced a non-finite logit ({} for token {i}): its weights or inputs hold NaN or \
+                 infinity, or the dtype overflowed (try f32)",
+                logits[i]
+            )));
+        }
         if self.cfg.temperature == 0.0 {
             return Ok(argmax(&logits));
         }

@@ -35,6 +35,12 @@ pub enum PreprocessError {
         *width as u64 * *height as u64
     )]
     TooLarge { what: String, width: u32, height: u32, max_pixels: u64 },
+    #[error("image {what} is truncated: the JPEG data has no end-of-image marker")]
+    Truncated { what: String },
+    #[error("image {path} is not a regular file (a directory, FIFO or device cannot be read as an image)")]
+    NotAFile { path: String },
+    #[error("image file {path} is {size} bytes, above the {max} bytes an image may have")]
+    FileTooLarge { path: String, size: u64, max: u64 },
     #[error("image {what} is {width}x{height}; expected at least one pixel")]
     ZeroSize { what: String, width: u32, height: u32 },
     #[error("cannot read preprocessor config {path}: {source}")]
@@ -49,10 +55,24 @@ pub enum PreprocessError {
 
 /// Loads an image file of any supported format and colour type as 8-bit RGB.
 pub fn load_image(path: &Path) -> Result<RgbImage, PreprocessError> {
-    let bytes = std::fs::read(path)
-        .map_err(|source| PreprocessError::ReadImage { path: path.display().to_string(), source })?;
-    decode_image(&bytes, &path.display().to_string())
+    use std::io::Read;
+    let shown = path.display().to_string();
+    let read_err = |source| PreprocessError::ReadImage { path: shown.clone(), source };
+    // Only regular files: a FIFO would block forever, a device read without end.
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(PreprocessError::NotAFile { path: shown });
+    }
+    if meta.len() > MAX_IMAGE_FILE_BYTES {
+        return Err(PreprocessError::FileTooLarge { path: shown, size: meta.len(), max: MAX_IMAGE_FILE_BYTES });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path).and_then(|f| f.take(MAX_IMAGE_FILE_BYTES).read_to_end(&mut bytes)).map_err(read_err)?;
+    decode_image(&bytes, &shown)
 }
+
+/// The largest image file read (a file growing while it is read stops here too).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 1 << 30;
 
 /// Decodes an in-memory image (e.g. a Parquet cell) as 8-bit RGB; `what` names it in errors.
 ///
@@ -78,8 +98,17 @@ pub fn decode_image_within(bytes: &[u8], what: &str, max_pixels: u64) -> Result<
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| decode_err(image::ImageError::IoError(e)))?;
-    if reader.format().is_none() {
-        return Err(PreprocessError::UnknownFormat { what: what.to_owned() });
+    match reader.format() {
+        None => return Err(PreprocessError::UnknownFormat { what: what.to_owned() }),
+        // The JPEG decoder fills a cut-off image with grey instead of failing: require its end marker
+        // (some writers pad after it).
+        Some(image::ImageFormat::Jpeg) => {
+            let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            if !bytes[..end].ends_with(&[0xFF, 0xD9]) {
+                return Err(PreprocessError::Truncated { what: what.to_owned() });
+            }
+        }
+        Some(_) => {}
     }
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
     let (w, h) = decoder.dimensions();

@@ -241,3 +241,131 @@ fn unsupported_model_family_is_refused_by_name() {
     assert!(err.contains("config.json") && err.contains("model_type") && err.contains("mllama"), "{err}");
     assert!(err.contains("llava"), "names what is supported: {err}");
 }
+
+/// A PNG of `w`×`h` whose header then claims `claim`×`claim` pixels (a decompression bomb).
+fn png_claiming(claim: u32) -> Vec<u8> {
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::RgbImage::new(4, 4).write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let mut b = png.into_inner();
+    b[16..20].copy_from_slice(&claim.to_be_bytes());
+    b[20..24].copy_from_slice(&claim.to_be_bytes());
+    // A valid header checksum, so only the size is wrong.
+    let crc = crc32(&b[12..29]);
+    b[29..33].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// PNG's CRC-32 (ISO-HDLC).
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &byte in bytes {
+        c ^= byte as u32;
+        for _ in 0..8 {
+            c = if c & 1 == 1 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+#[test]
+fn hostile_images_are_refused_before_decoding() {
+    // Claims 10^10 pixels: refused from the header, nothing allocated.
+    let err = image_err("bomb.png", &png_claiming(100_000));
+    assert!(err.contains("pixels") && err.contains("limit"), "{err}");
+    let bytes = png_claiming(100_000);
+    let err = nuwa::preprocess::decode_image_within(&bytes, "bomb", 1000).unwrap_err().to_string();
+    assert!(err.contains("1000"), "{err}");
+    // A JPEG cut in half decodes to grey without complaint unless its end marker is required.
+    let img = nuwa::preprocess::load_image(&tiny_dir().join("image.png")).unwrap();
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+    let jpeg = jpeg.into_inner();
+    assert!(nuwa::preprocess::decode_image(&jpeg, "whole").is_ok());
+    let err = image_err("half.jpg", &jpeg[..jpeg.len() / 2]);
+    assert!(err.contains("truncated"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn special_files_are_not_read_as_images() {
+    let dir = std::env::temp_dir().join(format!("nuwa-errors-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("pipe.png");
+    let _ = std::fs::remove_file(&fifo);
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for path in [fifo.as_path(), Path::new("/dev/zero"), dir.as_path()] {
+        let err = nuwa::preprocess::load_image(path).unwrap_err().to_string();
+        assert!(err.contains("not a regular file") && err.contains(path.to_str().unwrap()), "{err}");
+    }
+}
+
+#[test]
+fn config_values_that_would_give_nan_are_refused() {
+    for (edit, field) in [
+        (r#""rope_theta": 10000.0"#, r#""rope_theta": 0"#),
+        (r#""rms_norm_eps": 1e-05"#, r#""rms_norm_eps": -1"#),
+        (r#""num_hidden_layers": 32"#, r#""num_hidden_layers": 0"#),
+    ] {
+        let dir = broken_checkpoint(&format!("nan-{}", field.len()), |d| {
+            let path = d.join("config.json");
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(text.contains(edit), "fixture config lacks {edit}");
+            std::fs::write(path, text.replace(edit, field)).unwrap();
+        });
+        let err = load_err(&dir);
+        let name = field.split('"').nth(1).unwrap();
+        assert!(err.contains("config.json") && err.contains(name), "{field}: {err}");
+    }
+}
+
+#[test]
+fn non_finite_pixel_values_are_refused() {
+    let mut req = request(Method::NONE, 1);
+    let nan = (g("pixel_values") * f64::NAN).unwrap();
+    req.image = Some(ImageInput::Pixels(nan));
+    let err = engine().generate(&req, &mut |_| {}).unwrap_err();
+    assert_eq!(err.field(), Some("pixel_values"), "{err}");
+}
+
+#[test]
+fn silently_wrong_weight_files_are_refused() {
+    // An integer tensor where a float weight belongs.
+    let dir = broken_checkpoint("i64", |d| {
+        let f = d.join("model.safetensors");
+        let mut all = candle_core::safetensors::load(&f, &Device::Cpu).unwrap();
+        all.insert("multi_modal_projector.linear_1.bias".into(), Tensor::zeros(64, DType::I64, &Device::Cpu).unwrap());
+        candle_core::safetensors::save(&all, &f).unwrap();
+    });
+    let err = load_err(&dir);
+    assert!(err.contains("multi_modal_projector.linear_1.bias") && err.contains("I64"), "{err}");
+    // The same tensor in two shards.
+    let dir = broken_checkpoint("dup-shards", |d| {
+        let all = candle_core::safetensors::load(d.join("model.safetensors"), &Device::Cpu).unwrap();
+        std::fs::remove_file(d.join("model.safetensors")).unwrap();
+        let names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+        let mut map = serde_json::Map::new();
+        for (i, k) in all.keys().enumerate() {
+            map.insert(k.clone(), names[i % 2].into());
+        }
+        // Each shard holds every tensor, although the index names only half of them in each.
+        for name in names {
+            candle_core::safetensors::save(&all, d.join(name)).unwrap();
+        }
+        std::fs::write(d.join("model.safetensors.index.json"), serde_json::json!({"weight_map": map}).to_string())
+            .unwrap();
+    });
+    let err = load_err(&dir);
+    assert!(err.contains("also in") && err.contains("model-00001-of-00002.safetensors"), "{err}");
+    // A shard index pointing outside the model folder.
+    for escape in ["../model.safetensors", "/etc/passwd"] {
+        let dir = broken_checkpoint("escape", |d| {
+            std::fs::write(
+                d.join("model.safetensors.index.json"),
+                serde_json::json!({"weight_map": {"a": escape}}).to_string(),
+            )
+            .unwrap();
+        });
+        let err = load_err(&dir);
+        assert!(err.contains("leaves the model folder") && err.contains(escape), "{escape}: {err}");
+    }
+}

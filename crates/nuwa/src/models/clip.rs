@@ -70,6 +70,19 @@ impl Config {
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
+            return Err(format!("vision_config.layer_norm_eps must be a positive number, got {}", self.layer_norm_eps));
+        }
+        for (name, v) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("image_size", self.image_size),
+        ] {
+            if v == 0 {
+                return Err(format!("vision_config.{name} must be at least 1"));
+            }
+        }
         if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return Err(format!(
                 "vision_config.image_size {} is not a multiple of patch_size {}",

@@ -90,6 +90,25 @@ impl Config {
 
     /// Rejects values this implementation would otherwise silently compute wrongly.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        // Values that would otherwise run and produce NaN or nothing.
+        let theta = self.rope_theta();
+        if !(theta > 0.0 && theta.is_finite()) {
+            return Err(format!("text_config.rope_theta must be a positive number, got {theta}"));
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
+            return Err(format!("text_config.rms_norm_eps must be a positive number, got {}", self.rms_norm_eps));
+        }
+        for (name, v) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("vocab_size", self.vocab_size()),
+        ] {
+            if v == 0 {
+                return Err(format!("text_config.{name} must be at least 1"));
+            }
+        }
         if self.hidden_act != "silu" {
             return Err(format!("text_config.hidden_act: only \"silu\" is supported, got {:?}", self.hidden_act));
         }

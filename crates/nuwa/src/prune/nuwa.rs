@@ -96,6 +96,12 @@ impl NuwaConfig {
     /// The stage-2 layer for a decoder of `depth` layers, checked.
     pub fn stage2_layer(&self, depth: usize) -> Result<usize> {
         let layer = self.stage2_layer.unwrap_or(depth / 2);
+        if depth < 2 {
+            return Err(Error::invalid(
+                "stage2_layer",
+                format!("needs a decoder of 2 or more layers; this one has {depth}"),
+            ));
+        }
         if layer == 0 || layer >= depth {
             return Err(Error::invalid(
                 "stage2_layer",
