@@ -110,6 +110,9 @@ fn bad_values_are_named() {
     assert!(run(&["--warmup", "-1"]).contains("--warmup"));
     assert!(run(&["--llm-layers", "1"]).contains("--llm-layers"));
     assert!(run(&["--stage2-layer", "32"]).contains("--stage2-layer"));
+    // An unwritable output path fails before anything is measured.
+    let err = fails(&["bench", "--preset", "tiny", "--runs", "1", "--save-json", "/no/such/dir/out.json"]);
+    assert!(err.contains("--save-json") && err.contains("/no/such/dir/out.json"), "{err}");
     let err = fails(&["bench", "--preset", "gpt-4", "--flops-only"]);
     assert!(err.contains("gpt-4") && err.contains("llava-1.5-7b"), "{err}");
     let err = fails(&["bench", "--model", "/no/such/checkpoint", "--flops-only"]);

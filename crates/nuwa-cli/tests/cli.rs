@@ -187,5 +187,16 @@ fn manual_keep_file_and_its_errors() {
     let err = fails(&generate_args("hi", &["--prune", "manual", "--keep-file", keep.to_str().unwrap()]));
     assert!(err.contains("keep.json") && err.contains("JSON list"), "{err}");
     assert!(fails(&generate_args("hi", &["--prune", "manual"])).contains("--keep-file"));
+    // A keep list given to another method is refused, not silently ignored.
+    std::fs::write(&keep, "[0, 1]").unwrap();
+    let err = fails(&generate_args("hi", &["--prune", "nuwa", "--keep-file", keep.to_str().unwrap()]));
+    assert!(err.contains("--keep-file") && err.contains("manual"), "{err}");
     assert!(fails(&generate_args("hi", &["--prune", "pdrop", "--budget", "100"])).contains("--budget 100"));
+}
+
+#[test]
+fn a_budget_above_the_patch_count_reports_what_ran() {
+    let v = generate_json(&["--prune", "nuwa", "--budget", "5000"]);
+    assert_eq!(v["vision"]["budget"], 576);
+    assert_eq!(v["vision"]["budget_requested"], 5000);
 }

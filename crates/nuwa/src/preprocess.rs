@@ -10,25 +10,18 @@ use image::{DynamicImage, ImageDecoder, ImageReader, Rgb, RgbImage};
 
 /// Everything that can go wrong while loading an image or a preprocessor config.
 ///
-/// Each variant names its source (a path, or whatever the caller passed as `what`).
+/// Each variant names its source (a path, or whatever the caller passed as `what`) and states its cause
+/// in its own message (not also as an error source, which would print it twice).
 #[derive(Debug, thiserror::Error)]
 pub enum PreprocessError {
-    #[error("cannot read image file {path}: {source}")]
-    ReadImage {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read image file {path}: {cause}")]
+    ReadImage { path: String, cause: std::io::Error },
     #[error("image {what} is empty (0 bytes); expected PNG, JPEG, WebP, BMP, GIF or TIFF data")]
     EmptyImage { what: String },
     #[error("image {what} is in an unrecognised format; expected PNG, JPEG, WebP, BMP, GIF or TIFF data")]
     UnknownFormat { what: String },
-    #[error("cannot decode image {what} (corrupt, truncated or unsupported data): {source}")]
-    Decode {
-        what: String,
-        #[source]
-        source: image::ImageError,
-    },
+    #[error("cannot decode image {what} (corrupt, truncated or unsupported data): {cause}")]
+    Decode { what: String, cause: image::ImageError },
     #[error(
         "image {what} is {width}x{height} = {} pixels, above the limit of {max_pixels} (a decompression bomb, \
          or raise the pixel limit)",
@@ -43,12 +36,8 @@ pub enum PreprocessError {
     FileTooLarge { path: String, size: u64, max: u64 },
     #[error("image {what} is {width}x{height}; expected at least one pixel")]
     ZeroSize { what: String, width: u32, height: u32 },
-    #[error("cannot read preprocessor config {path}: {source}")]
-    ReadConfig {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read preprocessor config {path}: {cause}")]
+    ReadConfig { path: String, cause: std::io::Error },
     #[error("invalid preprocessor config {path}: {message}")]
     Config { path: String, message: String },
 }
@@ -57,7 +46,7 @@ pub enum PreprocessError {
 pub fn load_image(path: &Path) -> Result<RgbImage, PreprocessError> {
     use std::io::Read;
     let shown = path.display().to_string();
-    let read_err = |source| PreprocessError::ReadImage { path: shown.clone(), source };
+    let read_err = |cause| PreprocessError::ReadImage { path: shown.clone(), cause };
     // Only regular files: a FIFO would block forever, a device read without end.
     let meta = std::fs::metadata(path).map_err(read_err)?;
     if !meta.is_file() {
@@ -94,7 +83,7 @@ pub fn decode_image_within(bytes: &[u8], what: &str, max_pixels: u64) -> Result<
     if bytes.is_empty() {
         return Err(PreprocessError::EmptyImage { what: what.to_owned() });
     }
-    let decode_err = |source| PreprocessError::Decode { what: what.to_owned(), source };
+    let decode_err = |cause| PreprocessError::Decode { what: what.to_owned(), cause };
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| decode_err(image::ImageError::IoError(e)))?;

@@ -129,6 +129,11 @@ impl TextTokenizer {
             .map_err(|e| Error::Tokenizer { path: self.path.clone(), msg: format!("cannot decode tokens: {e}") })
     }
 
+    /// The largest id the tokenizer can produce, added tokens included.
+    pub fn max_token_id(&self) -> u32 {
+        self.inner.get_vocab(true).into_values().max().unwrap_or(0)
+    }
+
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }

@@ -369,3 +369,24 @@ fn silently_wrong_weight_files_are_refused() {
         assert!(err.contains("leaves the model folder") && err.contains(escape), "{escape}: {err}");
     }
 }
+
+#[test]
+fn mismatched_companion_files_are_named_at_load() {
+    // Without preprocessor_config.json, CLIPImageProcessor's 224 default cannot feed a 336 encoder.
+    let dir =
+        broken_checkpoint("no-preprocessor", |d| std::fs::remove_file(d.join("preprocessor_config.json")).unwrap());
+    let err = load_err(&dir);
+    assert!(err.contains("preprocessor_config.json is missing") && err.contains("image_size"), "{err}");
+    // A tokenizer with ids beyond the model's vocabulary.
+    let dir = broken_checkpoint("vocab", |d| {
+        let path = d.join("tokenizer.json");
+        let mut t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        t["model"]["vocab"]["<beyond>"] = serde_json::json!(40000);
+        std::fs::write(path, t.to_string()).unwrap();
+    });
+    let err = match Engine::load(&dir, &LoadOptions::default()) {
+        Ok(_) => panic!("a 1000-token vocabulary should be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("tokenizer.json") && err.contains("vocab_size"), "{err}");
+}

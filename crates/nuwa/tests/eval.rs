@@ -946,6 +946,8 @@ fn configuration_grid_and_shard_parsing() {
     assert!(EvalConfig::grid(&["magic".into()], &[64], 0).unwrap_err().to_string().contains("magic"));
     assert!(EvalConfig::grid(&["pdrop".into()], &[100], 0).is_err());
     assert!(EvalConfig::grid(&["nuwa".into()], &[0], 0).is_err());
+    let manual = EvalConfig::grid(&["manual".into()], &[64], 0).unwrap_err();
+    assert!(manual.field() == Some("prune") && manual.to_string().contains("generate"), "{manual}");
     assert_eq!("1/4".parse::<Shard>().unwrap(), Shard { index: 1, count: 4 });
     for bad in ["4/4", "1", "a/b", "0/0"] {
         assert_eq!(bad.parse::<Shard>().unwrap_err().field(), Some("shard"), "{bad}");

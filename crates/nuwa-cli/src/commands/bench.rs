@@ -101,6 +101,7 @@ const TIMES: [Timed; 6] = [
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let runs = positive("--runs", args.runs)?;
+    check_writable(&args)?;
     let warmup =
         usize::try_from(args.warmup).map_err(|_| anyhow::anyhow!("--warmup must be 0 or more, got {}", args.warmup))?;
     if args.prune.is_empty() {
@@ -179,6 +180,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&describe, &report);
+    }
+    Ok(())
+}
+
+/// Fails now, not after the whole run, when `--save-json` cannot be written.
+fn check_writable(args: &BenchArgs) -> Result<()> {
+    if let Some(path) = &args.save_json {
+        let existed = path.exists();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("--save-json {}: cannot write there", path.display()))?;
+        if !existed {
+            let _ = std::fs::remove_file(path);
+        }
     }
     Ok(())
 }

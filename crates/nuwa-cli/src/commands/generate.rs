@@ -39,6 +39,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         println!();
         out
     };
+    super::warn_capped_budget(&out);
     if let (Some(path), Some(image)) = (&args.overlay, &args.image) {
         super::overlay::write(path, image, &out, args.heatmap, None)?;
     }

@@ -58,6 +58,7 @@ pub fn run(args: GroundArgs) -> Result<()> {
         stop: Vec::new(),
     };
     let out = engine.generate(&req, &mut |_| {})?;
+    super::warn_capped_budget(&out);
     let geometry = out.encoded.as_ref().and_then(|e| e.geometry).context("the engine returned no image geometry")?;
     let found = ground_box(&out.text, &geometry);
     if let Some(path) = &args.overlay {

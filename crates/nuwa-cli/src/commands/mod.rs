@@ -39,6 +39,15 @@ pub fn device(arg: DeviceArg) -> Result<candle_core::Device> {
     })
 }
 
+/// Says on stderr when the budget asked for was above the image's tokens (the JSON reports both).
+pub fn warn_capped_budget(out: &nuwa::Generation) {
+    if let Some(v) = &out.vision {
+        if let (Some(asked), Some(ran)) = (v.budget_requested, v.budget) {
+            eprintln!("note: --budget {asked} is above this image's {ran} vision tokens; ran with {ran}");
+        }
+    }
+}
+
 pub fn load_engine(args: &ModelArgs) -> Result<Engine> {
     let opts = LoadOptions { dtype: dtype(args.dtype), device: device(args.device)?, ..LoadOptions::default() };
     let dir = nuwa::checkpoint::resolve(&args.model)?;

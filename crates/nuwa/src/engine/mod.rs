@@ -88,7 +88,11 @@ impl EncodedImage {
 pub struct VisionReport {
     pub grid: [usize; 2],
     pub method: &'static str,
+    /// The budget that ran: the one asked for, capped at the image's vision tokens.
     pub budget: Option<usize>,
+    /// The budget asked for, when it was above the image's vision tokens (and so capped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_requested: Option<usize>,
     pub positions: PositionPolicy,
     pub k1: usize,
     pub k2: Option<usize>,
@@ -155,6 +159,16 @@ impl Engine {
         let family = crate::models::detect(&ckpt)?;
         let model = (family.load)(&ckpt, opts)?;
         let tokenizer = TextTokenizer::from_file(&ckpt.tokenizer_file)?;
+        let vocab = model.decoder().config().vocab_size();
+        if tokenizer.max_token_id() as usize >= vocab {
+            return Err(Error::Tokenizer {
+                path: ckpt.tokenizer_file.clone(),
+                msg: format!(
+                    "produces ids up to {} but the model's vocab_size is {vocab} (a tokenizer from another model?)",
+                    tokenizer.max_token_id()
+                ),
+            });
+        }
         let eos = if ckpt.eos_token_ids.is_empty() {
             model.default_eos(Some(&tokenizer))
         } else {
@@ -436,7 +450,8 @@ impl Engine {
         VisionReport {
             grid: [rows, cols],
             method: method.name(),
-            budget: method.budget(),
+            budget: method.budget().map(|b| b.min(e.layout.len())),
+            budget_requested: method.budget().filter(|&b| b > e.layout.len()),
             positions,
             k1: e.sources.len(),
             k2: cuts.last().map(|c| c.kept.len()),

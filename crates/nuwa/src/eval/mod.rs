@@ -152,6 +152,11 @@ impl EvalConfig {
     pub fn new(prune: &str, budget: Option<usize>, seed: u64) -> Result<Self> {
         match (prune.trim(), budget) {
             ("none", _) => Ok(Self { name: "none".into(), method: Method::NONE }),
+            ("manual", _) => Err(Error::invalid(
+                "prune",
+                "manual keeps a hand-picked list of one image's patches; evaluation runs budgeted methods \
+                 (use generate or ground with a keep list)",
+            )),
             (name, Some(budget)) => {
                 Ok(Self { name: format!("{name}@{budget}"), method: Method::from_name(name, budget, seed)? })
             }

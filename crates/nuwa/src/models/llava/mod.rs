@@ -76,6 +76,17 @@ impl Llava {
             Some(p) => PreprocessConfig::from_file(p)?,
             None => PreprocessConfig::default(),
         };
+        let side = config.vision_config.image_size as u32;
+        if let Some((w, h)) = processor.output_size().filter(|&s| s != (side, side)) {
+            let file = ckpt.preprocessor_file.as_ref().map_or_else(
+                || "preprocessor_config.json is missing and CLIPImageProcessor's default".to_owned(),
+                |p| format!("{} (crop_size/size)", p.display()),
+            );
+            return Err(Error::config(
+                &ckpt.config_path,
+                format!("{file} makes {w}x{h} images but vision_config.image_size is {side}"),
+            ));
+        }
         let vb = ckpt.var_builder(opts.dtype, &opts.device)?;
         Self::new(&config, &prefixes, processor, vb).map_err(|e| match e {
             Error::Tensor(e) => Error::checkpoint(&ckpt.dir, e.to_string()),

@@ -88,8 +88,24 @@ impl PreprocessConfig {
     pub fn from_file(path: &Path) -> Result<Self, PreprocessError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path)
-            .map_err(|source| PreprocessError::ReadConfig { path: shown.clone(), source })?;
+            .map_err(|cause| PreprocessError::ReadConfig { path: shown.clone(), cause })?;
         serde_json::from_str(&text).map_err(|e| PreprocessError::Config { path: shown, message: e.to_string() })
+    }
+
+    /// (width, height) of what this config makes of a padded square image, when that does not depend
+    /// on the image.
+    pub fn output_size(&self) -> Option<(u32, u32)> {
+        if self.do_center_crop {
+            Some((self.crop_size.width, self.crop_size.height))
+        } else if self.do_resize {
+            let side = match self.size {
+                Size::ShortestEdge(n) => n,
+                Size::Exact { height, width } => return Some((width, height)),
+            };
+            Some((side, side))
+        } else {
+            None
+        }
     }
 
     /// LLaVA's padding colour: `tuple(int(x * 255) for x in image_mean)`.
