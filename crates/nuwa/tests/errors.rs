@@ -390,3 +390,20 @@ fn mismatched_companion_files_are_named_at_load() {
     };
     assert!(err.contains("tokenizer.json") && err.contains("vocab_size"), "{err}");
 }
+
+#[test]
+fn every_method_runs_or_refuses_at_every_budget() {
+    let e = engine();
+    for name in nuwa::prune::METHOD_NAMES.iter().filter(|&&n| n != "manual" && n != "none") {
+        for budget in [1, 2, 9, 575, 1000] {
+            match Method::from_name(name, budget, 0) {
+                Ok(method) => {
+                    let pre = e.prefill(&request(method, 1)).unwrap_or_else(|err| panic!("{name}@{budget}: {err}"));
+                    let report = pre.vision.unwrap();
+                    assert!(report.k1 >= 1 && report.k1 <= 577, "{name}@{budget}: {} tokens", report.k1);
+                }
+                Err(err) => assert_eq!(err.field(), Some("budget"), "{name}@{budget}: {err}"),
+            }
+        }
+    }
+}
