@@ -407,3 +407,15 @@ fn every_method_runs_or_refuses_at_every_budget() {
         }
     }
 }
+
+#[test]
+fn a_missing_config_section_is_named_when_the_weights_disagree() {
+    let dir = broken_checkpoint("no-vision-config", |d| {
+        let path = d.join("config.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("vision_config");
+        std::fs::write(path, v.to_string()).unwrap();
+    });
+    let err = load_err(&dir);
+    assert!(err.contains("no vision_config section"), "{err}");
+}

@@ -25,6 +25,9 @@ pub struct Config {
     pub vocab_size: Option<usize>,
     #[serde(alias = "dtype")]
     pub torch_dtype: Option<String>,
+    /// Sections absent from the file, filled with transformers' defaults (named if the weights disagree).
+    #[serde(skip)]
+    pub defaulted_sections: Vec<&'static str>,
 }
 
 fn default_vision_config() -> clip::Config {
@@ -63,6 +66,9 @@ impl Config {
             p if p == "." => format!("malformed config: {}", e.inner()),
             p => format!("field `{p}`: {}", e.inner()),
         })?;
+        let raw: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("malformed config: {e}"))?;
+        cfg.defaulted_sections =
+            ["vision_config", "text_config"].into_iter().filter(|k| raw.get(k).is_none_or(|v| v.is_null())).collect();
         if cfg.text_config.vocab_size.is_none() {
             cfg.text_config.vocab_size = cfg.vocab_size;
         }

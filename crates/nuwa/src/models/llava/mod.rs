@@ -89,6 +89,14 @@ impl Llava {
         }
         let vb = ckpt.var_builder(opts.dtype, &opts.device)?;
         Self::new(&config, &prefixes, processor, vb).map_err(|e| match e {
+            Error::Tensor(e) if !config.defaulted_sections.is_empty() => Error::checkpoint(
+                &ckpt.dir,
+                format!(
+                    "{e} — config.json has no {} section, and transformers' defaults for it (LLaVA-1.5-7B's) do not \
+                     match these weights",
+                    config.defaulted_sections.join(" or ")
+                ),
+            ),
             Error::Tensor(e) => Error::checkpoint(&ckpt.dir, e.to_string()),
             e => e,
         })
