@@ -146,6 +146,12 @@ fn score_rec_prints_the_means() {
     std::fs::write(&file, "{\"response\": \"[0, 0, 1, 1]\", \"bbox\": [0.1]}\n").unwrap();
     let err = fails(&["score", "rec", "--predictions", file.to_str().unwrap()]);
     assert!(err.contains("preds.jsonl:1") && err.contains("bbox"), "{err}");
+    // Nothing to score, and boxes without area, are errors rather than zeros.
+    std::fs::write(&file, "").unwrap();
+    assert!(fails(&["score", "rec", "--predictions", file.to_str().unwrap()]).contains("no predictions"));
+    std::fs::write(&file, "{\"response\": \"[0, 0, 1, 1]\", \"bbox\": [0.5, 0.5, 0.5, 0.9]}\n").unwrap();
+    let err = fails(&["score", "rec", "--predictions", file.to_str().unwrap()]);
+    assert!(err.contains("preds.jsonl:1") && err.contains("area"), "{err}");
 }
 
 #[test]

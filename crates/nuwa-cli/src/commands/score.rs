@@ -18,8 +18,15 @@ pub fn rec(path: &Path, as_json: bool) -> Result<()> {
         let response = v["response"].as_str().with_context(|| format!("{}: missing string field `response`", at()))?;
         let bbox: [f64; 4] = serde_json::from_value(v["bbox"].clone())
             .with_context(|| format!("{}: field `bbox` must be [x1, y1, x2, y2] (normalised numbers)", at()))?;
+        let [x1, y1, x2, y2] = bbox;
+        anyhow::ensure!(
+            bbox.iter().all(|v| v.is_finite()) && x2 > x1 && y2 > y1,
+            "{}: field `bbox` {bbox:?} must be finite with x2 > x1 and y2 > y1 (a box with area)",
+            at()
+        );
         rows.push(rec::score_row(response, bbox));
     }
+    anyhow::ensure!(!rows.is_empty(), "{}: no predictions to score (the file has no rows)", path.display());
     let summary = rec::summarize(&rows);
     if as_json {
         println!("{}", serde_json::to_string_pretty(&summary.to_json())?);
