@@ -689,7 +689,14 @@ fn manifest_fields_for_each_task() {
     let e = samples_of(Task::Rec, &obj(json!({"expression": "x", "bbox": [1, 2, 3]})), 1).unwrap_err();
     assert!(e.contains("`bbox`"), "{e}");
     let e = samples_of(Task::Rec, &obj(json!({"expression": "x", "bbox": [1, 2, -3, 4]})), 1).unwrap_err();
-    assert!(e.contains("negative"), "{e}");
+    assert!(e.contains("positive"), "{e}");
+    let e = samples_of(Task::Rec, &obj(json!({"expression": "x", "bbox": [1, 2, 0, 4]})), 1).unwrap_err();
+    assert!(e.contains("area"), "{e}");
+    let e = samples_of(Task::Rec, &obj(json!({"expression": "x", "bbox": [1e308, 2, 1e308, 4]})), 1).unwrap_err();
+    assert!(e.contains("overflows"), "{e}");
+    // An answer box too long to be a number is unparsed, never an infinite box.
+    let huge = format!("[0.1, 0.2, {}, 0.5]", "9".repeat(400));
+    assert_eq!(nuwa::score::rec::parse_box(&huge), None);
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -507,8 +507,12 @@ fn coco_box(v: Option<&Value>) -> std::result::Result<[f64; 4], String> {
     for (o, i) in out.iter_mut().zip(items) {
         *o = i.as_f64().filter(|x| x.is_finite()).ok_or_else(err)?;
     }
-    if out[2] < 0.0 || out[3] < 0.0 {
-        return Err(format!("field `bbox`: width and height must not be negative, got {:?}", out));
+    if !(out[2] > 0.0 && out[3] > 0.0) {
+        return Err(format!("field `bbox`: width and height must be positive (a box with area), got {out:?}"));
+    }
+    // Corners must be finite too: [1e308, 2, 1e308, 4] would make an infinite box.
+    if !(out[0] + out[2]).is_finite() || !(out[1] + out[3]).is_finite() {
+        return Err(format!("field `bbox`: {out:?} overflows (x + width or y + height is not a finite number)"));
     }
     Ok(out)
 }

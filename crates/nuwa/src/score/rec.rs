@@ -34,10 +34,14 @@ pub fn gt_box_from_coco(bbox_xywh: [f64; 4], image_width: f64, image_height: f64
 /// As in the regex: no whitespace before a comma, no leading-dot numbers
 /// (`.5`), no exponents, exactly four numbers. Decimal digits are ASCII only;
 /// Python's `\d` would also take other Unicode digits, which models do not emit.
+/// A box whose numbers overflow to infinity (hundreds of digits) counts as unparsed.
 pub fn parse_box(response: &str) -> Option<[f64; 4]> {
     // A match attempt only consumes whitespace, digits, '-', '.' and ',',
     // never '[', so trying every '[' keeps the scan linear.
-    response.match_indices('[').find_map(|(at, _)| match_after_bracket(&response[at + 1..]))
+    response
+        .match_indices('[')
+        .find_map(|(at, _)| match_after_bracket(&response[at + 1..]))
+        .filter(|b| b.iter().all(|v| v.is_finite()))
 }
 
 /// [`parse_box`], or the harness's `[0, 0, 0, 0]` when nothing parses.
