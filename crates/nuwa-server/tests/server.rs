@@ -185,7 +185,7 @@ async fn a_client_dropped_mid_stream_frees_the_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_their_status_and_an_error_object() {
-    let addr = start(ServerConfig { max_body_bytes: 1 << 20, ..ServerConfig::default() }).await;
+    let addr = start(ServerConfig { max_body_bytes: 64 << 10, ..ServerConfig::default() }).await;
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/v1/chat/completions");
     let raw = |body: String| {
@@ -254,7 +254,7 @@ async fn bad_requests_get_their_status_and_an_error_object() {
         ("zero max_tokens", with(&|b| b["max_tokens"] = json!(0)), 400, ""),
         ("empty stop", with(&|b| b["stop"] = json!([""])), 400, ""),
         ("unknown model", with(&|b| b["model"] = json!("gpt-4")), 404, "model_not_found"),
-        ("too large", with(&|b| b["messages"][0]["content"] = json!("x".repeat(2 << 20))), 413, "request_too_large"),
+        ("too large", with(&|b| b["messages"][0]["content"] = json!("x".repeat(200 << 10))), 413, "request_too_large"),
         (
             "prompt beyond the context",
             with(&|b| b["messages"][0]["content"] = json!("word ".repeat(5000))),
