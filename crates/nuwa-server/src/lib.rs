@@ -233,7 +233,7 @@ async fn accept(app: &Arc<App>, body: Result<Bytes, BytesRejection>) -> Result<R
     }
     let id = format!("chatcmpl-{}", app.next_id.fetch_add(1, Ordering::Relaxed));
     let meta =
-        Meta { id, created: unix_now(), model: app.config.served_model_name.clone(), method: method_label(&spec) };
+        Meta { id, created: unix_now(), model: app.config.served_model_name.clone(), method: spec.method.clone() };
     if stream {
         Ok(Sse::new(sse_stream(rx, meta, include_usage)).into_response())
     } else {
@@ -265,10 +265,6 @@ fn pruning_spec(
     serde_path_to_error::deserialize(Value::Object(merged)).map_err(|e| {
         ApiError::bad_request(format!("pruning.{}: {}", e.path(), e.inner())).param(format!("pruning.{}", e.path()))
     })
-}
-
-fn method_label(spec: &PruneSpec) -> String {
-    spec.method.clone()
 }
 
 struct Meta {

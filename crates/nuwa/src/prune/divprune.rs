@@ -4,7 +4,7 @@
 
 use super::{FromBudget, Pruner, Reduction, VisionReducer, VisionTokens};
 use crate::generation::argmax;
-use crate::layout::{VisionEvidence, VisualLayout};
+use crate::layout::VisionEvidence;
 use crate::Result;
 use candle_core::Tensor;
 
@@ -58,9 +58,6 @@ impl FromBudget for DivPrune {
 impl Pruner for DivPrune {
     fn budget(&self) -> Option<usize> {
         Some(self.budget)
-    }
-    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
-        Ok(vec![self.budget.min(layout.len()); depth])
     }
     fn reducer(&self) -> Option<&dyn VisionReducer> {
         Some(self)

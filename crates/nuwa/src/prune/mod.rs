@@ -44,8 +44,11 @@ pub trait Pruner {
     fn needs(&self) -> Needs {
         Needs::default()
     }
-    /// Vision tokens entering each of `depth` decoder layers for an image laid out as `layout`.
-    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>>;
+    /// Vision tokens entering each of `depth` decoder layers for an image laid out as `layout`; by
+    /// default the budget (every slot without one) in every layer, as a vision-side selection keeps.
+    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+        Ok(vec![self.budget().map_or(layout.len(), |b| b.min(layout.len())); depth])
+    }
     /// The vision-side reduction, if the method has one.
     fn reducer(&self) -> Option<&dyn VisionReducer> {
         None

@@ -1,7 +1,6 @@
 //! No pruning: every vision token enters every decoder layer (the reference every method is compared to).
 
 use super::{FromBudget, PositionPolicy, Pruner};
-use crate::layout::VisualLayout;
 use crate::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -19,8 +18,5 @@ impl Pruner for Unpruned {
     }
     fn default_positions(&self) -> PositionPolicy {
         PositionPolicy::Original
-    }
-    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
-        Ok(vec![layout.len(); depth])
     }
 }

@@ -47,9 +47,6 @@ impl Pruner for Random {
     fn budget(&self) -> Option<usize> {
         Some(self.budget)
     }
-    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
-        Ok(vec![self.budget.min(layout.len()); depth])
-    }
     fn reducer(&self) -> Option<&dyn VisionReducer> {
         Some(self)
     }

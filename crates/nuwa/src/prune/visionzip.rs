@@ -3,7 +3,7 @@
 //! ("dominant"), then fold the rest into a few evenly spaced "contextual" tokens by key similarity.
 
 use super::{FromBudget, Pruner, Reduction, VisionReducer, VisionTokens};
-use crate::layout::{VisionEvidence, VisualLayout};
+use crate::layout::VisionEvidence;
 use crate::Result;
 use candle_core::{Device, Tensor};
 
@@ -100,9 +100,6 @@ impl FromBudget for VisionZip {
 impl Pruner for VisionZip {
     fn budget(&self) -> Option<usize> {
         Some(self.budget)
-    }
-    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
-        Ok(vec![self.budget.min(layout.len()); depth])
     }
     fn reducer(&self) -> Option<&dyn VisionReducer> {
         Some(self)

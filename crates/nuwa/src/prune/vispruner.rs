@@ -4,7 +4,7 @@
 //! another. Decisions are taken in f64: in f32 near-duplicate patches make the choice fragile.
 
 use super::{FromBudget, Pruner, Reduction, VisionReducer};
-use crate::layout::{VisionEvidence, VisualLayout};
+use crate::layout::VisionEvidence;
 use candle_core::{DType, Tensor};
 
 /// Kept patches (raster, ascending) and the important ones, for budget B from the per-patch [CLS]
@@ -65,9 +65,6 @@ impl FromBudget for VisPruner {
 impl Pruner for VisPruner {
     fn budget(&self) -> Option<usize> {
         Some(self.budget)
-    }
-    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> crate::Result<Vec<usize>> {
-        Ok(vec![self.budget.min(layout.len()); depth])
     }
     fn reducer(&self) -> Option<&dyn VisionReducer> {
         Some(self)
