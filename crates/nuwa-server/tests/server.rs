@@ -153,7 +153,9 @@ async fn a_full_queue_answers_429_with_retry_after() {
         statuses.push(status);
     }
     assert!(statuses.contains(&429), "{statuses:?}");
-    assert!(statuses.iter().filter(|&&s| s == 200).count() >= 3, "one running + two queued succeed: {statuses:?}");
+    // Whatever the queue accepted is served: at least its two places (a third when the worker had
+    // already taken the first request off the queue when the others arrived).
+    assert!(statuses.iter().filter(|&&s| s == 200).count() >= 2, "the queued requests succeed: {statuses:?}");
 }
 
 async fn completion_tokens_counted(addr: SocketAddr) -> u64 {
