@@ -9,15 +9,14 @@ pub mod metrics;
 pub mod openai;
 pub mod worker;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, StreamExt};
 use metrics::Metrics;
 use nuwa::prune::PruneSpec;
 use nuwa::Engine;
@@ -111,7 +110,6 @@ impl Server {
 }
 
 fn router(app: Arc<App>) -> Router {
-    let limit = app.config.max_body_bytes;
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(models))
@@ -121,11 +119,45 @@ fn router(app: Arc<App>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "unknown path").code("not_found")
         })
-        .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error (a bug)").into_response()
         }))
         .with_state(app)
+}
+
+/// How much of an oversized upload is read and dropped, and for how long, before the 413 is sent. Closing
+/// a socket with unread bytes resets it, and the client then sees a broken connection instead of the
+/// answer; draining a bounded amount first makes the 413 reach ordinary clients.
+const DRAIN_BYTES: usize = 64 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// The request body, or 413 once it passes `limit` bytes (whatever its `content-length` claims).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let mut chunks = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            let mut seen = buf.len() + chunk.len();
+            let drain = async {
+                while let Some(Ok(c)) = chunks.next().await {
+                    seen += c.len();
+                    if seen > DRAIN_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                format!("the request body is larger than the server's limit of {limit} bytes"),
+            )
+            .code("request_too_large"));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.into())
 }
 
 async fn models(State(app): State<Arc<App>>) -> Json<Value> {
@@ -149,7 +181,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> impl IntoResponse {
     ([("content-type", "text/plain; version=0.0.4")], app.metrics.render())
 }
 
-async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn chat(State(app): State<Arc<App>>, body: Body) -> Response {
     let response = match accept(&app, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -159,20 +191,9 @@ async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) 
 }
 
 /// Everything a chat request needs before its tokens: parse, validate, queue.
-async fn accept(app: &Arc<App>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn accept(app: &Arc<App>, body: Body) -> Result<Response, ApiError> {
     let accepted = Instant::now();
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                format!("the request body is larger than the server's limit of {} bytes", app.config.max_body_bytes),
-            )
-            .code("request_too_large")
-        } else {
-            ApiError::bad_request(format!("cannot read the request body: {e}"))
-        }
-    })?;
+    let body = read_body(body, app.config.max_body_bytes).await?;
     let de = &mut serde_json::Deserializer::from_slice(&body);
     let req: ChatRequest = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
