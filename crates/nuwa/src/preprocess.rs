@@ -44,6 +44,11 @@ pub enum PreprocessError {
 
 /// Loads an image file of any supported format and colour type as 8-bit RGB.
 pub fn load_image(path: &Path) -> Result<RgbImage, PreprocessError> {
+    decode_image(&read_image_file(path)?, &path.display().to_string())
+}
+
+/// The bytes of an image file, read with the limits every image file gets.
+pub fn read_image_file(path: &Path) -> Result<Vec<u8>, PreprocessError> {
     use std::io::Read;
     let shown = path.display().to_string();
     let read_err = |cause| PreprocessError::ReadImage { path: shown.clone(), cause };
@@ -57,7 +62,7 @@ pub fn load_image(path: &Path) -> Result<RgbImage, PreprocessError> {
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     std::fs::File::open(path).and_then(|f| f.take(MAX_IMAGE_FILE_BYTES).read_to_end(&mut bytes)).map_err(read_err)?;
-    decode_image(&bytes, &shown)
+    Ok(bytes)
 }
 
 /// The largest image file read (a file growing while it is read stops here too).

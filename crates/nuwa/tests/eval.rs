@@ -270,7 +270,191 @@ fn resume_after_an_interrupted_run_redoes_nothing() {
     let text = std::fs::read_to_string(&data).unwrap().replace("the red square", "the green square");
     std::fs::write(&data, text).unwrap();
     let err = eval::run(common::engine(), &again, &mut quiet).unwrap_err().to_string();
-    assert!(err.contains("row 1") && err.contains("data changed"), "{err}");
+    assert!(err.contains("row 1 changed"), "{err}");
+}
+
+#[test]
+fn resume_refuses_answers_whose_row_or_image_changed() {
+    let dir = tmp("changed");
+    let data = rec_manifest(&dir);
+    let out = dir.join("out");
+    let mut opts = options(Task::Rec, &data, &out, &["none", "nuwa@64"]);
+    run(&opts);
+    opts.resume = true;
+    let resumed = |opts: &RunOptions| eval::run(common::engine(), opts, &mut quiet).map(|r| r.ran);
+    assert_eq!(resumed(&opts).unwrap(), 0);
+    let original = std::fs::read_to_string(&data).unwrap();
+
+    // Row 3's box moved; its question did not.
+    std::fs::write(&data, original.replace("[10,10,30,30]", "[10,10,20,20]")).unwrap();
+    let err = resumed(&opts).unwrap_err().to_string();
+    assert!(err.contains("row 3 changed") && err.contains("`resume`"), "{err}");
+    std::fs::write(&data, &original).unwrap();
+    assert_eq!(resumed(&opts).unwrap(), 0, "the data as it was resumes");
+
+    // Row 4's image file now holds other pixels under the same name.
+    let img3 = dir.join("img3.png");
+    let before = std::fs::read(&img3).unwrap();
+    picture(90, 30, 99).save(&img3).unwrap();
+    let err = resumed(&opts).unwrap_err().to_string();
+    assert!(err.contains("row 4 changed"), "{err}");
+    std::fs::remove_file(&img3).unwrap();
+    let err = resumed(&opts).unwrap_err().to_string();
+    assert!(err.contains("row 4 lost its image") && err.contains("img3.png"), "{err}");
+    std::fs::write(&img3, before).unwrap();
+    assert_eq!(resumed(&opts).unwrap(), 0);
+
+    // A configuration added later is computed; the earlier answers stay as they were.
+    let mut more = opts.clone();
+    more.configs = configs(&["none", "nuwa@64", "nuwa@192"]);
+    assert_eq!(resumed(&more).unwrap(), 6);
+}
+
+/// Six rows of which three are unusable in ways only the bytes or the image show: a line that is not
+/// UTF-8, a box reaching past the image, a box whose corner overflows.
+fn subtle_manifest(dir: &Path) -> PathBuf {
+    picture(32, 24, 1).save(dir.join("ok.png")).unwrap();
+    let path = dir.join("subtle.jsonl");
+    let line = |v: Value| v.to_string().into_bytes();
+    let mut bytes = Vec::new();
+    for l in [
+        line(json!({"image": "ok.png", "expression": "first", "bbox": [0, 0, 10, 10]})),
+        b"{\"image\": \"ok.png\", \"expression\": \"caf\xe9\", \"bbox\": [0, 0, 4, 4]}".to_vec(),
+        line(json!({"image": "ok.png", "expression": "off the edge", "bbox": [20, 0, 20, 10]})),
+        // Within a pixel of the edges: annotation rounding, accepted.
+        line(json!({"image": "ok.png", "expression": "all of it", "bbox": [-0.5, 0, 32.5, 24.4]})),
+        line(json!({"image": "ok.png", "expression": "huge", "bbox": [1e308, 2, 1e308, 4]})),
+        line(json!({"image": "ok.png", "expression": "last", "bbox": [5, 5, 10, 10]})),
+    ] {
+        bytes.extend(l);
+        bytes.push(b'\n');
+    }
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn rows_wrong_in_bytes_or_against_their_image_are_row_errors_and_the_folder_stays_usable() {
+    let dir = tmp("subtle");
+    let data = subtle_manifest(&dir);
+    let names = ["none", "nuwa@64"];
+    let clean = dir.join("clean");
+    let report = run(&options(Task::Rec, &data, &clean, &names));
+    assert_eq!(report.ran, 6, "rows 1, 4 and 6 under both configurations");
+    let errors: Vec<(usize, String)> = report.errors.iter().map(|e| (e.row, e.message.clone())).collect();
+    assert_eq!(errors.iter().map(|e| e.0).collect::<Vec<_>>(), [2, 3, 5], "{errors:?}");
+    assert!(errors[0].1.contains("subtle.jsonl line 2") && errors[0].1.contains("not valid UTF-8"), "{errors:?}");
+    assert!(errors[1].1.contains("line 3") && errors[1].1.contains("outside the 32×24 image"), "{errors:?}");
+    assert!(errors[2].1.contains("line 5") && errors[2].1.contains("overflows"), "{errors:?}");
+    let text = std::fs::read_to_string(clean.join(eval::PREDICTIONS_FILE)).unwrap();
+    assert!(!text.contains("null") && !text.contains('\u{fffd}'), "nothing non-finite or replaced on file");
+
+    // Interrupted after one answer, then resumed: the clean run's summary.
+    let part = dir.join("part");
+    let opts = options(Task::Rec, &data, &part, &names);
+    let r = eval::run(common::engine(), &opts, &mut |e| {
+        if matches!(e, Event::Answered { .. }) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap();
+    assert!(r.interrupted && r.ran == 1);
+    let mut again = opts.clone();
+    again.resume = true;
+    assert_eq!(run(&again).ran, 5);
+    assert_eq!(summary(&part), summary(&clean));
+    assert_eq!(predictions(&part), predictions(&clean));
+
+    // Two shards merged: the clean run's summary too.
+    let shards: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let d = dir.join(format!("shard{i}"));
+            let mut o = options(Task::Rec, &data, &d, &names);
+            o.shard = Some(Shard { index: i, count: 2 });
+            run(&o);
+            d
+        })
+        .collect();
+    let merged = dir.join("merged");
+    let report = eval::merge(&shards, &merged).unwrap();
+    assert_eq!((report.missing_answers, report.unfinished.len()), (Some(0), 0));
+    assert_eq!(summary(&merged), summary(&clean));
+    // And the merged folder resumes as a finished run.
+    let mut on_merged = options(Task::Rec, &data, &merged, &names);
+    on_merged.resume = true;
+    assert_eq!(run(&on_merged).ran, 0);
+}
+
+#[test]
+fn merge_refuses_mismatched_inputs_and_reports_missing_work() {
+    let dir = tmp("merge-checks");
+    let data = rec_manifest(&dir);
+    let shard = |name: &str, index: usize, count: usize, limit: Option<usize>| {
+        let d = dir.join(name);
+        let mut o = options(Task::Rec, &data, &d, &["none"]);
+        o.shard = Some(Shard { index, count });
+        o.limit = limit;
+        run(&o);
+        d
+    };
+    let s0 = shard("s0", 0, 2, None);
+    let s1 = shard("s1", 1, 2, None);
+    let refused = |dirs: &[PathBuf], out: &str| eval::merge(dirs, &dir.join(out)).unwrap_err().to_string();
+
+    let other_split = shard("third", 1, 3, None);
+    let err = refused(&[s0.clone(), other_split], "m1");
+    assert!(err.contains("shard 1/3") && err.contains("same split"), "{err}");
+    let other_limit = shard("limited", 1, 2, Some(3));
+    let err = refused(&[s0.clone(), other_limit], "m2");
+    assert!(err.contains("`limit`"), "{err}");
+    let other_copy = shard("s0-again", 0, 2, None);
+    let err = refused(&[s0.clone(), s0.clone()], "m3");
+    assert!(err.contains("given twice"), "{err}");
+    let err = refused(&[s0.clone(), other_copy.clone()], "m3b");
+    assert!(err.contains("shard 0/2 is given twice"), "{err}");
+    let whole = dir.join("whole");
+    run(&options(Task::Rec, &data, &whole, &["none"]));
+    let err = refused(&[s0.clone(), whole.clone()], "m4");
+    assert!(err.contains("mixes shards"), "{err}");
+    // Onto a folder that holds a run: refused, and that run is untouched.
+    let before = std::fs::read(whole.join(eval::PREDICTIONS_FILE)).unwrap();
+    let err = eval::merge(&[s0.clone(), s1.clone()], &whole).unwrap_err().to_string();
+    assert!(err.contains("already holds a run"), "{err}");
+    assert_eq!(std::fs::read(whole.join(eval::PREDICTIONS_FILE)).unwrap(), before);
+
+    // A shard that stopped early: merged, and what is missing is counted.
+    let stopped = dir.join("stopped");
+    let mut o = options(Task::Rec, &data, &stopped, &["none"]);
+    o.shard = Some(Shard { index: 1, count: 2 });
+    eval::run(common::engine(), &o, &mut |e| {
+        if matches!(e, Event::Answered { .. }) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap();
+    let report = eval::merge(&[s0.clone(), stopped.clone()], &dir.join("partial")).unwrap();
+    assert_eq!(report.unfinished, [stopped.clone()]);
+    // Shard 1 holds rows 2 (two samples) and 4: one answered, two missing.
+    assert_eq!(report.missing_answers, Some(2));
+    let report = eval::merge(&[s0.clone(), s1.clone()], &dir.join("complete")).unwrap();
+    assert_eq!((report.missing_answers, report.missing_shards.len()), (Some(0), 0));
+
+    // A folder another process is writing into: neither merged nor run into.
+    let lock = std::fs::File::create(s1.join(eval::LOCK_FILE)).unwrap();
+    lock.try_lock().unwrap();
+    let err = refused(&[s0.clone(), s1.clone()], "m5");
+    assert!(err.contains("another nuwa process"), "{err}");
+    let mut o = options(Task::Rec, &data, &s1, &["none"]);
+    o.shard = Some(Shard { index: 1, count: 2 });
+    o.resume = true;
+    let err = eval::run(common::engine(), &o, &mut quiet).unwrap_err().to_string();
+    assert!(err.contains("another nuwa process"), "{err}");
+    drop(lock);
+    assert_eq!(run(&o).ran, 0, "free again once the other process is gone");
 }
 
 #[test]
@@ -565,8 +749,8 @@ fn parquet_refcoco_layout_is_read_as_the_harness_explodes_it() {
     assert_eq!(samples[1].prompt, format!("{}left guy", rec::PROMPT_PREFIX));
     assert_eq!(samples[0].truth, Truth::Rec { expression: "man in red".into(), bbox: [6.0, 4.0, 30.0, 20.0] });
     let mut images = ImageReader::new();
-    assert_eq!(images.load(&data, &data.rows[0]).unwrap().dimensions(), (60, 40));
-    assert_eq!(images.load(&data, &data.rows[1]).unwrap().dimensions(), (30, 50));
+    assert_eq!(images.load(&data, &data.rows[0]).unwrap().0.dimensions(), (60, 40));
+    assert_eq!(images.load(&data, &data.rows[1]).unwrap().0.dimensions(), (30, 50));
     let err = images.load(&data, &data.rows[2]).unwrap_err();
     assert!(err.contains("test-00000-of-00001.parquet row 3"), "{err}");
 

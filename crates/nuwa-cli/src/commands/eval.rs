@@ -200,6 +200,17 @@ fn merge(dirs: &[PathBuf], out: &std::path::Path, json: bool) -> Result<()> {
         let list: Vec<String> = report.missing_shards.iter().map(|i| i.to_string()).collect();
         eprintln!("warning: shard(s) {} missing from the inputs: the summary covers part of the data", list.join(", "));
     }
+    for d in &report.unfinished {
+        eprintln!("warning: {} has no summary: that run was interrupted or has not finished", d.display());
+    }
+    match report.missing_answers {
+        Some(0) => {}
+        Some(n) => eprintln!(
+            "warning: {n} answer(s) (sample × configuration) are missing: the summary covers part of the data; \
+             finish the shards with `nuwa eval … --resume` and merge again"
+        ),
+        None => eprintln!("warning: the data files named in run.json cannot be read here: completeness not checked"),
+    }
     eprintln!(
         "merged {} folder(s): {} predictions; wrote {}",
         dirs.len(),

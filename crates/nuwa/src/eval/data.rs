@@ -7,7 +7,7 @@
 //! every problem is reported with its row and the other rows keep their numbers.
 
 use super::Task;
-use crate::preprocess::{self, PreprocessError};
+use crate::preprocess;
 use crate::score::{choice, rec, vqa, yesno::YesNo};
 use crate::{Error, Result};
 use image::RgbImage;
@@ -83,6 +83,38 @@ pub struct Row {
     pub image: Option<ImageSource>,
     /// The row's samples, or why it has none (the message names the file and the line or row).
     pub samples: std::result::Result<Vec<Sample>, String>,
+    /// Of the row as stored (the manifest line, the Parquet record but its image): with the image's,
+    /// it tells whether an answer on file still answers this row.
+    pub hash: u64,
+}
+
+/// FNV-1a, 64 bits: a stable fingerprint (the standard library's hasher may change between releases) to
+/// notice data that changed, not to resist an adversary.
+#[derive(Debug, Clone, Copy)]
+pub struct Fingerprint(u64);
+
+impl Default for Fingerprint {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fingerprint {
+    pub fn add(mut self, bytes: &[u8]) -> Self {
+        // The length first, so that ("ab", "c") and ("a", "bc") differ.
+        for &b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self
+    }
+
+    pub fn of(bytes: &[u8]) -> u64 {
+        Self::default().add(bytes).0
+    }
+
+    pub fn finish(self) -> u64 {
+        self.0
+    }
 }
 
 pub struct Dataset {
@@ -159,21 +191,26 @@ fn kind_of(path: &Path) -> Option<FileKind> {
 
 /// Reads a manifest's lines into `rows`; returns its number of lines. Blank lines are no rows.
 fn read_manifest(path: &Path, task: Task, file: usize, offset: usize, rows: &mut Vec<Row>) -> Result<usize> {
-    let text = std::fs::read(path).map_err(|e| Error::io(path, format!("cannot read the manifest: {e}")))?;
-    let text = String::from_utf8_lossy(&text);
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, format!("cannot read the manifest: {e}")))?;
     let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
     let mut n = 0;
-    for (i, line) in text.lines().enumerate() {
+    let lines = bytes.strip_suffix(b"\n").unwrap_or(&bytes).split(|&b| b == b'\n');
+    for (i, raw) in lines.enumerate().filter(|_| !bytes.is_empty()) {
         n = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         let row = offset + n;
         let at = locate(path, &FileKind::Manifest, n);
-        let parsed = match serde_json::from_str::<Value>(line) {
-            Ok(Value::Object(obj)) => Ok(obj),
-            Ok(other) => Err(format!("{at}: expected a JSON object, got {}", kind_name(&other))),
-            Err(e) => Err(format!("{at}: not valid JSON ({e})")),
+        // A line that is not UTF-8 is reported, not read with replacement characters.
+        let line = match std::str::from_utf8(raw) {
+            Ok(l) if l.trim().is_empty() => continue,
+            Ok(l) => Ok(l),
+            Err(e) => Err(format!("{at}: not valid UTF-8 (at byte {} of the line)", e.valid_up_to())),
+        };
+        let parsed = match line.map(serde_json::from_str::<Value>) {
+            Err(msg) => Err(msg),
+            Ok(Ok(Value::Object(obj))) => Ok(obj),
+            Ok(Ok(other)) => Err(format!("{at}: expected a JSON object, got {}", kind_name(&other))),
+            Ok(Err(e)) => Err(format!("{at}: not valid JSON ({e})")),
         };
         let (image, samples) = match parsed {
             Err(msg) => (None, Err(msg)),
@@ -193,7 +230,7 @@ fn read_manifest(path: &Path, task: Task, file: usize, offset: usize, rows: &mut
                 }
             }
         };
-        rows.push(Row { row, file, local: n, image, samples });
+        rows.push(Row { row, file, local: n, image, samples, hash: Fingerprint::of(raw) });
     }
     Ok(n)
 }
@@ -244,18 +281,24 @@ fn read_parquet(path: &Path, task: Task, file: usize, offset: usize, rows: &mut 
     for item in iter {
         read += 1;
         let at = locate(path, &FileKind::Parquet, read);
-        let samples = match item {
-            Ok(r) => samples_of(task, &row_to_json(&r), offset + read).map_err(|m| format!("{at}: {m}")),
+        let (samples, hash) = match item {
+            Ok(r) => {
+                let obj = row_to_json(&r);
+                let hash = Fingerprint::of(Value::Object(obj.clone()).to_string().as_bytes());
+                (samples_of(task, &obj, offset + read).map_err(|m| format!("{at}: {m}")), hash)
+            }
             Err(e) => {
                 // The rest of the file cannot be read: every remaining row gets the message.
                 let msg = format!("{at}: cannot read the row ({e})");
                 for k in read..=total.max(read) {
-                    rows.push(Row { row: offset + k, file, local: k, image: None, samples: Err(msg.clone()) });
+                    let samples = Err(msg.clone());
+                    rows.push(Row { row: offset + k, file, local: k, image: None, samples, hash: 0 });
                 }
                 return Ok(total.max(read));
             }
         };
-        rows.push(Row { row: offset + read, file, local: read, image: Some(ImageSource::ParquetCell), samples });
+        let image = Some(ImageSource::ParquetCell);
+        rows.push(Row { row: offset + read, file, local: read, image, samples, hash });
     }
     Ok(read.max(total))
 }
@@ -517,6 +560,26 @@ fn coco_box(v: Option<&Value>) -> std::result::Result<[f64; 4], String> {
     Ok(out)
 }
 
+/// How far a ground-truth box may reach past the image's edges: annotation tools round.
+const BOX_SLACK_PX: f64 = 1.0;
+
+/// Checks a row's ground-truth boxes against its image (`width` × `height` pixels).
+pub fn fits_image(samples: &[Sample], width: u32, height: u32) -> std::result::Result<(), String> {
+    let (w, h) = (f64::from(width), f64::from(height));
+    for s in samples {
+        if let Truth::Rec { bbox: b @ [x, y, bw, bh], .. } = s.truth {
+            let inside =
+                x >= -BOX_SLACK_PX && y >= -BOX_SLACK_PX && x + bw <= w + BOX_SLACK_PX && y + bh <= h + BOX_SLACK_PX;
+            if !inside {
+                return Err(format!(
+                    "field `bbox`: {b:?} (x, y, width, height) lies outside the {width}×{height} image"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads row images in order, keeping one Parquet file open at a time.
 pub struct ImageReader {
     open: Option<OpenParquet>,
@@ -542,37 +605,44 @@ impl ImageReader {
         Self { open: None }
     }
 
-    /// The image of `row` as 8-bit RGB, or a message naming the row. Parquet rows must be asked for in
-    /// increasing order within a file.
-    pub fn load(&mut self, data: &Dataset, row: &Row) -> std::result::Result<RgbImage, String> {
+    /// The image of `row` as 8-bit RGB with the fingerprint of its encoded bytes, or a message naming the
+    /// row. Parquet rows must be asked for in increasing order within a file.
+    pub fn load(&mut self, data: &Dataset, row: &Row) -> std::result::Result<(RgbImage, u64), String> {
+        let (bytes, what) = self.bytes(data, row)?;
+        let image = preprocess::decode_image(&bytes, &what).map_err(|e| format!("{}: {e}", data.locate(row)))?;
+        Ok((image, Fingerprint::of(&bytes)))
+    }
+
+    /// The encoded image of `row` and what to call it in messages.
+    pub fn bytes(&mut self, data: &Dataset, row: &Row) -> std::result::Result<(Vec<u8>, String), String> {
         let at = data.locate(row);
         let file = &data.files[row.file];
+        let read = |p: &Path| match preprocess::read_image_file(p) {
+            Ok(b) => Ok((b, p.display().to_string())),
+            Err(e) => Err(format!("{at}: {e}")),
+        };
+        let beside = |p: &str| file.path.parent().unwrap_or(Path::new("")).join(p);
+        let in_cell = |b: &[u8]| Ok((b.to_vec(), "in the `image` column".to_string()));
         match &row.image {
             None => Err(format!("{at}: no image")),
-            Some(ImageSource::Path(p)) => preprocess::load_image(p).map_err(|e| format!("{at}: {}", image_error(e))),
+            Some(ImageSource::Path(p)) => read(p),
             Some(ImageSource::ParquetCell) => {
-                let cell = self.parquet_cell(&file.path, row.file, row.local).map_err(|m| format!("{at}: {m}"))?;
-                let what = "in the `image` column";
-                match cell {
-                    Field::Bytes(b) => {
-                        preprocess::decode_image(b.data(), what).map_err(|e| format!("{at}: {}", image_error(e)))
-                    }
-                    Field::Str(p) => self.path_image(&file.path, &p, &at),
+                match self.parquet_cell(&file.path, row.file, row.local).map_err(|m| format!("{at}: {m}"))? {
+                    Field::Bytes(b) => in_cell(b.data()),
+                    Field::Str(p) => read(&beside(&p)),
                     Field::Group(g) => {
                         let mut bytes = None;
                         let mut path = None;
                         for (k, v) in g.get_column_iter() {
                             match (k.as_str(), v) {
-                                ("bytes", Field::Bytes(b)) => bytes = Some(b.data().to_vec()),
-                                ("path", Field::Str(p)) => path = Some(p.clone()),
+                                ("bytes", Field::Bytes(b)) => bytes = Some(b),
+                                ("path", Field::Str(p)) => path = Some(p),
                                 _ => {}
                             }
                         }
                         match (bytes, path) {
-                            (Some(b), _) => {
-                                preprocess::decode_image(&b, what).map_err(|e| format!("{at}: {}", image_error(e)))
-                            }
-                            (None, Some(p)) => self.path_image(&file.path, &p, &at),
+                            (Some(b), _) => in_cell(b.data()),
+                            (None, Some(p)) => read(&beside(p)),
                             (None, None) => Err(format!("{at}: the `image` cell has neither `bytes` nor `path`")),
                         }
                     }
@@ -581,11 +651,6 @@ impl ImageReader {
                 }
             }
         }
-    }
-
-    fn path_image(&self, parquet: &Path, p: &str, at: &str) -> std::result::Result<RgbImage, String> {
-        let path = parquet.parent().unwrap_or(Path::new("")).join(p);
-        preprocess::load_image(&path).map_err(|e| format!("{at}: {}", image_error(e)))
     }
 
     fn parquet_cell(&mut self, path: &Path, file: usize, local: usize) -> std::result::Result<Field, String> {
@@ -622,9 +687,4 @@ impl ImageReader {
             }
         }
     }
-}
-
-/// The decoder's message without the `image {what}` preamble repeated.
-fn image_error(e: PreprocessError) -> String {
-    e.to_string()
 }

@@ -21,7 +21,7 @@ use crate::prompt::PromptTokens;
 use crate::prune::Method;
 use crate::score::{choice, rec, vqa, yesno};
 use crate::{Error, Result, Sampling};
-use data::{Dataset, Sample, Truth};
+use data::{Dataset, Fingerprint, Row, Sample, Truth};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -35,6 +35,36 @@ pub const RUN_FILE: &str = "run.json";
 pub const PREDICTIONS_FILE: &str = "predictions.jsonl";
 pub const ERRORS_FILE: &str = "errors.jsonl";
 pub const SUMMARY_FILE: &str = "summary.json";
+/// Held (an advisory lock) by the process writing into a run folder.
+pub const LOCK_FILE: &str = ".nuwa-eval.lock";
+
+/// A folder's write lock: a second eval or a merge of a folder being written is refused. The kernel
+/// releases it when the process ends, however it ends, so a crash leaves no stale lock behind.
+struct FolderLock {
+    /// Held, not read: closing it releases the lock.
+    _file: std::fs::File,
+}
+
+impl FolderLock {
+    fn take(dir: &Path) -> Result<Self> {
+        let path = dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, format!("cannot open the folder's lock file: {e}")))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::io(
+                dir,
+                "another nuwa process is writing into this folder right now (it holds .nuwa-eval.lock): \
+                 wait for it to finish, or choose another `out`",
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, format!("cannot lock: {e}"))),
+        }
+    }
+}
 
 /// What is asked and how it is scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,6 +356,10 @@ pub struct Prediction {
     pub sub: usize,
     pub config: String,
     pub prompt: String,
+    /// Fingerprint of what the answer was computed from (the row as stored, the sample, its prompt and
+    /// the image's bytes): resuming refuses answers whose row changed since.
+    #[serde(default)]
+    pub input_hash: String,
     pub response: String,
     pub tokens: usize,
     pub stop_reason: String,
@@ -385,6 +419,7 @@ impl Prediction {
             sub: sample.sub,
             config: config.to_owned(),
             prompt: sample.prompt.clone(),
+            input_hash: String::new(),
             response: response.to_owned(),
             tokens: 0,
             stop_reason: String::new(),
@@ -469,16 +504,16 @@ pub fn run(
     let data = Dataset::open(&opts.data, opts.task)?;
     let out = &opts.out;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, format!("cannot create the output folder: {e}")))?;
+    let _lock = FolderLock::take(out)?;
     let (run_path, pred_path, err_path) = (out.join(RUN_FILE), out.join(PREDICTIONS_FILE), out.join(ERRORS_FILE));
 
     let mut run_configs = opts.configs.clone();
     run_configs.sort_by_key(|a| config_order(&a.name));
     run_configs.dedup_by(|a, b| a.name == b.name);
     let mut all_configs: BTreeSet<String> = run_configs.iter().map(|c| c.name.clone()).collect();
-    // Answers already on file, with the question they answered (to notice data that changed since).
+    // Answers already on file, with the fingerprint of what they answered (to notice data that changed since).
     let mut done: HashMap<(usize, usize, String), String> = HashMap::new();
-    let has_predictions = std::fs::metadata(&pred_path).is_ok_and(|m| m.len() > 0);
-    if has_predictions || run_path.exists() {
+    if holds_run(out) {
         if !opts.resume {
             return Err(Error::io(
                 out,
@@ -505,7 +540,7 @@ pub fn run(
         }
         all_configs.extend(prev.configs);
         repair_tail(&pred_path)?;
-        done = read_predictions(&pred_path)?.into_iter().map(|p| (p.key(), p.prompt)).collect();
+        done = read_predictions(&pred_path)?.into_iter().map(|p| (p.key(), p.input_hash)).collect();
     }
     let mut all_configs: Vec<String> = all_configs.into_iter().collect();
     all_configs.sort_by_key(|c| config_order(c));
@@ -515,40 +550,11 @@ pub fn run(
     // A summary describes a finished run; this one is not finished yet.
     let _ = std::fs::remove_file(out.join(SUMMARY_FILE));
 
-    // The limit counts samples in dataset order (an unusable row counts as one), then the shard picks rows.
-    let mut left = opts.limit;
-    let mut selected = Vec::new();
-    for row in &data.rows {
-        if left == Some(0) {
-            break;
-        }
-        let n = row.samples.as_ref().map_or(1, Vec::len);
-        let take = left.map_or(n, |l| n.min(l));
-        left = left.map(|l| l - take);
-        if opts.shard.is_none_or(|s| (row.row - 1) % s.count == s.index) {
-            selected.push((row, take));
-        }
+    let selected = select(&data, opts.limit, opts.shard);
+    if !done.is_empty() {
+        check_answers_current(&data, &selected, &done, &all_configs, &pred_path)?;
     }
     let is_done = |row: usize, s: &Sample, c: &EvalConfig| done.contains_key(&(row, s.sub, c.name.clone()));
-    for (row, take) in &selected {
-        for s in row.samples.as_ref().map_or(&[][..], |s| &s[..*take]) {
-            for c in &run_configs {
-                match done.get(&(row.row, s.sub, c.name.clone())) {
-                    Some(prompt) if *prompt != s.prompt => {
-                        return Err(Error::io(
-                            &pred_path,
-                            format!(
-                                "cannot `resume`: row {} was answered for a different question ({prompt:?}, now {:?}); \
-                                 the data changed since this run began: use another `out`",
-                                row.row, s.prompt
-                            ),
-                        ))
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
     let (mut units, mut already_done, mut n_samples) = (0, 0, 0);
     for (row, take) in &selected {
         if let Ok(samples) = &row.samples {
@@ -598,10 +604,13 @@ pub fn run(
         let at = data.locate(row);
         // Everything that makes this row unusable, as a message; engine failures stay errors.
         let prepared = (|| -> Result<std::result::Result<Prepared, String>> {
-            let img = match images.load(&data, row) {
-                Ok(img) => img,
+            let (img, image_hash) = match images.load(&data, row) {
+                Ok(loaded) => loaded,
                 Err(m) => return Ok(Err(m)),
             };
+            if let Err(m) = data::fits_image(samples, img.width(), img.height()) {
+                return Ok(Err(format!("{at}: {m}")));
+            }
             let mut prompts = Vec::with_capacity(samples.len());
             for (i, s) in samples.iter().enumerate() {
                 if !todo.iter().any(|t| t[i]) {
@@ -619,9 +628,9 @@ pub fn run(
             let (pixels, geometry) = engine.pixels(&img)?;
             let mut features = engine.encode_vision(&pixels, needs)?;
             features.geometry = Some(geometry);
-            Ok(Ok((features, geometry, prompts)))
+            Ok(Ok((features, geometry, prompts, image_hash)))
         })()?;
-        let (features, geometry, prompts) = match prepared {
+        let (features, geometry, prompts, image_hash) = match prepared {
             Ok(p) => p,
             Err(msg) => {
                 record_error(opts, &mut errors, &err_path, &pred_path, &mut report, on_event, row.row, msg)?;
@@ -653,6 +662,7 @@ pub fn run(
                 };
                 let t = &generation.timings;
                 let mut p = Prediction::new(sample, row.row, &config.name, &generation.text);
+                p.input_hash = input_hash(row, sample, image_hash);
                 p.tokens = generation.tokens.len();
                 p.stop_reason = generation.stop_reason.to_string();
                 p.avg_vision_tokens = generation.vision.as_ref().map(|v| v.avg_vision_tokens);
@@ -687,9 +697,82 @@ pub fn run(
     Ok(report)
 }
 
-/// A row ready to answer: its vision features, geometry and tokenised prompts (`None` where nothing is
-/// left to do).
-type Prepared = (crate::layout::VisionEvidence, Geometry, Vec<Option<PromptTokens>>);
+/// A row ready to answer: its vision features, geometry, tokenised prompts (`None` where nothing is left
+/// to do) and the fingerprint of its image.
+type Prepared = (crate::layout::VisionEvidence, Geometry, Vec<Option<PromptTokens>>, u64);
+
+/// The rows a run covers, each with how many of its samples: the limit counts samples in dataset order
+/// (an unusable row counts as one), then the shard picks rows.
+fn select(data: &Dataset, limit: Option<usize>, shard: Option<Shard>) -> Vec<(&Row, usize)> {
+    let mut left = limit;
+    let mut selected = Vec::new();
+    for row in &data.rows {
+        if left == Some(0) {
+            break;
+        }
+        let n = row.samples.as_ref().map_or(1, Vec::len);
+        let take = left.map_or(n, |l| n.min(l));
+        left = left.map(|l| l - take);
+        if shard.is_none_or(|s| (row.row - 1) % s.count == s.index) {
+            selected.push((row, take));
+        }
+    }
+    selected
+}
+
+/// What an answer is computed from: the row as stored, the sample in it, its prompt, the image's bytes.
+fn input_hash(row: &Row, s: &Sample, image: u64) -> String {
+    let f = Fingerprint::default()
+        .add(&row.hash.to_le_bytes())
+        .add(&(s.sub as u64).to_le_bytes())
+        .add(s.prompt.as_bytes())
+        .add(&image.to_le_bytes());
+    format!("{:016x}", f.finish())
+}
+
+/// Refuses to resume when an answer on file was computed from a row or image that has changed since
+/// (its score would be stale); reads the image of every answered row once.
+fn check_answers_current(
+    data: &Dataset,
+    selected: &[(&Row, usize)],
+    done: &HashMap<(usize, usize, String), String>,
+    configs: &[String],
+    pred_path: &Path,
+) -> Result<()> {
+    let changed = |row: usize, why: String| {
+        Error::io(
+            pred_path,
+            format!("cannot `resume`: row {row} {why} since it was answered; use another `out` for the changed data"),
+        )
+    };
+    let answered_rows: HashSet<usize> = done.keys().map(|k| k.0).collect();
+    let mut images = data::ImageReader::new();
+    for (row, take) in selected.iter().filter(|(r, _)| answered_rows.contains(&r.row)) {
+        let samples = match &row.samples {
+            Ok(s) => &s[..*take],
+            Err(msg) => return Err(changed(row.row, format!("became unusable ({msg})"))),
+        };
+        let image = match images.bytes(data, row) {
+            Ok((bytes, _)) => Fingerprint::of(&bytes),
+            Err(msg) => return Err(changed(row.row, format!("lost its image ({msg})"))),
+        };
+        for s in samples {
+            let now = input_hash(row, s, image);
+            for h in configs.iter().filter_map(|c| done.get(&(row.row, s.sub, c.clone()))) {
+                if h.is_empty() {
+                    return Err(changed(
+                        row.row,
+                        "may have changed (its answers carry no fingerprint: an older nuwa wrote them)".into(),
+                    ));
+                }
+                if *h != now {
+                    return Err(changed(row.row, "changed (its line or record, or its image)".into()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Problems tokenising a row's question (the data's fault: an `<image>` in the text, an encoding
 /// failure, a prompt longer than the context) as opposed to failures of the engine or the machine.
@@ -1051,17 +1134,28 @@ pub fn format_table(s: &Summary) -> String {
     out
 }
 
+/// Whether `dir` holds (part of) a run.
+fn holds_run(dir: &Path) -> bool {
+    dir.join(RUN_FILE).exists() || std::fs::metadata(dir.join(PREDICTIONS_FILE)).is_ok_and(|m| m.len() > 0)
+}
+
 /// What [`merge`] found.
 #[derive(Debug)]
 pub struct MergeReport {
     pub summary: Summary,
     /// Shard indices absent from the inputs when they are shards of one split (else empty).
     pub missing_shards: Vec<usize>,
+    /// Inputs without a summary: interrupted, failed, or never finished.
+    pub unfinished: Vec<PathBuf>,
+    /// Sample × configuration answers the data calls for that are neither in the predictions nor on a
+    /// row recorded as unusable; `None` when the data files named in the settings cannot be read here.
+    pub missing_answers: Option<usize>,
     pub predictions: usize,
 }
 
 /// Combines the output folders of shards (or of any runs with the same settings) into `out`:
-/// predictions (sorted, duplicates dropped), errors, `run.json` and the summary.
+/// predictions (sorted, duplicates dropped), errors, `run.json` and the summary. Shards must come from
+/// one split and one limit; what is missing is reported in the [`MergeReport`].
 pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<MergeReport> {
     if dirs.is_empty() {
         return Err(Error::invalid("dirs", "is empty: merge needs at least one run folder"));
@@ -1070,41 +1164,84 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<MergeReport> {
     if dirs.iter().any(|d| canon(d) == canon(out)) {
         return Err(Error::io(out, "merge: `out` must be a new folder, not one of the inputs"));
     }
-    let mut first: Option<RunFile> = None;
+    if holds_run(out) {
+        return Err(Error::io(
+            out,
+            "merge: `out` already holds a run (run.json, predictions.jsonl); choose a new folder",
+        ));
+    }
+    let mut distinct = HashSet::new();
+    if let Some(d) = dirs.iter().find(|d| !distinct.insert(canon(d))) {
+        return Err(Error::io(d, "merge: this folder is given twice"));
+    }
+    let mut locks = Vec::new();
+    let mut runs: Vec<RunFile> = Vec::new();
     let mut configs = BTreeSet::new();
-    let mut shards = Vec::new();
     let mut preds = Vec::new();
     let mut errors = Vec::new();
+    let mut unfinished = Vec::new();
     for d in dirs {
         let run = read_run_file(&d.join(RUN_FILE))?;
-        if let Some(f) = &first {
+        // A folder still being written would be merged half-done.
+        locks.push(FolderLock::take(d)?);
+        if let Some(f) = runs.first() {
             if let Some(diff) = f.settings.difference(&run.settings) {
                 return Err(Error::io(d, format!("merge: settings differ from {} ({diff})", dirs[0].display())));
             }
+            if f.limit != run.limit {
+                let show = |l: Option<usize>| l.map_or("none".to_string(), |l| l.to_string());
+                return Err(Error::io(
+                    d,
+                    format!(
+                        "merge: ran with `limit` {} but {} with {}: the shards cover different samples",
+                        show(run.limit),
+                        dirs[0].display(),
+                        show(f.limit)
+                    ),
+                ));
+            }
+        }
+        if let Some(s) = run.shard {
+            if let Some((other, o)) = runs.iter().zip(dirs).find_map(|(r, d)| r.shard.map(|s| (d, s))) {
+                if o.count != s.count {
+                    return Err(Error::io(
+                        d,
+                        format!("merge: shard {s} is not of the same split as {} (shard {o})", other.display()),
+                    ));
+                }
+            }
+            if let Some(twice) = runs.iter().zip(dirs).find(|(r, _)| r.shard == Some(s)) {
+                return Err(Error::io(d, format!("merge: shard {s} is given twice (also {})", twice.1.display())));
+            }
+        }
+        if runs.first().is_some_and(|f| f.shard.is_some() != run.shard.is_some()) {
+            return Err(Error::io(d, format!("merge: mixes shards with unsharded runs (see {})", dirs[0].display())));
+        }
+        if !d.join(SUMMARY_FILE).exists() {
+            unfinished.push(d.clone());
         }
         configs.extend(run.configs.iter().cloned());
-        shards.push(run.shard);
         preds.extend(read_predictions(&d.join(PREDICTIONS_FILE))?);
         errors.extend(read_errors(&d.join(ERRORS_FILE))?);
-        if first.is_none() {
-            first = Some(run);
-        }
+        runs.push(run);
     }
-    let first = first.expect("at least one folder");
-    let missing_shards = match shards.first().copied().flatten() {
-        Some(s0) if shards.iter().all(|s| s.is_some_and(|s| s.count == s0.count)) => {
-            let have: HashSet<usize> = shards.iter().flatten().map(|s| s.index).collect();
+    let first = &runs[0];
+    let missing_shards = match first.shard {
+        Some(s0) => {
+            let have: HashSet<usize> = runs.iter().filter_map(|r| r.shard).map(|s| s.index).collect();
             (0..s0.count).filter(|i| !have.contains(i)).collect()
         }
-        _ => Vec::new(),
+        None => Vec::new(),
     };
     let mut seen = HashSet::new();
     preds.retain(|p| seen.insert(p.key()));
     preds.sort_by_key(|a| (a.row, a.sub, config_order(&a.config)));
     let mut configs: Vec<String> = configs.into_iter().collect();
     configs.sort_by_key(|c| config_order(c));
+    let missing_answers = missing_answers(first, &configs, &seen, &errors);
 
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, format!("cannot create the output folder: {e}")))?;
+    locks.push(FolderLock::take(out)?);
     let write_lines = |name: &str, lines: Vec<String>| -> Result<()> {
         let path = out.join(name);
         let mut text = lines.join("\n");
@@ -1119,5 +1256,29 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<MergeReport> {
     let run = RunFile { settings: first.settings.clone(), configs, shard: None, limit: first.limit };
     write_json(&out.join(RUN_FILE), &run)?;
     write_json(&out.join(SUMMARY_FILE), &summary)?;
-    Ok(MergeReport { summary, missing_shards, predictions: preds.len() })
+    Ok(MergeReport { summary, missing_shards, unfinished, missing_answers, predictions: preds.len() })
+}
+
+/// How many answers the whole selection (every shard) calls for that neither `answered` nor a recorded
+/// row error accounts for; `None` when the data cannot be read.
+fn missing_answers(
+    run: &RunFile,
+    configs: &[String],
+    answered: &HashSet<(usize, usize, String)>,
+    errors: &[RowError],
+) -> Option<usize> {
+    let paths: Vec<PathBuf> = run.settings.data.iter().map(PathBuf::from).collect();
+    let data = Dataset::open(&paths, run.settings.task).ok()?;
+    let failed: HashSet<usize> = errors.iter().map(|e| e.row).collect();
+    let mut missing = 0;
+    for (row, take) in select(&data, run.limit, None) {
+        let Ok(samples) = &row.samples else { continue };
+        if failed.contains(&row.row) {
+            continue;
+        }
+        for s in &samples[..take] {
+            missing += configs.iter().filter(|c| !answered.contains(&(row.row, s.sub, (*c).clone()))).count();
+        }
+    }
+    Some(missing)
 }
