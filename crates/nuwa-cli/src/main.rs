@@ -22,6 +22,7 @@ const FIELD_FLAGS: &[(&str, &str)] = &[
     ("configs", "--prune"),
     ("data", "--data"),
     ("distance", "--distance"),
+    ("dtype", "--dtype"),
     ("keep", "--keep-file"),
     ("llm_layers", "--llm-layers"),
     ("max_new_tokens", "--max-new-tokens"),

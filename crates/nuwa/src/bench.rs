@@ -231,7 +231,7 @@ impl RandomWeights {
 
     /// `n` values uniform in ±√3·std, from the seed and `key`.
     pub fn values(&self, key: &str, n: usize) -> Vec<f32> {
-        uniform(mix(self.seed ^ fnv1a(key)), n, 3f32.sqrt() * self.std)
+        uniform(mix(self.seed ^ crate::Fnv1a::of(key.as_bytes())), n, 3f32.sqrt() * self.std)
     }
 }
 
@@ -251,10 +251,6 @@ impl SimpleBackend for RandomWeights {
     fn contains_tensor(&self, _name: &str) -> bool {
         true
     }
-}
-
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 /// SplitMix64's finaliser.
@@ -299,6 +295,57 @@ fn uniform(key: u64, n: usize, bound: f32) -> Vec<f32> {
         }
     });
     out
+}
+
+/// Tokens a benchmark prefill holds in the KV cache, at most: the prompt around an unpruned image.
+const BENCH_CONTEXT: usize = PREFIX_TOKENS + 576 + SUFFIX_TOKENS + 64;
+/// Activations, scratch and the allocator's slack on top of weights and cache.
+const WORKSPACE_BYTES: u64 = 1 << 30;
+
+/// Bytes a benchmark of `cfg` in `dtype` needs at its peak, roughly: the weights, one weight matrix in f32
+/// while it is made or converted, a full KV cache, and a workspace for activations.
+pub fn memory_estimate(cfg: &llava::Config, dtype: DType) -> u64 {
+    let t = &cfg.text_config;
+    let bytes = dtype.size_in_bytes() as u64;
+    let weights = parameter_count(cfg) as u64 * bytes;
+    let largest = (t.vocab_size() * t.hidden_size) as u64 * 4;
+    let kv = (t.num_hidden_layers * 2 * BENCH_CONTEXT * t.num_key_value_heads() * t.head_dim()) as u64 * bytes;
+    weights + largest + kv + WORKSPACE_BYTES
+}
+
+/// Refuses a benchmark that would not fit in `available` bytes, saying what would: fewer decoder layers
+/// (the most that fit) or a half-precision dtype.
+pub fn check_memory(cfg: &llava::Config, dtype: DType, available: u64) -> Result<()> {
+    let need = memory_estimate(cfg, dtype);
+    if need <= available {
+        return Ok(());
+    }
+    let gb = |b: u64| format!("{:.1} GB", b as f64 / 1e9);
+    let layers = cfg.text_config.num_hidden_layers;
+    let fits_at = (2..layers).rev().find(|&n| {
+        let mut c = cfg.clone();
+        c.text_config.num_hidden_layers = n;
+        memory_estimate(&c, dtype) <= available
+    });
+    let mut ways = Vec::new();
+    if let Some(n) = fits_at {
+        ways.push(format!("trim the decoder with `llm_layers` {n} or fewer"));
+    }
+    if dtype.size_in_bytes() > 2 && memory_estimate(cfg, DType::BF16) <= available {
+        ways.push(format!("use `dtype` bf16 (about {})", gb(memory_estimate(cfg, DType::BF16))));
+    }
+    if ways.is_empty() {
+        ways.push("trim the vision tower with `vision_layers` and the decoder with `llm_layers` 2".into());
+    }
+    Err(Error::invalid(
+        "llm_layers",
+        format!(
+            "is {layers}: this benchmark needs about {} in {dtype:?} and {} is available; {}",
+            gb(need),
+            gb(available),
+            ways.join(", or ")
+        ),
+    ))
 }
 
 /// A LLaVA model with random weights and the shapes of `cfg`.
@@ -472,6 +519,28 @@ pub mod memory {
     /// Current resident set size, bytes.
     pub fn rss_bytes() -> Option<u64> {
         status_kib("VmRSS:").map(|k| k * 1024)
+    }
+
+    /// What this process may still allocate, bytes: the least of the memory the kernel reports available,
+    /// the cgroup's limit less its usage, and the address-space limit (`ulimit -v`).
+    pub fn available_bytes() -> Option<u64> {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let mut available = line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024;
+        let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|t| t.trim().parse::<u64>().ok());
+        if let (Some(max), Some(used)) = (read("/sys/fs/cgroup/memory.max"), read("/sys/fs/cgroup/memory.current")) {
+            available = available.min(max.saturating_sub(used));
+        }
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let address_space = limits
+            .lines()
+            .find(|l| l.starts_with("Max address space"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|soft| soft.parse::<u64>().ok());
+        if let (Some(limit), Some(used)) = (address_space, status_kib("VmSize:")) {
+            available = available.min(limit.saturating_sub(used * 1024));
+        }
+        Some(available)
     }
 
     /// Total physical memory, bytes.

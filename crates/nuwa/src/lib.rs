@@ -33,6 +33,31 @@ pub(crate) fn l2_normalize_rows(x: &candle_core::Tensor) -> candle_core::Result<
     x.broadcast_div(&norms)
 }
 
+/// FNV-1a, 64 bits: the same on every machine and release (the standard library's hasher may change),
+/// for seeding and for noticing changed data; not for resisting an adversary.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    pub fn add(self, bytes: &[u8]) -> Self {
+        Self(bytes.iter().fold(self.0, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)))
+    }
+
+    pub fn of(bytes: &[u8]) -> u64 {
+        Self::default().add(bytes).0
+    }
+
+    pub fn finish(self) -> u64 {
+        self.0
+    }
+}
+
 pub use engine::{
     Engine, GenerateRequest, Generation, ImageInput, LoadOptions, Session, SessionOptions, StopReason, VisionReport,
 };

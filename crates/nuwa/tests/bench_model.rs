@@ -138,3 +138,25 @@ fn summaries_and_ratios() {
     assert_eq!(bench::ratio(0.0, 0.0), Some(1.0));
     assert_eq!(bench::ratio(1.0, 0.0), None);
 }
+
+#[test]
+fn a_benchmark_that_cannot_fit_is_refused_with_what_would() {
+    const GB: u64 = 1_000_000_000;
+    let full = Preset::Llava15_7b.config();
+    let err = bench::check_memory(&full, DType::F32, 24 * GB).unwrap_err().to_string();
+    assert!(err.contains("`llm_layers` is 32") && err.contains("`dtype` bf16"), "{err}");
+    // The depth it suggests fits; one layer more does not.
+    let at = err.find("with `llm_layers` ").expect("a depth is suggested") + "with `llm_layers` ".len();
+    let n: usize = err[at..].split_whitespace().next().unwrap().parse().unwrap();
+    let trimmed = |layers: usize| {
+        let mut c = full.clone();
+        c.trim(Some(layers), None).unwrap();
+        c
+    };
+    assert!(bench::check_memory(&trimmed(n), DType::F32, 24 * GB).is_ok());
+    assert!(bench::check_memory(&trimmed(n + 1), DType::F32, 24 * GB).is_err());
+    // Half precision at full depth fits the same machine (the weights alone are 14 GB).
+    assert!(bench::check_memory(&full, DType::BF16, 24 * GB).is_ok());
+    assert!(bench::memory_estimate(&full, DType::BF16) > bench::parameter_count(&full) as u64 * 2);
+    assert!(bench::check_memory(&Preset::Tiny.config(), DType::F32, 2 * GB).is_ok());
+}

@@ -143,6 +143,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let dev = device(args.device)?;
     let dt = dtype(args.dtype);
+    if let (true, Some(available)) = (dev.is_cpu(), memory::available_bytes()) {
+        bench::check_memory(&cfg, dt, available)?;
+    }
     let t = Instant::now();
     eprintln!(
         "building {} ({} parameters, {:?})…",

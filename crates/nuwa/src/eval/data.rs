@@ -9,7 +9,7 @@
 use super::Task;
 use crate::preprocess;
 use crate::score::{choice, rec, vqa, yesno::YesNo};
-use crate::{Error, Result};
+use crate::{Error, Fnv1a, Result};
 use image::RgbImage;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::reader::RowIter;
@@ -86,35 +86,6 @@ pub struct Row {
     /// Of the row as stored (the manifest line, the Parquet record but its image): with the image's,
     /// it tells whether an answer on file still answers this row.
     pub hash: u64,
-}
-
-/// FNV-1a, 64 bits: a stable fingerprint (the standard library's hasher may change between releases) to
-/// notice data that changed, not to resist an adversary.
-#[derive(Debug, Clone, Copy)]
-pub struct Fingerprint(u64);
-
-impl Default for Fingerprint {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fingerprint {
-    pub fn add(mut self, bytes: &[u8]) -> Self {
-        // The length first, so that ("ab", "c") and ("a", "bc") differ.
-        for &b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self
-    }
-
-    pub fn of(bytes: &[u8]) -> u64 {
-        Self::default().add(bytes).0
-    }
-
-    pub fn finish(self) -> u64 {
-        self.0
-    }
 }
 
 pub struct Dataset {
@@ -230,7 +201,7 @@ fn read_manifest(path: &Path, task: Task, file: usize, offset: usize, rows: &mut
                 }
             }
         };
-        rows.push(Row { row, file, local: n, image, samples, hash: Fingerprint::of(raw) });
+        rows.push(Row { row, file, local: n, image, samples, hash: Fnv1a::of(raw) });
     }
     Ok(n)
 }
@@ -284,7 +255,7 @@ fn read_parquet(path: &Path, task: Task, file: usize, offset: usize, rows: &mut 
         let (samples, hash) = match item {
             Ok(r) => {
                 let obj = row_to_json(&r);
-                let hash = Fingerprint::of(Value::Object(obj.clone()).to_string().as_bytes());
+                let hash = Fnv1a::of(Value::Object(obj.clone()).to_string().as_bytes());
                 (samples_of(task, &obj, offset + read).map_err(|m| format!("{at}: {m}")), hash)
             }
             Err(e) => {
@@ -610,7 +581,7 @@ impl ImageReader {
     pub fn load(&mut self, data: &Dataset, row: &Row) -> std::result::Result<(RgbImage, u64), String> {
         let (bytes, what) = self.bytes(data, row)?;
         let image = preprocess::decode_image(&bytes, &what).map_err(|e| format!("{}: {e}", data.locate(row)))?;
-        Ok((image, Fingerprint::of(&bytes)))
+        Ok((image, Fnv1a::of(&bytes)))
     }
 
     /// The encoded image of `row` and what to call it in messages.

@@ -20,8 +20,8 @@ use crate::preprocess::Geometry;
 use crate::prompt::PromptTokens;
 use crate::prune::Method;
 use crate::score::{choice, rec, vqa, yesno};
-use crate::{Error, Result, Sampling};
-use data::{Dataset, Fingerprint, Row, Sample, Truth};
+use crate::{Error, Fnv1a, Result, Sampling};
+use data::{Dataset, Row, Sample, Truth};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -720,9 +720,10 @@ fn select(data: &Dataset, limit: Option<usize>, shard: Option<Shard>) -> Vec<(&R
     selected
 }
 
-/// What an answer is computed from: the row as stored, the sample in it, its prompt, the image's bytes.
+/// What an answer is computed from: the row as stored, the sample in it, its prompt, the image's bytes
+/// (one part of varying length, so the parts cannot run into each other).
 fn input_hash(row: &Row, s: &Sample, image: u64) -> String {
-    let f = Fingerprint::default()
+    let f = Fnv1a::default()
         .add(&row.hash.to_le_bytes())
         .add(&(s.sub as u64).to_le_bytes())
         .add(s.prompt.as_bytes())
@@ -753,7 +754,7 @@ fn check_answers_current(
             Err(msg) => return Err(changed(row.row, format!("became unusable ({msg})"))),
         };
         let image = match images.bytes(data, row) {
-            Ok((bytes, _)) => Fingerprint::of(&bytes),
+            Ok((bytes, _)) => Fnv1a::of(&bytes),
             Err(msg) => return Err(changed(row.row, format!("lost its image ({msg})"))),
         };
         for s in samples {
