@@ -1,6 +1,7 @@
 //! Bad input gets an error that names the file or field and what was expected — never a panic.
 mod common;
 use candle_core::{DType, Device, Tensor};
+use common::hostile::*;
 use common::*;
 use nuwa::{Engine, Error, GenerateRequest, ImageInput, LoadOptions, Method, NuwaConfig, Sampling};
 use std::path::{Path, PathBuf};
@@ -242,36 +243,18 @@ fn unsupported_model_family_is_refused_by_name() {
     assert!(err.contains("llava"), "names what is supported: {err}");
 }
 
-/// A PNG of `w`×`h` whose header then claims `claim`×`claim` pixels (a decompression bomb).
-fn png_claiming(claim: u32) -> Vec<u8> {
-    let mut png = std::io::Cursor::new(Vec::new());
-    image::RgbImage::new(4, 4).write_to(&mut png, image::ImageFormat::Png).unwrap();
-    let mut b = png.into_inner();
-    b[16..20].copy_from_slice(&claim.to_be_bytes());
-    b[20..24].copy_from_slice(&claim.to_be_bytes());
-    // A valid header checksum, so only the size is wrong.
-    let crc = crc32(&b[12..29]);
-    b[29..33].copy_from_slice(&crc.to_be_bytes());
-    b
-}
-
-/// PNG's CRC-32 (ISO-HDLC).
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &byte in bytes {
-        c ^= byte as u32;
-        for _ in 0..8 {
-            c = if c & 1 == 1 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-        }
-    }
-    !c
-}
-
 #[test]
 fn hostile_images_are_refused_before_decoding() {
     // Claims 10^10 pixels: refused from the header, nothing allocated.
-    let err = image_err("bomb.png", &png_claiming(100_000));
-    assert!(err.contains("pixels") && err.contains("limit"), "{err}");
+    for (name, bytes) in
+        [("bomb.png", png_claiming(100_000)), ("bomb.jpg", jpeg_claiming(60_000)), ("bomb.gif", gif_claiming(60_000))]
+    {
+        let err = image_err(name, &bytes);
+        assert!(err.contains("pixels") && err.contains("limit"), "{name}: {err}");
+    }
+    // WebP's decoder notices the header disagrees with the data before anything is allocated.
+    let err = image_err("bomb.webp", &webp_claiming(16_384));
+    assert!(err.contains("cannot decode"), "{err}");
     let bytes = png_claiming(100_000);
     let err = nuwa::preprocess::decode_image_within(&bytes, "bomb", 1000).unwrap_err().to_string();
     assert!(err.contains("1000"), "{err}");

@@ -1,6 +1,8 @@
 //! Shared helpers for the fixture tests: paths, the golden tensors, the tiny engine.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod hostile;
+
 use candle_core::{Device, Tensor};
 use nuwa::{Engine, LoadOptions};
 use std::collections::HashMap;
