@@ -6,6 +6,7 @@
 pub mod clip;
 pub mod decoder;
 pub mod llava;
+pub mod llava_next;
 
 use crate::checkpoint::Checkpoint;
 use crate::layout::{Needs, SequenceLayout, VisionEvidence, VisualLayout};
