@@ -436,7 +436,7 @@ pub fn measure(
     decode_tokens: usize,
 ) -> Result<Sample> {
     let t0 = Instant::now();
-    let encoded = engine.encode_image(pixels, method)?;
+    let encoded = engine.encode_image(pixels, None, method)?;
     let state = engine.prefill_encoded(prompt, Some(encoded), method)?;
     let (kv_cache_prefill_bytes, timings) = (state.cache.bytes(), state.timings.clone());
     let (k1, k2) = state.vision.as_ref().map_or((0, None), |v| (v.k1, v.k2));

@@ -48,7 +48,7 @@ fn config(name: &str) -> serde_json::Value {
 }
 
 fn vision() -> VisionEvidence {
-    engine().encode_vision(g("pixel_values"), Needs::default()).unwrap()
+    engine().encode_vision(g("pixel_values"), None, Needs::default()).unwrap()
 }
 
 fn all_patches() -> EncodedImage {

@@ -1,12 +1,56 @@
 //! LLaVA-NeXT against the fixture `tests/fixtures/tiny-llava-next` (made with transformers): the anyres
-//! geometry of every case in `golden.json`, exact.
+//! geometry of every case in `golden.json` exact, the views' pixels, the vision tensors in the
+//! decoder's layout, the prompt, unpruned logits and greedy tokens.
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::max_abs_diff;
+use nuwa::layout::{Needs, Slot};
 use nuwa::models::llava_next::anyres::{Anyres, UnpadAxis};
+use nuwa::{Engine, GenerateRequest, ImageInput, LoadOptions, Method, Sampling};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::OnceLock;
+
+fn dir() -> PathBuf {
+    common::fixtures().join("tiny-llava-next")
+}
 
 fn golden() -> Value {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-next");
-    serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(dir().join("golden.json")).unwrap()).unwrap()
+}
+
+fn g(name: &str) -> &'static Tensor {
+    static G: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
+    let all = G.get_or_init(|| candle_core::safetensors::load(dir().join("golden.safetensors"), &Device::Cpu).unwrap());
+    all.get(name).unwrap_or_else(|| panic!("golden tensor {name} missing"))
+}
+
+fn ids(name: &str) -> Vec<u32> {
+    g(name).to_vec1::<i64>().unwrap().into_iter().map(|v| v as u32).collect()
+}
+
+fn engine() -> &'static Engine {
+    static E: OnceLock<Engine> = OnceLock::new();
+    E.get_or_init(|| Engine::load(&dir(), &LoadOptions::default()).unwrap())
+}
+
+/// The golden pixel values with the image's size (480×307), as a request gives them.
+fn golden_pixels() -> ImageInput {
+    ImageInput::SizedPixels { pixels: g("pixel_values").clone(), width: 480, height: 307 }
+}
+
+fn request(image: ImageInput, method: Method) -> GenerateRequest {
+    GenerateRequest {
+        prompt: golden()["question"].as_str().unwrap().into(),
+        image: Some(image),
+        method,
+        positions: None,
+        sampling: Sampling::default(),
+        max_new_tokens: 8,
+        stop: vec![],
+    }
 }
 
 const PINPOINTS: [[u32; 2]; 5] = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]];
@@ -61,4 +105,86 @@ fn stitched_indices_follow_the_crops_row_major() {
     assert_eq!((tall.rows, tall.cols), (2, 1));
     assert_eq!(tall.crop_patch(30, 3, 24), (1, 6 * 24 + 3));
     assert_eq!(tall.stitched_index(0), 24, "one row cut at the top");
+}
+
+#[test]
+fn own_preprocessing_matches_the_golden_pixel_values() {
+    let img = nuwa::preprocess::load_image(&dir().join("image.png")).unwrap();
+    let (pixels, geometry) = engine().pixels(&img).unwrap();
+    let want = g("pixel_values").squeeze(0).unwrap();
+    assert_eq!(pixels.dims(), want.dims());
+    assert_eq!((geometry.width, geometry.height), (480, 307));
+    let diff = (&pixels - &want).unwrap().abs().unwrap();
+    let mean = diff.mean_all().unwrap().to_scalar::<f32>().unwrap();
+    let max = diff.flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    println!("pixel values: mean |Δ| {mean:e}, max |Δ| {max:e}");
+    assert!(mean <= 0.01, "mean |Δ| {mean}");
+}
+
+#[test]
+fn vision_tensors_are_laid_out_as_the_decoder_sees_them() {
+    let e = engine();
+    let pixels = g("pixel_values").squeeze(0).unwrap();
+    let ev = e.encode_vision(&pixels, Some((480, 307)), Needs { similarity: true }).unwrap();
+    let n_img = golden()["num_image_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(ev.layout.len(), n_img);
+    assert_eq!(ev.layout.grids.len(), 2);
+    assert_eq!((ev.layout.grids[1].rows, ev.layout.grids[1].cols), (24, 38));
+    // The slot of local (ρ, c) is 576 + ρ(W'+1) + c; of row ρ's newline 576 + ρ(W'+1) + W'.
+    assert_eq!(ev.layout.slots[576 + 39 + 5], Slot::Patch { grid: 1, row: 1, col: 5 });
+    assert_eq!(ev.layout.slots[576 + 39 + 38], Slot::Newline { grid: 1, row: 1 });
+    let local: Vec<u32> = ev
+        .layout
+        .slots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s, Slot::Patch { grid: 1, .. }))
+        .map(|(i, _)| i as u32)
+        .collect();
+    assert_eq!(local.len(), 912);
+    let pick = |t: &Tensor, rows: &[u32]| t.index_select(&Tensor::new(rows, &Device::Cpu).unwrap(), 0).unwrap();
+    let base: Vec<u32> = (0..576).collect();
+    let d_local = max_abs_diff(&pick(&ev.features, &local), g("local.features"));
+    let want_base = g("vision.hidden_states.23").get(0).unwrap().narrow(0, 1, 576).unwrap();
+    let d_base = max_abs_diff(&pick(&ev.features, &base), &want_base);
+    let sim = ev.similarity.as_ref().unwrap();
+    let d_sim = max_abs_diff(&pick(sim, &local), g("local.similarity_features"))
+        .max(max_abs_diff(&pick(sim, &base), &g("vision.similarity_features").get(0).unwrap()));
+    let saliency = &ev.saliency.as_ref().unwrap().summed;
+    let at = |rows: &[u32]| {
+        Tensor::new(rows.iter().map(|&r| saliency[r as usize]).collect::<Vec<f32>>(), &Device::Cpu).unwrap()
+    };
+    let d_sal = max_abs_diff(&at(&local), g("local.saliency"))
+        .max(max_abs_diff(&at(&base), &g("vision.cls_attention").get(0).unwrap()));
+    println!("features base {d_base:e} local {d_local:e}; similarity {d_sim:e}; saliency {d_sal:e}");
+    assert!(d_base <= 1e-3 && d_local <= 1e-3 && d_sim <= 1e-3 && d_sal <= 1e-3);
+    // Newline slots carry nothing from the vision tower.
+    let newlines: Vec<u32> = (0..24).map(|r| 576 + r * 39 + 38).collect();
+    assert_eq!(pick(&ev.features, &newlines).abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+
+    // Projected, with the newline vector at each row end: the packed sequence transformers feeds.
+    let encoded = e.reduce(&ev, &Method::NONE).unwrap();
+    let d = max_abs_diff(&encoded.tokens, g("unpruned.image_features"));
+    println!("packed image features max |Δ| {d:e}");
+    assert!(d <= 1e-3, "packed image features max |Δ| {d}");
+}
+
+#[test]
+fn prompt_ids_and_unpruned_generation_match() {
+    let e = engine();
+    let prompt = e.prompt(golden()["question"].as_str().unwrap(), true).unwrap();
+    assert_eq!(prompt.prefix, ids("input_ids.prefix"));
+    assert_eq!(prompt.suffix, ids("input_ids.suffix"));
+    let req = request(golden_pixels(), Method::NONE);
+    let pre = e.prefill(&req).unwrap();
+    let d = max_abs_diff(&pre.logits, g("unpruned.logits_last"));
+    println!("unpruned last-position logits max |Δ| {d:e}");
+    assert!(d <= 2e-3, "logits max |Δ| {d}");
+    assert_eq!(pre.next_position, 1561);
+    assert_eq!(pre.positions.as_linear().unwrap(), ids("unpruned.position_ids").as_slice());
+    let gen = e.generate(&req, &mut |_| {}).unwrap();
+    assert_eq!(gen.tokens, ids("unpruned.greedy"));
+    // The same from the image file, through our own preprocessing.
+    let own = e.generate(&request(ImageInput::Path(dir().join("image.png")), Method::NONE), &mut |_| {}).unwrap();
+    assert_eq!(own.tokens, ids("unpruned.greedy"));
 }

@@ -109,14 +109,14 @@ fn ragged_cache_after_cut() {
 #[test]
 fn one_vision_pass_serves_every_configuration() {
     let e = engine();
-    let shared = e.encode_vision(g("pixel_values"), nuwa::layout::Needs { similarity: true }).unwrap();
+    let shared = e.encode_vision(g("pixel_values"), None, nuwa::layout::Needs { similarity: true }).unwrap();
     for method in [
         Method::NONE,
         Method::Nuwa(NuwaConfig { budget: 64, ..NuwaConfig::default() }),
         Method::Nuwa(NuwaConfig { budget: 192, ..NuwaConfig::default() }),
     ] {
         let reused = e.reduce(&shared, &method).unwrap();
-        let direct = e.encode_image(g("pixel_values"), &method).unwrap();
+        let direct = e.encode_image(g("pixel_values"), None, &method).unwrap();
         assert_eq!(reused.kept, direct.kept);
         assert_eq!(max_abs_diff(&reused.tokens, &direct.tokens), 0.0, "{method:?}");
     }

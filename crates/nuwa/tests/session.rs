@@ -91,7 +91,7 @@ fn bad_session_options_name_their_field() {
 #[test]
 fn a_method_needing_missing_evidence_names_it() {
     let e = engine();
-    let mut evidence = e.encode_vision(g("pixel_values"), Default::default()).unwrap();
+    let mut evidence = e.encode_vision(g("pixel_values"), None, Default::default()).unwrap();
     evidence.summary = None;
     let err = e.reduce(&evidence, &Method::VisionZip(VisionZip { budget: 64 })).unwrap_err();
     assert!(matches!(err, Error::Unsupported(_)), "{err:?}");

@@ -16,7 +16,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let engine = load_engine(&args.model)?;
     let image = match (&args.image, &args.pixel_values) {
         (Some(p), _) => Some(ImageInput::Path(p.clone())),
-        (None, Some(p)) => Some(ImageInput::Pixels(nuwa::engine::read_pixel_values(p, engine.device())?)),
+        (None, Some(p)) => Some(nuwa::engine::read_pixel_values(p, engine.device())?),
         (None, None) => None,
     };
     let req = GenerateRequest {

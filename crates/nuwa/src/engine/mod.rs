@@ -10,7 +10,7 @@ pub use session::{Session, SessionOptions, Step, StopReason};
 use crate::checkpoint::Checkpoint;
 use crate::generation::Sampling;
 use crate::hooks::TokenDropper;
-use crate::layout::{Needs, Positions, VisionEvidence, VisualLayout};
+use crate::layout::{Needs, Positions, Slot, VisionEvidence, VisualLayout};
 pub use crate::models::LoadOptions;
 use crate::models::{decoder, VisionLanguageModel};
 use crate::preprocess::{self, Geometry};
@@ -36,6 +36,13 @@ pub enum ImageInput {
     Path(PathBuf),
     /// Already preprocessed pixel values in the encoder's input shape.
     Pixels(Tensor),
+    /// Pixel values with the original image's size (width, height), which some families' token layout
+    /// depends on (LLaVA-NeXT: `image_sizes`).
+    SizedPixels {
+        pixels: Tensor,
+        width: u32,
+        height: u32,
+    },
     /// A decoded image (e.g. from a request body).
     Decoded(image::RgbImage),
 }
@@ -222,22 +229,34 @@ impl Engine {
     }
 
     /// Encodes one image and reduces its tokens as `method` says, up to (not including) the decoder.
-    pub fn encode_image(&self, pixels: &Tensor, method: &Method) -> Result<EncodedImage> {
-        let evidence = self.encode_vision(pixels, method.needs())?;
+    /// `image_size`: the original (width, height), where the family's layout depends on it.
+    pub fn encode_image(
+        &self,
+        pixels: &Tensor,
+        image_size: Option<(u32, u32)>,
+        method: &Method,
+    ) -> Result<EncodedImage> {
+        let evidence = self.encode_vision(pixels, image_size, method.needs())?;
         self.reduce(&evidence, method)
     }
 
     /// Runs the vision encoder once, keeping what methods with `needs` may ask for. One result serves
     /// every pruning configuration with those needs ([`Engine::reduce`]).
-    pub fn encode_vision(&self, pixels: &Tensor, needs: Needs) -> Result<VisionEvidence> {
-        self.model.encode(pixels, needs)
+    pub fn encode_vision(
+        &self,
+        pixels: &Tensor,
+        image_size: Option<(u32, u32)>,
+        needs: Needs,
+    ) -> Result<VisionEvidence> {
+        self.model.encode(pixels, image_size, needs)
     }
 
     /// Applies `method`'s vision-side reduction and the projector to an encoded image.
     pub fn reduce(&self, ev: &VisionEvidence, method: &Method) -> Result<EncodedImage> {
         let n = ev.layout.len();
         let t0 = Instant::now();
-        let r = method.reduce(ev, &|f| self.model.project(f))?;
+        let n_slots: Vec<Vec<usize>> = (0..n).map(|i| vec![i]).collect();
+        let r = method.reduce(ev, &|| self.embed(&ev.layout, &ev.features, &n_slots))?;
         let reduce_ms = ms(t0);
         let mut e = self.encoded_from(ev, r.tokens, r.sources)?;
         e.pillars = r.pillars;
@@ -266,13 +285,16 @@ impl Engine {
     ) -> Result<Prefill> {
         let decoded = |img: &image::RgbImage| -> Result<EncodedImage> {
             let (pixels, geometry) = self.pixels(img)?;
-            let mut v = self.encode_vision(&pixels, method.needs())?;
+            let mut v = self.encode_vision(&pixels, Some((geometry.width, geometry.height)), method.needs())?;
             v.geometry = Some(geometry);
             self.reduce(&v, method)
         };
         let encoded = match image {
             None => None,
-            Some(ImageInput::Pixels(p)) => Some(self.encode_image(&self.model.check_pixels(p)?, method)?),
+            Some(ImageInput::Pixels(p)) => Some(self.encode_image(&self.model.check_pixels(p)?, None, method)?),
+            Some(ImageInput::SizedPixels { pixels, width, height }) => {
+                Some(self.encode_image(&self.model.check_pixels(pixels)?, Some((*width, *height)), method)?)
+            }
             Some(ImageInput::Path(path)) => Some(decoded(&preprocess::load_image(path)?)?),
             Some(ImageInput::Decoded(img)) => Some(decoded(img)?),
         };
@@ -356,7 +378,7 @@ impl Engine {
     ) -> Result<EncodedImage> {
         let (features, tokens) = match tokens {
             VisionTokens::Features(f) => {
-                let projected = self.model.project(&f)?;
+                let projected = self.embed(&v.layout, &f, &sources)?;
                 (f, projected)
             }
             VisionTokens::Projected(p) => (p.clone(), p),
@@ -376,6 +398,26 @@ impl Engine {
             vision_ms: v.vision_ms,
             stage1_ms: 0.0,
         })
+    }
+
+    /// Vision tokens in the decoder's space: `features` projected, except a token standing for exactly
+    /// one newline slot, which takes the model's newline embedding.
+    fn embed(&self, layout: &VisualLayout, features: &Tensor, sources: &[Vec<usize>]) -> Result<Tensor> {
+        let projected = self.model.project(features)?;
+        let Some(newline) = self.model.newline_embedding() else { return Ok(projected) };
+        let is_newline: Vec<u8> = sources
+            .iter()
+            .map(|s| {
+                u8::from(matches!(s.as_slice(), [i] if matches!(layout.slots.get(*i), Some(Slot::Newline { .. }))))
+            })
+            .collect();
+        if !is_newline.contains(&1) {
+            return Ok(projected);
+        }
+        let shape = projected.shape().clone();
+        let mask = Tensor::from_vec(is_newline, (sources.len(), 1), projected.device())?.broadcast_as(&shape)?;
+        let newline = newline.to_dtype(projected.dtype())?.reshape((1, ()))?.broadcast_as(&shape)?;
+        Ok(mask.where_cond(&newline, &projected)?)
     }
 
     /// A decoding session from a prefill state: call [`Session::step`] for each token.
@@ -467,13 +509,25 @@ impl Engine {
 }
 
 /// Reads the `pixel_values` tensor of a safetensors file.
-pub fn read_pixel_values(path: &Path, device: &Device) -> Result<Tensor> {
+/// The `pixel_values` tensor of a safetensors file, with the original size when the file has
+/// `image_sizes` (`[[height, width]]`, as transformers' LLaVA-NeXT processor writes it).
+pub fn read_pixel_values(path: &Path, device: &Device) -> Result<ImageInput> {
     let tensors = candle_core::safetensors::load(path, device)
         .map_err(|e| Error::io(path, format!("cannot read safetensors: {e}")))?;
-    tensors
+    let pixels = tensors
         .get("pixel_values")
         .cloned()
-        .ok_or_else(|| Error::config(path, "no tensor named `pixel_values` (expected [3,H,W] or [1,3,H,W])"))
+        .ok_or_else(|| Error::config(path, "no tensor named `pixel_values` (expected [3,H,W] or [1,3,H,W])"))?;
+    let Some(sizes) = tensors.get("image_sizes") else { return Ok(ImageInput::Pixels(pixels)) };
+    let bad = || Error::config(path, "`image_sizes` must hold one [height, width] pair of positive integers");
+    let hw: Vec<i64> =
+        sizes.to_dtype(candle_core::DType::I64).and_then(|t| t.flatten_all()?.to_vec1()).map_err(|_| bad())?;
+    match hw.as_slice() {
+        &[h, w] if h > 0 && w > 0 && h <= u32::MAX as i64 && w <= u32::MAX as i64 => {
+            Ok(ImageInput::SizedPixels { pixels, width: w as u32, height: h as u32 })
+        }
+        _ => Err(bad()),
+    }
 }
 
 pub(crate) fn ms(t: Instant) -> f64 {

@@ -626,7 +626,7 @@ pub fn run(
                 }
             }
             let (pixels, geometry) = engine.pixels(&img)?;
-            let mut features = engine.encode_vision(&pixels, needs)?;
+            let mut features = engine.encode_vision(&pixels, Some((geometry.width, geometry.height)), needs)?;
             features.geometry = Some(geometry);
             Ok(Ok((features, geometry, prompts, image_hash)))
         })()?;

@@ -48,10 +48,16 @@ pub trait VisionLanguageModel: Send + Sync {
     fn check_pixels(&self, pixels: &Tensor) -> Result<Tensor>;
 
     /// One vision-encoder pass: the layout of the image's tokens and the evidence `needs` asks for.
-    fn encode(&self, pixels: &Tensor, needs: Needs) -> Result<VisionEvidence>;
+    /// `image_size` is the original (width, height), for families whose layout depends on it.
+    fn encode(&self, pixels: &Tensor, image_size: Option<(u32, u32)>, needs: Needs) -> Result<VisionEvidence>;
 
     /// Vision features (K, vision hidden) into the decoder's embedding space.
     fn project(&self, features: &Tensor) -> Result<Tensor>;
+
+    /// The decoder-space embedding of [`crate::layout::Slot::Newline`] tokens, which skip the projector.
+    fn newline_embedding(&self) -> Option<&Tensor> {
+        None
+    }
 
     /// The family's chat template over a conversation, tokenised and split at the image.
     fn prompt(&self, tokenizer: &TextTokenizer, conversation: &Conversation) -> Result<PromptTokens>;
@@ -75,7 +81,7 @@ pub struct Family {
 }
 
 /// Every supported family.
-pub const FAMILIES: &[Family] = &[llava::FAMILY];
+pub const FAMILIES: &[Family] = &[llava::FAMILY, llava_next::FAMILY];
 
 /// The family of a checkpoint, from `model_type` (or, when absent, `architectures`) in its config.
 pub fn detect(ckpt: &Checkpoint) -> Result<&'static Family> {

@@ -65,8 +65,8 @@ impl Pruner for DivPrune {
 }
 
 impl VisionReducer for DivPrune {
-    fn reduce(&self, ev: &VisionEvidence, project: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Reduction> {
-        let all = project(&ev.features)?;
+    fn reduce(&self, _ev: &VisionEvidence, embedded: &dyn Fn() -> Result<Tensor>) -> Result<Reduction> {
+        let all = embedded()?;
         let mut kept = select(&all, self.budget)?;
         kept.sort_unstable();
         let idx = crate::index_tensor(&kept, all.device())?;

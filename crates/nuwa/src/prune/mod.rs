@@ -61,9 +61,9 @@ pub trait Pruner {
 
 /// Reduces an image's tokens between the vision encoder and the decoder.
 pub trait VisionReducer {
-    /// `project` maps vision features (K, vision hidden) into the decoder's space, for methods that
-    /// select among projected tokens.
-    fn reduce(&self, ev: &VisionEvidence, project: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Reduction>;
+    /// `embedded` gives every slot's token in the decoder's space (projected, or the model's own
+    /// embedding for a newline), for methods that select among those.
+    fn reduce(&self, ev: &VisionEvidence, embedded: &dyn Fn() -> Result<Tensor>) -> Result<Reduction>;
 }
 
 /// What a vision-side reduction hands on.
@@ -190,10 +190,10 @@ impl Method {
     }
 
     /// The vision-side reduction, or every slot as it is for methods without one.
-    pub fn reduce(&self, ev: &VisionEvidence, project: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Reduction> {
+    pub fn reduce(&self, ev: &VisionEvidence, embedded: &dyn Fn() -> Result<Tensor>) -> Result<Reduction> {
         self.validate()?;
         match self.pruner().reducer() {
-            Some(r) => r.reduce(ev, project).map_err(|e| match e {
+            Some(r) => r.reduce(ev, embedded).map_err(|e| match e {
                 Error::Unsupported(m) => Error::Unsupported(format!("{}: {m}", self.name())),
                 e => e,
             }),

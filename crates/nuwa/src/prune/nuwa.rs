@@ -401,7 +401,7 @@ impl Pruner for NuwaConfig {
 }
 
 impl VisionReducer for NuwaConfig {
-    fn reduce(&self, ev: &VisionEvidence, _project: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Reduction> {
+    fn reduce(&self, ev: &VisionEvidence, _embedded: &dyn Fn() -> Result<Tensor>) -> Result<Reduction> {
         let grid = ev.layout.raster_grid("nuwa")?;
         let b = budgets(self.budget, self.stages, grid.0, grid.1);
         let s1 = stage1(&ev.saliency()?.summed, &ev.features, ev.similarity()?, grid, &b, self)?;

@@ -72,7 +72,7 @@ impl Pruner for Pool {
 }
 
 impl VisionReducer for Pool {
-    fn reduce(&self, ev: &VisionEvidence, _project: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Reduction> {
+    fn reduce(&self, ev: &VisionEvidence, _embedded: &dyn Fn() -> Result<Tensor>) -> Result<Reduction> {
         let (h, w) = ev.layout.raster_grid("pool")?;
         let (ho, wo) = output_grid(self.budget, h, w);
         let cells = windows(h, w, ho, wo);

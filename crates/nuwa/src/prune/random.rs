@@ -53,7 +53,7 @@ impl Pruner for Random {
 }
 
 impl VisionReducer for Random {
-    fn reduce(&self, ev: &VisionEvidence, _project: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Reduction> {
+    fn reduce(&self, ev: &VisionEvidence, _embedded: &dyn Fn() -> Result<Tensor>) -> Result<Reduction> {
         Reduction::gather(ev, indices(ev.layout.len(), self.budget, self.seed))
     }
 }
@@ -83,7 +83,7 @@ impl Pruner for Manual {
 }
 
 impl VisionReducer for Manual {
-    fn reduce(&self, ev: &VisionEvidence, _project: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Reduction> {
+    fn reduce(&self, ev: &VisionEvidence, _embedded: &dyn Fn() -> Result<Tensor>) -> Result<Reduction> {
         Reduction::gather(ev, manual(&self.keep, ev.layout.len())?)
     }
 }

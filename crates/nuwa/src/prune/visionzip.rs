@@ -107,7 +107,7 @@ impl Pruner for VisionZip {
 }
 
 impl VisionReducer for VisionZip {
-    fn reduce(&self, ev: &VisionEvidence, _project: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Reduction> {
+    fn reduce(&self, ev: &VisionEvidence, _embedded: &dyn Fn() -> Result<Tensor>) -> Result<Reduction> {
         let (dominant, contextual) = split(self.budget);
         let sel = select(&ev.saliency()?.summed, ev.keys()?, dominant, contextual)?;
         let (features, sources) = tokens(&sel, &ev.features, ev.summary()?)?;

@@ -72,11 +72,7 @@ impl Pruner for VisPruner {
 }
 
 impl VisionReducer for VisPruner {
-    fn reduce(
-        &self,
-        ev: &VisionEvidence,
-        _project: &dyn Fn(&Tensor) -> crate::Result<Tensor>,
-    ) -> crate::Result<Reduction> {
+    fn reduce(&self, ev: &VisionEvidence, _embedded: &dyn Fn() -> crate::Result<Tensor>) -> crate::Result<Reduction> {
         let attn = ev.saliency()?.mean();
         let rows = ev.features.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         Reduction::gather(ev, select(&attn, &rows, self.budget, 0.5).0)

@@ -147,7 +147,7 @@ impl VisionLanguageModel for Llava {
     /// One CLIP pass keeping the projector's input layer, the [CLS] saliency row at the layer before
     /// (one row of work, always read so overlays have it), that layer's head-mean keys, and with
     /// `needs.similarity` the mean of the trailing hidden states.
-    fn encode(&self, pixels: &Tensor, needs: Needs) -> Result<VisionEvidence> {
+    fn encode(&self, pixels: &Tensor, _image_size: Option<(u32, u32)>, needs: Needs) -> Result<VisionEvidence> {
         let cfg = &self.config;
         let depth = cfg.vision_config.num_hidden_layers;
         let feature_layer = cfg.feature_layer().map_err(Error::Unsupported)?;
