@@ -150,9 +150,10 @@ pub struct PruneArgs {
     /// Squared radius (patches²) of the similarity fall-off in stage 1.
     #[arg(long, default_value_t = 280.0, allow_negative_numbers = true)]
     pub distance: f64,
-    /// Anchors at or above this quantile of anchor saliency are pillars (kept unchanged).
-    #[arg(long, default_value_t = 0.55, allow_negative_numbers = true)]
-    pub pillar_quantile: f64,
+    /// Anchors at or above this quantile of anchor saliency are pillars (kept unchanged) [default: 0.55;
+    /// 0.5 on LLaVA-NeXT, as its released launch script sets].
+    #[arg(long, allow_negative_numbers = true)]
+    pub pillar_quantile: Option<f64>,
     /// Select anchors by global saliency only, without the 2×2 cell grouping (ablation).
     #[arg(long)]
     pub no_cells: bool,

@@ -40,13 +40,35 @@ pub enum Slot {
 pub struct VisualLayout {
     pub grids: Vec<Grid>,
     pub slots: Vec<Slot>,
+    /// Encoder views the tokens come from (LLaVA-NeXT: the base view and each crop).
+    pub views: usize,
 }
 
 impl VisualLayout {
     /// One `rows` × `cols` grid of patches in raster order: slot `i` is patch (i / cols, i % cols).
     pub fn grid(rows: usize, cols: usize) -> Self {
         let slots = (0..rows * cols).map(|i| Slot::Patch { grid: 0, row: i / cols, col: i % cols }).collect();
-        Self { grids: vec![Grid { t: 1, rows, cols }], slots }
+        Self { grids: vec![Grid { t: 1, rows, cols }], slots, views: 1 }
+    }
+
+    /// The slots of grid `grid`'s patches, in sequence order (raster order for every family here).
+    pub fn patch_slots(&self, grid: usize) -> Vec<usize> {
+        let of_grid = |s: &Slot| matches!(s, Slot::Patch { grid: g, .. } if *g == grid);
+        self.slots.iter().enumerate().filter(|(_, s)| of_grid(s)).map(|(i, _)| i).collect()
+    }
+
+    /// The slots of row-end newline tokens.
+    pub fn newline_slots(&self) -> Vec<usize> {
+        self.slots.iter().enumerate().filter(|(_, s)| matches!(s, Slot::Newline { .. })).map(|(i, _)| i).collect()
+    }
+
+    /// The (base, local) grids of an anyres layout: a base view's grid, then one grid stitched from
+    /// several crops (LLaVA-NeXT).
+    pub fn anyres(&self) -> Option<(Grid, Grid)> {
+        match self.grids.as_slice() {
+            [base, local] if self.views > 1 => Some((*base, *local)),
+            _ => None,
+        }
     }
 
     /// Number of slots (vision tokens of the unpruned sequence).

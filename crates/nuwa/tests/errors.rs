@@ -208,7 +208,7 @@ fn zero_new_tokens_and_impossible_pruning_values() {
     assert_eq!(err.field(), Some("max_new_tokens"), "{err}");
     for (cfg, field) in [
         (NuwaConfig { budget: 0, ..NuwaConfig::default() }, "budget"),
-        (NuwaConfig { pillar_quantile: 1.2, ..NuwaConfig::default() }, "pillar_quantile"),
+        (NuwaConfig { pillar_quantile: Some(1.2), ..NuwaConfig::default() }, "pillar_quantile"),
         (NuwaConfig { distance: 0.0, ..NuwaConfig::default() }, "distance"),
     ] {
         assert_eq!(cfg.validate().unwrap_err().field(), Some(field));

@@ -7,6 +7,7 @@ use candle_core::{Device, Tensor};
 use common::max_abs_diff;
 use nuwa::layout::{Needs, Slot};
 use nuwa::models::llava_next::anyres::{Anyres, UnpadAxis};
+use nuwa::prune::nuwa::{self as nw, Budgets, NuwaConfig};
 use nuwa::{Engine, GenerateRequest, ImageInput, LoadOptions, Method, Sampling};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -187,4 +188,104 @@ fn prompt_ids_and_unpruned_generation_match() {
     // The same from the image file, through our own preprocessing.
     let own = e.generate(&request(ImageInput::Path(dir().join("image.png")), Method::NONE), &mut |_| {}).unwrap();
     assert_eq!(own.tokens, ids("unpruned.greedy"));
+}
+
+fn usizes(name: &str) -> Vec<usize> {
+    g(name).to_vec1::<i64>().unwrap().into_iter().map(|v| v as usize).collect()
+}
+
+fn flags(name: &str) -> Vec<bool> {
+    g(name).to_dtype(candle_core::DType::I64).unwrap().to_vec1::<i64>().unwrap().into_iter().map(|v| v != 0).collect()
+}
+
+/// Stage 1 from the golden CLIP tensors alone, per grid: anchors, pillars and aggregated features.
+fn check_stage1_from_golden_tensors(budget: usize) {
+    let run = format!("nuwa{budget}");
+    let spec = &golden()["runs"][&run];
+    let (k1, top_n) = nw::anyres_budgets(budget);
+    assert_eq!((k1 as u64, top_n as u64), (spec["k1"].as_u64().unwrap(), spec["top_n_table"].as_u64().unwrap()));
+    let t = k1 / 3;
+    let cfg = NuwaConfig { budget, pillar_quantile: Some(nw::ANYRES_PILLAR_QUANTILE), ..NuwaConfig::default() };
+    let base_x = g("vision.hidden_states.23").get(0).unwrap().narrow(0, 1, 576).unwrap();
+    let base_m = g("vision.similarity_features").get(0).unwrap();
+    let base_s = g("vision.cls_attention").get(0).unwrap().to_vec1::<f32>().unwrap();
+    let local_s = g("local.saliency").to_vec1::<f32>().unwrap();
+    for (grid, s, x, m, hw, k) in [
+        ("global", &base_s, &base_x, &base_m, (24, 24), t),
+        ("local", &local_s, g("local.features"), g("local.similarity_features"), (24, 38), 2 * t),
+    ] {
+        let b = Budgets { k1: k, k2: None, top_n };
+        let out = nw::stage1(s, x, m, hw, &b, &cfg).unwrap();
+        assert_eq!(out.anchors, usizes(&format!("{run}.{grid}_anchors")), "{run}: {grid} anchors");
+        assert_eq!(out.pillars, flags(&format!("{run}.{grid}_is_pillar")), "{run}: {grid} pillars");
+        let d = max_abs_diff(&out.tokens, g(&format!("{run}.{grid}_aggregated")));
+        println!("{run}: {grid} aggregated from the golden CLIP tensors max |Δ| {d:e}");
+        assert!(d <= 1e-4, "{run}: {grid} aggregated max |Δ| {d}");
+    }
+}
+
+/// The whole pipeline from the golden pixel values, then from the image file.
+fn check_pipeline(budget: usize) {
+    let e = engine();
+    let run = format!("nuwa{budget}");
+    let spec = &golden()["runs"][&run];
+    let method = Method::Nuwa(NuwaConfig { budget, ..NuwaConfig::default() });
+    let req = request(golden_pixels(), method.clone());
+    let pre = e.prefill(&req).unwrap();
+    let enc = pre.encoded.as_ref().unwrap();
+    let slots: Vec<usize> = enc.sources.iter().map(|s| s[0]).collect();
+    assert_eq!(slots, usizes(&format!("{run}.visual_slot")), "{run}: visual slots");
+    assert_eq!(slots.len() as u64, spec["n_v"].as_u64().unwrap());
+    let kinds: Vec<usize> = slots
+        .iter()
+        .map(|&s| match enc.layout.slots[s] {
+            Slot::Patch { grid: 0, .. } => 0,
+            Slot::Patch { .. } => 1,
+            _ => 2,
+        })
+        .collect();
+    assert_eq!(kinds, usizes(&format!("{run}.visual_kind")), "{run}: visual kinds");
+    let pillars = spec["global"]["pillars"].as_u64().unwrap() + spec["local"]["pillars"].as_u64().unwrap();
+    assert_eq!(enc.pillars.len() as u64, pillars, "{run}: pillar count");
+    let d_embeds = max_abs_diff(&enc.tokens, g(&format!("{run}.visual_embeds")));
+    assert!(d_embeds <= 1e-3, "{run}: visual embeddings max |Δ| {d_embeds}");
+    assert_eq!(pre.positions.as_linear().unwrap(), ids(&format!("{run}.position_ids")).as_slice(), "{run}: positions");
+    assert_eq!(pre.next_position, 1561);
+    let report = pre.vision.as_ref().unwrap();
+    let want_survivors: Vec<usize> = usizes(&format!("{run}.stage2_kept")).iter().map(|&i| slots[i]).collect();
+    assert_eq!(report.stage2, want_survivors, "{run}: stage-2 survivors");
+    assert_eq!(report.k2.map(|k| k as u64), spec["k2"].as_u64());
+    let d_logits = max_abs_diff(&pre.logits, g(&format!("{run}.logits_last")));
+    assert!(d_logits <= 2e-3, "{run}: logits max |Δ| {d_logits}");
+
+    let prompt = e.prompt(golden()["question"].as_str().unwrap(), true).unwrap();
+    let only1 = e.prefill_encoded(&prompt, pre.encoded.clone(), &Method::NONE).unwrap();
+    let d_only1 = max_abs_diff(&only1.logits, g(&format!("{run}.stage1_only.logits_last")));
+    assert!(d_only1 <= 2e-3, "{run}: stage-1-only logits max |Δ| {d_only1}");
+    let greedy1 = e.generate_from(only1, &Sampling::default(), 8, &mut |_| {}).unwrap();
+    assert_eq!(greedy1.tokens, ids(&format!("{run}.stage1_only.greedy")), "{run}: stage-1-only greedy");
+    println!("{run}: visual embeddings {d_embeds:e}, logits {d_logits:e}, stage-1-only logits {d_only1:e}");
+
+    let gen = e.generate(&req, &mut |_| {}).unwrap();
+    assert_eq!(gen.tokens, ids(&format!("{run}.greedy")), "{run}: greedy through the ragged cache");
+    let own = e.generate(&request(ImageInput::Path(dir().join("image.png")), method), &mut |_| {}).unwrap();
+    assert_eq!(own.tokens, ids(&format!("{run}.greedy")), "{run}: greedy from the image file");
+}
+
+#[test]
+fn nuwa_160_matches_the_intended_next_behaviour() {
+    check_stage1_from_golden_tensors(160);
+    check_pipeline(160);
+}
+
+#[test]
+fn nuwa_320_matches_the_intended_next_behaviour() {
+    check_stage1_from_golden_tensors(320);
+    check_pipeline(320);
+}
+
+#[test]
+fn nuwa_640_keeps_every_local_patch_once_raised() {
+    check_stage1_from_golden_tensors(640);
+    check_pipeline(640);
 }

@@ -60,7 +60,7 @@ proptest! {
         let m: Vec<f32> = (0..n * 4).map(|i| ((i as u64 * 40503 + seed) % 997) as f32 / 101.0 - 4.0).collect();
         let x = Tensor::from_vec(x, (n, 6), &Device::Cpu).unwrap();
         let m = Tensor::from_vec(m, (n, 4), &Device::Cpu).unwrap();
-        let cfg = NuwaConfig { pillar_quantile: q, ..NuwaConfig::default() };
+        let cfg = NuwaConfig { pillar_quantile: Some(q), ..NuwaConfig::default() };
         let k1 = (n / 3).max(1);
         let budgets = nw::Budgets { k1, k2: None, top_n: k1.div_ceil((h / 2) * (w / 2)).clamp(1, 4) };
         let out = nw::stage1(&s, &x, &m, (h, w), &budgets, &cfg).unwrap();

@@ -329,7 +329,8 @@ impl Engine {
 
     /// Where an image's tokens sit in the decoder's sequence for `prompt`.
     pub fn span(&self, prompt: &PromptTokens, e: &EncodedImage, policy: PositionPolicy) -> Span {
-        Span { tokens: e.sources.clone(), policy, sequence: self.model.sequence_layout(prompt, Some(&e.layout)) }
+        let sequence = self.model.sequence_layout(prompt, Some(&e.layout));
+        Span { tokens: e.sources.clone(), policy, sequence, layout: e.layout.clone() }
     }
 
     /// Prefill with any in-decoder dropper; `method` only labels the report.
@@ -508,7 +509,6 @@ impl Engine {
     }
 }
 
-/// Reads the `pixel_values` tensor of a safetensors file.
 /// The `pixel_values` tensor of a safetensors file, with the original size when the file has
 /// `image_sizes` (`[[height, width]]`, as transformers' LLaVA-NeXT processor writes it).
 pub fn read_pixel_values(path: &Path, device: &Device) -> Result<ImageInput> {

@@ -244,6 +244,8 @@ pub struct Span {
     pub policy: PositionPolicy,
     /// Where the image sits in the unpruned sequence and how that is numbered.
     pub sequence: SequenceLayout,
+    /// What the image's slots are.
+    pub layout: VisualLayout,
 }
 
 impl Span {

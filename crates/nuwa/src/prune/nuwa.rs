@@ -5,6 +5,10 @@
 //! ("collectors") folding in similar nearby patches. Stage 2, halfway up the decoder: keep the K2 vision
 //! tokens the last prompt token attends to most. Tokens keep their original positions (the pipeline's job).
 //! Where the paper and the released code differ, this follows the released code (see SPEC-nuwa.md).
+//!
+//! On an anyres layout (LLaVA-NeXT: a base view's grid and a grid stitched from crops, rows closed by
+//! newline tokens) the two grids are pruned independently with the stage-1 budget split over the views,
+//! every row keeps its newline, and stage 2 keeps a tenth of the vision tokens (SPEC-llava-next §6–7).
 
 use super::{
     schedule_steps, singletons, sort_desc, top_k_ascending, CutRecord, FromBudget, PositionPolicy, Pruner, Reduction,
@@ -48,7 +52,8 @@ pub struct NuwaConfig {
     pub stages: Stages,
     /// Squared radius of the similarity fall-off, in patches².
     pub distance: f64,
-    pub pillar_quantile: f64,
+    /// `None`: the layout's default ([`DEFAULT_PILLAR_QUANTILE`], [`ANYRES_PILLAR_QUANTILE`]).
+    pub pillar_quantile: Option<f64>,
     /// 2×2 cell grouping before the global top-K1 (off = the "no region" ablation).
     pub cells: bool,
     /// Decoder layer before which stage 2 cuts; `None` = half the depth.
@@ -63,7 +68,7 @@ impl Default for NuwaConfig {
             budget: 128,
             stages: Stages::Both,
             distance: 280.0,
-            pillar_quantile: 0.55,
+            pillar_quantile: None,
             cells: true,
             stage2_layer: None,
             stage2_rule: Stage2Rule::Attention,
@@ -84,13 +89,16 @@ impl NuwaConfig {
                 format!("must be a positive number of patches², got {}", self.distance),
             ));
         }
-        if !(0.0..=1.0).contains(&self.pillar_quantile) {
-            return Err(Error::invalid(
-                "pillar_quantile",
-                format!("must be within [0, 1], got {}", self.pillar_quantile),
-            ));
+        if let Some(q) = self.pillar_quantile.filter(|q| !(0.0..=1.0).contains(q)) {
+            return Err(Error::invalid("pillar_quantile", format!("must be within [0, 1], got {q}")));
         }
         Ok(())
+    }
+
+    /// The pillar quantile on `layout`: the one asked for, else the layout's default.
+    pub fn pillar_quantile_on(&self, layout: &VisualLayout) -> f64 {
+        let default = if layout.anyres().is_some() { ANYRES_PILLAR_QUANTILE } else { DEFAULT_PILLAR_QUANTILE };
+        self.pillar_quantile.unwrap_or(default)
     }
 
     /// The stage-2 layer for a decoder of `depth` layers, checked.
@@ -110,6 +118,28 @@ impl NuwaConfig {
         }
         Ok(layer)
     }
+}
+
+/// The pillar quantile of the released LLaVA-1.5 tower.
+pub const DEFAULT_PILLAR_QUANTILE: f64 = 0.55;
+/// The pillar quantile the released LLaVA-NeXT launch script sets (its tower has no default).
+pub const ANYRES_PILLAR_QUANTILE: f64 = 0.5;
+
+/// Stage-1 anchors K1 and the per-cell top-n on an anyres layout for budget B: the NeXT table at 160, 320
+/// and 640 (290/2, 582/3, 1162/3); any other budget K1 = round(1.8125·B) (the 160 row's ratio; within 2
+/// of the other rows) and top-n 2 up to B = 240, 3 above.
+pub fn anyres_budgets(budget: usize) -> (usize, usize) {
+    match budget {
+        160 => (290, 2),
+        320 => (582, 3),
+        640 => (1162, 3),
+        b => (((1.8125 * b as f64).round() as usize).max(1), if b <= 240 { 2 } else { 3 }),
+    }
+}
+
+/// Survivors of stage 2 on an anyres layout: a tenth of the `n_v` vision tokens in the decoder.
+pub fn anyres_k2(n_v: usize) -> usize {
+    (n_v / 10).max(1)
 }
 
 /// Token counts for one image.
@@ -155,7 +185,8 @@ pub fn counts(budget: usize, stages: Stages, n: usize) -> (usize, Option<usize>)
 /// Stage-1 anchors: top-`top_n` per 2×2 cell by saliency, then the `k1` most salient of those, returned
 /// in raster order. With `cells` off, the plain global top-`k1`.
 ///
-/// When `k1` exceeds the candidates, n is raised to ceil(4·k1 / N); at 4 every patch is an anchor.
+/// When `k1` exceeds the candidates, n is raised to ceil(k1 / cells); at 4 every patch is an anchor
+/// (an odd last row or column is never a candidate otherwise).
 pub fn select_anchors(saliency: &[f32], h: usize, w: usize, k1: usize, top_n: usize, cells: bool) -> Vec<usize> {
     let n = h * w;
     assert_eq!(saliency.len(), n, "saliency must have one value per patch");
@@ -163,7 +194,7 @@ pub fn select_anchors(saliency: &[f32], h: usize, w: usize, k1: usize, top_n: us
         let n_cells = (h / 2) * (w / 2);
         let mut top_n = top_n;
         if k1 > top_n * n_cells {
-            top_n = (4 * k1).div_ceil(n);
+            top_n = k1.div_ceil(n_cells.max(1));
         }
         if top_n >= 4 || n_cells == 0 {
             return (0..n).collect();
@@ -271,7 +302,7 @@ pub fn stage1(
 ) -> Result<Stage1> {
     let anchors = select_anchors(saliency, h, w, budgets.k1, budgets.top_n, cfg.cells);
     let anchor_saliency: Vec<f32> = anchors.iter().map(|&a| saliency[a]).collect();
-    let pillars = pillars(&anchor_saliency, cfg.pillar_quantile);
+    let pillars = pillars(&anchor_saliency, cfg.pillar_quantile.unwrap_or(DEFAULT_PILLAR_QUANTILE));
     let (pillar_rows, collector_rows): (Vec<usize>, Vec<usize>) = {
         let (p, c): (Vec<_>, Vec<_>) = anchors.iter().zip(&pillars).partition(|(_, &is_p)| is_p);
         (p.into_iter().map(|(&a, _)| a).collect(), c.into_iter().map(|(&a, _)| a).collect())
@@ -329,7 +360,10 @@ impl Stage2 {
     /// `None` when the budget leaves nothing to cut (stage 1 only, or K2 ≥ the tokens in `span`).
     pub fn new(cfg: &NuwaConfig, span: Span, depth: usize) -> Result<Option<Self>> {
         let layer = cfg.stage2_layer(depth)?;
-        let k2 = counts(cfg.budget, cfg.stages, span.n_slots()).1;
+        let k2 = match (cfg.stages, span.layout.anyres()) {
+            (Stages::Both, Some(_)) => Some(anyres_k2(span.len())),
+            _ => counts(cfg.budget, cfg.stages, span.n_slots()).1,
+        };
         Ok(k2.filter(|&k2| k2 < span.len()).map(|k2| Self {
             layer,
             k2,
@@ -385,6 +419,15 @@ impl Pruner for NuwaConfig {
     }
 
     fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+        if let (Some((base, local)), Stages::Both | Stages::One) = (layout.anyres(), self.stages) {
+            let (k1, _) = self.anyres_split(layout);
+            let k1 = k1.0.min(base.rows * base.cols) + k1.1.min(local.rows * local.cols);
+            let n_v = k1 + layout.newline_slots().len();
+            return Ok(match self.stages {
+                Stages::Both => schedule_steps(n_v, &[(self.stage2_layer(depth)?, anyres_k2(n_v))], depth),
+                _ => vec![n_v; depth],
+            });
+        }
         Ok(match counts(self.budget, self.stages, layout.len()) {
             (k1, Some(k2)) if k2 < k1 => schedule_steps(k1, &[(self.stage2_layer(depth)?, k2)], depth),
             (k1, _) => vec![k1; depth],
@@ -400,8 +443,60 @@ impl Pruner for NuwaConfig {
     }
 }
 
+impl NuwaConfig {
+    /// Stage-1 targets (base, local) and the per-cell top-n on an anyres layout: K1 split evenly over
+    /// the views, t = ⌊K1 / V⌋ for the base view and t·(V − 1) for the crops.
+    pub fn anyres_split(&self, layout: &VisualLayout) -> ((usize, usize), usize) {
+        let (k1, top_n) = match self.stages {
+            Stages::One => (self.budget, anyres_budgets(self.budget).1),
+            _ => anyres_budgets(self.budget),
+        };
+        let t = k1 / layout.views;
+        ((t, t * (layout.views - 1)), top_n)
+    }
+
+    /// Stage 1 on each grid of an anyres layout; every newline slot stays as a token of its own.
+    fn reduce_anyres(&self, ev: &VisionEvidence) -> Result<Reduction> {
+        let ((k_base, k_local), top_n) = self.anyres_split(&ev.layout);
+        let cfg = NuwaConfig { pillar_quantile: Some(self.pillar_quantile_on(&ev.layout)), ..self.clone() };
+        let (saliency, similarity) = (&ev.saliency()?.summed, ev.similarity()?);
+        let dev = ev.features.device();
+        let (mut parts, mut sources, mut pillars) = (Vec::new(), Vec::new(), Vec::new());
+        for (grid, k) in [(0, k_base), (1, k_local)] {
+            let slots = ev.layout.patch_slots(grid);
+            if k == 0 || slots.is_empty() {
+                continue;
+            }
+            let g = ev.layout.grids[grid];
+            let idx = index_tensor(&slots, dev)?;
+            let grid_saliency: Vec<f32> = slots.iter().map(|&s| saliency[s]).collect();
+            let budgets = Budgets { k1: k.min(slots.len()), k2: None, top_n };
+            let (x, m) = (ev.features.index_select(&idx, 0)?, similarity.index_select(&idx, 0)?);
+            let s1 = stage1(&grid_saliency, &x, &m, (g.rows, g.cols), &budgets, &cfg)?;
+            pillars.extend(s1.anchors.iter().zip(&s1.pillars).filter(|(_, &p)| p).map(|(&a, _)| slots[a]));
+            sources.extend(s1.anchors.iter().map(|&a| slots[a]));
+            parts.push(s1.tokens);
+        }
+        let newlines = ev.layout.newline_slots();
+        if !newlines.is_empty() {
+            // Their features are the model's placeholder; the model embeds newline tokens itself.
+            parts.push(ev.features.index_select(&index_tensor(&newlines, dev)?, 0)?);
+            sources.extend(&newlines);
+        }
+        // Sequence order: the base tokens, then each row's survivors followed by its newline.
+        let mut order: Vec<usize> = (0..sources.len()).collect();
+        order.sort_by_key(|&i| sources[i]);
+        let tokens = Tensor::cat(&parts, 0)?.index_select(&index_tensor(&order, dev)?, 0)?;
+        let sources: Vec<usize> = order.iter().map(|&i| sources[i]).collect();
+        Ok(Reduction { tokens: VisionTokens::Features(tokens), sources: singletons(&sources), pillars })
+    }
+}
+
 impl VisionReducer for NuwaConfig {
     fn reduce(&self, ev: &VisionEvidence, _embedded: &dyn Fn() -> Result<Tensor>) -> Result<Reduction> {
+        if ev.layout.anyres().is_some() {
+            return self.reduce_anyres(ev);
+        }
         let grid = ev.layout.raster_grid("nuwa")?;
         let b = budgets(self.budget, self.stages, grid.0, grid.1);
         let s1 = stage1(&ev.saliency()?.summed, &ev.features, ev.similarity()?, grid, &b, self)?;

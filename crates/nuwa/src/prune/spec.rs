@@ -13,7 +13,8 @@ pub struct PruneSpec {
     pub budget: usize,
     pub stages: nuwa::Stages,
     pub distance: f64,
-    pub pillar_quantile: f64,
+    /// `None`: the layout's default (0.55; 0.5 on LLaVA-NeXT's anyres layout).
+    pub pillar_quantile: Option<f64>,
     /// Nüwa's 2×2 cell grouping (off = the "no region" ablation).
     pub cells: bool,
     pub stage2_layer: Option<usize>,

@@ -87,7 +87,8 @@ impl LlavaNext {
             slots.extend((0..w).map(|col| Slot::Patch { grid: 1, row, col }));
             slots.push(Slot::Newline { grid: 1, row });
         }
-        VisualLayout { grids: vec![Grid { t: 1, rows: g, cols: g }, Grid { t: 1, rows: h, cols: w }], slots }
+        let grids = vec![Grid { t: 1, rows: g, cols: g }, Grid { t: 1, rows: h, cols: w }];
+        VisualLayout { grids, slots, views: plan.views() }
     }
 }
 
