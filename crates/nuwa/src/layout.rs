@@ -81,16 +81,21 @@ impl VisualLayout {
     }
 
     /// (rows, cols) when the layout is a single grid whose slots are its patches in raster order — the
-    /// shape every spatial method works on today. Other layouts are refused with `method` named.
-    pub fn raster_grid(&self, method: &str) -> Result<(usize, usize)> {
+    /// shape the single-grid spatial methods work on. Other layouts are refused (the caller names itself).
+    pub fn raster_grid(&self) -> Result<(usize, usize)> {
         match self.grids.as_slice() {
             [g] if g.t == 1 && self.slots.len() == g.rows * g.cols && *self == Self::grid(g.rows, g.cols) => {
                 Ok((g.rows, g.cols))
             }
             _ => Err(Error::Unsupported(format!(
-                "{method} works on a single raster patch grid; this image's layout has {} grids and {} slots",
+                "defined on a single raster patch grid (LLaVA-1.5's); this image's layout has {} grids and {} slots{}",
                 self.grids.len(),
-                self.slots.len()
+                self.slots.len(),
+                if self.anyres().is_some() {
+                    " (LLaVA-NeXT's anyres views): not defined for llava-next here"
+                } else {
+                    ""
+                }
             ))),
         }
     }

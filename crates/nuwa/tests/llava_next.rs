@@ -289,3 +289,50 @@ fn nuwa_640_keeps_every_local_patch_once_raised() {
     check_stage1_from_golden_tensors(640);
     check_pipeline(640);
 }
+
+#[test]
+fn baselines_run_on_the_next_layout_or_say_they_are_not_defined() {
+    let e = engine();
+    let weights = candle_core::safetensors::load(dir().join("model.safetensors"), &Device::Cpu).unwrap();
+    let newline = weights["image_newline"].to_dtype(candle_core::DType::F32).unwrap();
+    let pixels = g("pixel_values").squeeze(0).unwrap();
+    for (name, budget) in [
+        ("fastv", 160),
+        ("dart", 160),
+        ("random", 160),
+        ("divprune", 160),
+        ("pdrop", 128),
+        ("sparsevlm", 128),
+        ("visionzip", 160),
+        ("vispruner", 160),
+        ("pool", 160),
+    ] {
+        let method = Method::from_name(name, budget, 0).unwrap();
+        let mut req = request(golden_pixels(), method.clone());
+        req.max_new_tokens = 2;
+        match e.generate(&req, &mut |_| {}) {
+            Err(err) => {
+                assert!(matches!(name, "visionzip" | "vispruner" | "pool"), "{name}: {err}");
+                let msg = err.to_string();
+                assert!(msg.contains(name) && msg.contains("not defined for llava-next"), "{msg}");
+            }
+            Ok(gen) => {
+                assert!(!matches!(name, "visionzip" | "vispruner" | "pool"), "{name} should refuse");
+                assert_eq!(gen.tokens.len(), 2, "{name}");
+                let v = gen.vision.unwrap();
+                assert!(v.avg_vision_tokens < 1512.0, "{name} pruned nothing");
+                assert_eq!(v.grids, [[24, 24], [24, 38]]);
+                // Every newline a method keeps enters the decoder as the checkpoint's newline vector.
+                let enc = e.encode_image(&pixels, Some((480, 307)), &method).unwrap();
+                for (i, s) in enc.sources.iter().enumerate() {
+                    if let [slot] = s[..] {
+                        if matches!(enc.layout.slots[slot], Slot::Newline { .. }) {
+                            let d = max_abs_diff(&enc.tokens.get(i).unwrap(), &newline);
+                            assert!(d == 0.0, "{name}: newline token {i} differs by {d}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

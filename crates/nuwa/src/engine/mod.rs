@@ -93,7 +93,15 @@ impl EncodedImage {
 /// What pruning did to one request, as reported to users.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VisionReport {
+    /// The first grid's (rows, cols): the whole layout for single-grid families.
     pub grid: [usize; 2],
+    /// Every grid of the layout (LLaVA-NeXT: the base view, then the unpadded crop grid).
+    pub grids: Vec<[usize; 2]>,
+    /// Patches of each grid among the slots kept by stage 1.
+    pub kept_per_grid: Vec<usize>,
+    /// Row-end newline tokens entering the decoder, and surviving its last cut.
+    pub newlines: usize,
+    pub newlines_surviving: usize,
     pub method: &'static str,
     /// The budget that ran: the one asked for, capped at the image's vision tokens.
     pub budget: Option<usize>,
@@ -490,8 +498,18 @@ impl Engine {
         }
         let survivors = cuts.last().map_or_else(|| e.sources.clone(), |c| c.kept.clone());
         let (rows, cols) = e.grid();
+        let newline = |s: &usize| matches!(e.layout.slots[*s], Slot::Newline { .. });
+        let kept_per_grid = (0..e.layout.grids.len())
+            .map(|g| {
+                e.kept.iter().filter(|&&s| matches!(e.layout.slots[s], Slot::Patch { grid, .. } if grid == g)).count()
+            })
+            .collect();
         VisionReport {
             grid: [rows, cols],
+            grids: e.layout.grids.iter().map(|g| [g.rows, g.cols]).collect(),
+            kept_per_grid,
+            newlines: e.sources.iter().flatten().filter(|s| newline(s)).count(),
+            newlines_surviving: survivors.iter().flatten().filter(|s| newline(s)).count(),
             method: method.name(),
             budget: method.budget().map(|b| b.min(e.layout.len())),
             budget_requested: method.budget().filter(|&b| b > e.layout.len()),

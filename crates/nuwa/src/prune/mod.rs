@@ -186,17 +186,22 @@ impl Method {
     /// Vision tokens entering each of `depth` decoder layers, as the method schedules them (the count a
     /// budget is measured by).
     pub fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
-        self.pruner().vision_tokens_per_layer(layout, depth)
+        self.pruner().vision_tokens_per_layer(layout, depth).map_err(|e| self.named(e))
+    }
+
+    /// An unsupported-layout error with the method's name in front.
+    fn named(&self, e: Error) -> Error {
+        match e {
+            Error::Unsupported(m) => Error::Unsupported(format!("{}: {m}", self.name())),
+            e => e,
+        }
     }
 
     /// The vision-side reduction, or every slot as it is for methods without one.
     pub fn reduce(&self, ev: &VisionEvidence, embedded: &dyn Fn() -> Result<Tensor>) -> Result<Reduction> {
         self.validate()?;
         match self.pruner().reducer() {
-            Some(r) => r.reduce(ev, embedded).map_err(|e| match e {
-                Error::Unsupported(m) => Error::Unsupported(format!("{}: {m}", self.name())),
-                e => e,
-            }),
+            Some(r) => r.reduce(ev, embedded).map_err(|e| self.named(e)),
             None => Ok(Reduction {
                 tokens: VisionTokens::Features(ev.features.clone()),
                 sources: singletons(&(0..ev.layout.len()).collect::<Vec<_>>()),

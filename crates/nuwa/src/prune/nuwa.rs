@@ -497,7 +497,7 @@ impl VisionReducer for NuwaConfig {
         if ev.layout.anyres().is_some() {
             return self.reduce_anyres(ev);
         }
-        let grid = ev.layout.raster_grid("nuwa")?;
+        let grid = ev.layout.raster_grid()?;
         let b = budgets(self.budget, self.stages, grid.0, grid.1);
         let s1 = stage1(&ev.saliency()?.summed, &ev.features, ev.similarity()?, grid, &b, self)?;
         let pillars = s1.anchors.iter().zip(&s1.pillars).filter(|(_, &p)| p).map(|(&a, _)| a).collect();

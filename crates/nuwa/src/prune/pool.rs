@@ -62,7 +62,7 @@ impl Pruner for Pool {
         Some(self.budget)
     }
     fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
-        let (h, w) = layout.raster_grid("pool")?;
+        let (h, w) = layout.raster_grid()?;
         let (ho, wo) = output_grid(self.budget, h, w);
         Ok(vec![ho * wo; depth])
     }
@@ -73,7 +73,7 @@ impl Pruner for Pool {
 
 impl VisionReducer for Pool {
     fn reduce(&self, ev: &VisionEvidence, _embedded: &dyn Fn() -> Result<Tensor>) -> Result<Reduction> {
-        let (h, w) = ev.layout.raster_grid("pool")?;
+        let (h, w) = ev.layout.raster_grid()?;
         let (ho, wo) = output_grid(self.budget, h, w);
         let cells = windows(h, w, ho, wo);
         Ok(Reduction { tokens: VisionTokens::Features(pool(&ev.features, &cells)?), sources: cells, pillars: vec![] })

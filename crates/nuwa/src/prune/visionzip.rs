@@ -108,6 +108,8 @@ impl Pruner for VisionZip {
 
 impl VisionReducer for VisionZip {
     fn reduce(&self, ev: &VisionEvidence, _embedded: &dyn Fn() -> Result<Tensor>) -> Result<Reduction> {
+        // Defined on one view's patch grid; its per-view LLaVA-NeXT path is not implemented here.
+        ev.layout.raster_grid()?;
         let (dominant, contextual) = split(self.budget);
         let sel = select(&ev.saliency()?.summed, ev.keys()?, dominant, contextual)?;
         let (features, sources) = tokens(&sel, &ev.features, ev.summary()?)?;

@@ -73,6 +73,8 @@ impl Pruner for VisPruner {
 
 impl VisionReducer for VisPruner {
     fn reduce(&self, ev: &VisionEvidence, _embedded: &dyn Fn() -> crate::Result<Tensor>) -> crate::Result<Reduction> {
+        // Defined on one view's patch grid; its per-view LLaVA-NeXT path is not implemented here.
+        ev.layout.raster_grid()?;
         let attn = ev.saliency()?.mean();
         let rows = ev.features.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         Reduction::gather(ev, select(&attn, &rows, self.budget, 0.5).0)
