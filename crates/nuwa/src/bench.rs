@@ -14,7 +14,7 @@
 
 use crate::engine::{Engine, SessionOptions};
 use crate::layout::VisualLayout;
-use crate::models::{clip, decoder, llava};
+use crate::models::{decoder, llava, llava_next};
 use crate::prompt::PromptTokens;
 use crate::prune::Method;
 use crate::{Error, Result, Sampling};
@@ -50,11 +50,9 @@ pub struct TokenSchedule {
 impl TokenSchedule {
     /// Resolves `method` for `cfg` exactly as the pipeline does (budget rule, stage-2 layer, no cut when
     /// K2 ≥ K1); errors for values the pipeline would reject.
-    pub fn new(cfg: &llava::Config, method: &Method) -> Result<Self> {
+    pub fn new(cfg: &llava::Config, layout: &VisualLayout, method: &Method) -> Result<Self> {
         method.validate()?;
-        let side = cfg.vision_config.grid_side();
-        let per_layer =
-            method.vision_tokens_per_layer(&VisualLayout::grid(side, side), cfg.text_config.num_hidden_layers)?;
+        let per_layer = method.vision_tokens_per_layer(layout, cfg.text_config.num_hidden_layers)?;
         let k1 = per_layer.first().copied().unwrap_or(0);
         let cut_layer = per_layer.iter().position(|&t| t != k1);
         Ok(Self {
@@ -124,16 +122,24 @@ pub enum Preset {
     Tiny,
     /// CLIP ViT-L/14-336 + Vicuna-7B, as LLaVA-1.5-7B.
     Llava15_7b,
+    /// The same networks with LLaVA-NeXT's anyres views and newline tokens (llava-v1.6-vicuna-7b).
+    LlavaNext7b,
 }
 
 impl Preset {
-    pub const ALL: [Preset; 2] = [Preset::Tiny, Preset::Llava15_7b];
+    pub const ALL: [Preset; 3] = [Preset::Tiny, Preset::Llava15_7b, Preset::LlavaNext7b];
 
     pub fn name(self) -> &'static str {
         match self {
             Preset::Tiny => "tiny",
             Preset::Llava15_7b => "llava-1.5-7b",
+            Preset::LlavaNext7b => "llava-next-7b",
         }
+    }
+
+    /// LLaVA-NeXT's pinpoints for anyres presets.
+    pub fn pinpoints(self) -> Option<Vec<[u32; 2]>> {
+        (self == Preset::LlavaNext7b).then(|| llava_next::config::DEFAULT_PINPOINTS.to_vec())
     }
 
     pub fn from_name(name: &str) -> Result<Self> {
@@ -159,7 +165,7 @@ impl Preset {
                     "num_hidden_layers": 24, "patch_size": 14, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5
                 }
             }),
-            Preset::Llava15_7b => serde_json::json!({
+            Preset::Llava15_7b | Preset::LlavaNext7b => serde_json::json!({
                 "image_token_index": 32000, "projector_hidden_act": "gelu", "vocab_size": 32064,
                 "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
                 "text_config": {
@@ -297,26 +303,29 @@ fn uniform(key: u64, n: usize, bound: f32) -> Vec<f32> {
     out
 }
 
-/// Tokens a benchmark prefill holds in the KV cache, at most: the prompt around an unpruned image.
-const BENCH_CONTEXT: usize = PREFIX_TOKENS + 576 + SUFFIX_TOKENS + 64;
+/// Text tokens a benchmark holds in the KV cache besides the image's: the prompt and what it decodes.
+const BENCH_TEXT: usize = PREFIX_TOKENS + SUFFIX_TOKENS + 64;
 /// Activations, scratch and the allocator's slack on top of weights and cache.
 const WORKSPACE_BYTES: u64 = 1 << 30;
 
-/// Bytes a benchmark of `cfg` in `dtype` needs at its peak, roughly: the weights, one weight matrix in f32
-/// while it is made or converted, a full KV cache, and a workspace for activations.
-pub fn memory_estimate(cfg: &llava::Config, dtype: DType) -> u64 {
+/// Bytes a benchmark of `cfg` in `dtype` with `vision_tokens` unpruned image tokens needs at its peak,
+/// roughly: the weights, one weight matrix in f32 while it is made or converted, a full KV cache, and a
+/// workspace for activations.
+pub fn memory_estimate(cfg: &llava::Config, vision_tokens: usize, dtype: DType) -> u64 {
     let t = &cfg.text_config;
     let bytes = dtype.size_in_bytes() as u64;
     let weights = parameter_count(cfg) as u64 * bytes;
     let largest = (t.vocab_size() * t.hidden_size) as u64 * 4;
-    let kv = (t.num_hidden_layers * 2 * BENCH_CONTEXT * t.num_key_value_heads() * t.head_dim()) as u64 * bytes;
+    let context = BENCH_TEXT + vision_tokens;
+    let kv = (t.num_hidden_layers * 2 * context * t.num_key_value_heads() * t.head_dim()) as u64 * bytes;
     weights + largest + kv + WORKSPACE_BYTES
 }
 
 /// Refuses a benchmark that would not fit in `available` bytes, saying what would: fewer decoder layers
 /// (the most that fit) or a half-precision dtype.
-pub fn check_memory(cfg: &llava::Config, dtype: DType, available: u64) -> Result<()> {
-    let need = memory_estimate(cfg, dtype);
+pub fn check_memory(cfg: &llava::Config, vision_tokens: usize, dtype: DType, available: u64) -> Result<()> {
+    let estimate = |c: &llava::Config, dtype| memory_estimate(c, vision_tokens, dtype);
+    let need = estimate(cfg, dtype);
     if need <= available {
         return Ok(());
     }
@@ -325,14 +334,14 @@ pub fn check_memory(cfg: &llava::Config, dtype: DType, available: u64) -> Result
     let fits_at = (2..layers).rev().find(|&n| {
         let mut c = cfg.clone();
         c.text_config.num_hidden_layers = n;
-        memory_estimate(&c, dtype) <= available
+        estimate(&c, dtype) <= available
     });
     let mut ways = Vec::new();
     if let Some(n) = fits_at {
         ways.push(format!("trim the decoder with `llm_layers` {n} or fewer"));
     }
-    if dtype.size_in_bytes() > 2 && memory_estimate(cfg, DType::BF16) <= available {
-        ways.push(format!("use `dtype` bf16 (about {})", gb(memory_estimate(cfg, DType::BF16))));
+    if dtype.size_in_bytes() > 2 && estimate(cfg, DType::BF16) <= available {
+        ways.push(format!("use `dtype` bf16 (about {})", gb(estimate(cfg, DType::BF16))));
     }
     if ways.is_empty() {
         ways.push("trim the vision tower with `vision_layers` and the decoder with `llm_layers` 2".into());
@@ -358,10 +367,45 @@ pub fn random_model(
     llava::Llava::new(cfg, &llava_hf_prefixes(), llava::PreprocessConfig::default(), weights.var_builder(dtype, device))
 }
 
-/// An engine over a random-weight model, without a tokenizer (feed it token ids: [`bench_prompt`]).
-pub fn random_engine(cfg: &llava::Config, weights: RandomWeights, dtype: DType, device: &Device) -> Result<Engine> {
-    let model = random_model(cfg, weights, dtype, device)?;
-    Ok(Engine::from_parts(Box::new(model), None, vec![], device.clone()))
+/// An engine over a random-weight model, without a tokenizer (feed it token ids: [`bench_prompt`]); with
+/// `pinpoints`, LLaVA-NeXT over the same networks.
+pub fn random_engine(
+    cfg: &llava::Config,
+    pinpoints: Option<&[[u32; 2]]>,
+    weights: RandomWeights,
+    dtype: DType,
+    device: &Device,
+) -> Result<Engine> {
+    let base = random_model(cfg, weights, dtype, device)?;
+    let model: Box<dyn crate::models::VisionLanguageModel> = match pinpoints {
+        None => Box::new(base),
+        Some(p) => Box::new(llava_next::LlavaNext::new(
+            base,
+            &llava_hf_prefixes(),
+            p.to_vec(),
+            weights.var_builder(dtype, device),
+        )?),
+    };
+    Ok(Engine::from_parts(model, None, vec![], device.clone()))
+}
+
+/// The side of the square image an anyres benchmark encodes: 2×2 crops, the paper's 2880-patch setting.
+pub const ANYRES_BENCH_SIDE: u32 = 672;
+
+/// The layout of the benchmark's image: the encoder's grid, or for anyres the 672×672 image's views.
+pub fn bench_layout(cfg: &llava::Config, pinpoints: Option<&[[u32; 2]]>) -> Result<VisualLayout> {
+    let v = &cfg.vision_config;
+    Ok(match pinpoints {
+        None => VisualLayout::grid(v.grid_side(), v.grid_side()),
+        Some(p) => llava_next::layout(v, &llava_next::plan(v, p, ANYRES_BENCH_SIDE, ANYRES_BENCH_SIDE)?),
+    })
+}
+
+/// What a benchmark pass encodes: pixel values for every view, and the image size anyres needs.
+#[derive(Debug, Clone)]
+pub struct BenchImage {
+    pub pixels: Tensor,
+    pub size: Option<(u32, u32)>,
 }
 
 /// Tokens before and after the image in the benchmark prompt: the vicuna_v1 template around
@@ -385,11 +429,25 @@ pub fn bench_prompt(seed: u64, vocab: usize) -> PromptTokens {
     PromptTokens { prefix, suffix }
 }
 
-/// Seeded pixel values (3, S, S) in the range CLIP's normalisation produces (about ±2).
-pub fn random_pixels(cfg: &clip::Config, seed: u64, device: &Device) -> Result<Tensor> {
-    let s = cfg.image_size;
-    let v = uniform(mix(seed ^ 0x9e1_5e15), cfg.num_channels * s * s, 1.8);
-    Ok(Tensor::from_vec(v, (cfg.num_channels, s, s), device)?)
+/// Seeded pixel values (3, S, S) in the range CLIP's normalisation produces (about ±2); for anyres,
+/// one such view per view of the 672×672 image.
+pub fn random_image(
+    cfg: &llava::Config,
+    pinpoints: Option<&[[u32; 2]]>,
+    seed: u64,
+    device: &Device,
+) -> Result<BenchImage> {
+    let v = &cfg.vision_config;
+    let (s, c) = (v.image_size, v.num_channels);
+    let views = bench_layout(cfg, pinpoints)?.views;
+    let values = uniform(mix(seed ^ 0x9e1_5e15), views * c * s * s, 1.8);
+    Ok(match pinpoints {
+        None => BenchImage { pixels: Tensor::from_vec(values, (c, s, s), device)?, size: None },
+        Some(_) => BenchImage {
+            pixels: Tensor::from_vec(values, (views, c, s, s), device)?,
+            size: Some((ANYRES_BENCH_SIDE, ANYRES_BENCH_SIDE)),
+        },
+    })
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -431,12 +489,12 @@ impl Sample {
 pub fn measure(
     engine: &Engine,
     prompt: &PromptTokens,
-    pixels: &Tensor,
+    image: &BenchImage,
     method: &Method,
     decode_tokens: usize,
 ) -> Result<Sample> {
     let t0 = Instant::now();
-    let encoded = engine.encode_image(pixels, None, method)?;
+    let encoded = engine.encode_image(&image.pixels, image.size, method)?;
     let state = engine.prefill_encoded(prompt, Some(encoded), method)?;
     let (kv_cache_prefill_bytes, timings) = (state.cache.bytes(), state.timings.clone());
     let (k1, k2) = state.vision.as_ref().map_or((0, None), |v| (v.k1, v.k2));

@@ -45,12 +45,12 @@ impl Default for Fnv1a {
 }
 
 impl Fnv1a {
-    pub fn add(self, bytes: &[u8]) -> Self {
+    pub fn feed(self, bytes: &[u8]) -> Self {
         Self(bytes.iter().fold(self.0, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)))
     }
 
     pub fn of(bytes: &[u8]) -> u64 {
-        Self::default().add(bytes).0
+        Self::default().feed(bytes).0
     }
 
     pub fn finish(self) -> u64 {

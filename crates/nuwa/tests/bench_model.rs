@@ -12,7 +12,7 @@ fn nuwa_at(budget: usize) -> Method {
 }
 
 fn vision_tflops(cfg: &llava::Config, method: &Method) -> f64 {
-    let s = TokenSchedule::new(cfg, method).unwrap();
+    let s = TokenSchedule::new(cfg, &bench::bench_layout(cfg, None).unwrap(), method).unwrap();
     bench::llm_flops(&cfg.text_config, &s, 0).vision_only_tflops()
 }
 
@@ -35,29 +35,32 @@ fn flop_model_reproduces_the_paper_for_llava_1_5_7b() {
 fn token_schedule_follows_the_budget_rule_and_the_stage2_layer() {
     let cfg = Preset::Llava15_7b.config();
     for (b, k1, k2) in [(64, 112, 16), (128, 224, 32), (192, 336, 48)] {
-        let s = TokenSchedule::new(&cfg, &nuwa_at(b)).unwrap();
+        let s = TokenSchedule::new(&cfg, &bench::bench_layout(&cfg, None).unwrap(), &nuwa_at(b)).unwrap();
         assert_eq!((s.k1, s.k2, s.cut_layer, s.layers), (k1, Some(k2), Some(16), 32));
         assert_eq!(s.mean_tokens(), b as f64);
         assert_eq!(s.kv_entries(49), 16 * (k1 + 49) + 16 * (k2 + 49));
     }
-    let none = TokenSchedule::new(&cfg, &Method::NONE).unwrap();
+    let none = TokenSchedule::new(&cfg, &bench::bench_layout(&cfg, None).unwrap(), &Method::NONE).unwrap();
     assert_eq!((none.k1, none.k2, none.mean_tokens()), (576, None, 576.0));
     let one = Method::Nuwa(NuwaConfig { budget: 64, stages: Stages::One, ..NuwaConfig::default() });
-    assert_eq!(TokenSchedule::new(&cfg, &one).unwrap().mean_tokens(), 64.0);
+    assert_eq!(TokenSchedule::new(&cfg, &bench::bench_layout(&cfg, None).unwrap(), &one).unwrap().mean_tokens(), 64.0);
     // The total counts the text tokens in every layer.
     let f = bench::llm_flops(&cfg.text_config, &none, 49);
     assert_eq!(f.total, 32.0 * bench::layer_flops(625, 4096, 11008));
     // A shorter decoder moves the cut to its middle.
     let mut short = cfg.clone();
     short.trim(Some(8), None).unwrap();
-    let s = TokenSchedule::new(&short, &nuwa_at(64)).unwrap();
+    let s = TokenSchedule::new(&short, &bench::bench_layout(&short, None).unwrap(), &nuwa_at(64)).unwrap();
     assert_eq!((s.cut_layer, s.layers), (Some(4), 8));
 }
 
 #[test]
 fn bad_budgets_and_depths_are_rejected() {
     let mut cfg = Preset::Llava15_7b.config();
-    assert_eq!(TokenSchedule::new(&cfg, &nuwa_at(0)).unwrap_err().field(), Some("budget"));
+    assert_eq!(
+        TokenSchedule::new(&cfg, &bench::bench_layout(&cfg, None).unwrap(), &nuwa_at(0)).unwrap_err().field(),
+        Some("budget")
+    );
     assert_eq!(cfg.trim(Some(1), None).unwrap_err().field(), Some("llm_layers"));
     assert_eq!(cfg.trim(Some(33), None).unwrap_err().field(), Some("llm_layers"));
     assert_eq!(cfg.trim(None, Some(25)).unwrap_err().field(), Some("vision_layers"));
@@ -107,12 +110,12 @@ fn random_weights_are_seeded_by_name() {
 fn a_tiny_random_model_runs_one_measured_pass() {
     let dev = Device::Cpu;
     let cfg = Preset::Tiny.config();
-    let engine = bench::random_engine(&cfg, RandomWeights::default(), DType::F32, &dev).unwrap();
+    let engine = bench::random_engine(&cfg, None, RandomWeights::default(), DType::F32, &dev).unwrap();
     let prompt = bench::bench_prompt(0, cfg.text_config.vocab_size());
     assert_eq!((prompt.prefix.len(), prompt.prefix[0], prompt.suffix.len()), (35, 1, 14));
     assert!(prompt.prefix.iter().chain(&prompt.suffix).all(|&t| t < 32000));
-    let pixels = bench::random_pixels(&cfg.vision_config, 0, &dev).unwrap();
-    assert_eq!(pixels.dims(), [3, 336, 336]);
+    let pixels = bench::random_image(&cfg, None, 0, &dev).unwrap();
+    assert_eq!(pixels.pixels.dims(), [3, 336, 336]);
 
     let none = bench::measure(&engine, &prompt, &pixels, &Method::NONE, 3).unwrap();
     let b64 = bench::measure(&engine, &prompt, &pixels, &nuwa_at(64), 3).unwrap();
@@ -143,7 +146,7 @@ fn summaries_and_ratios() {
 fn a_benchmark_that_cannot_fit_is_refused_with_what_would() {
     const GB: u64 = 1_000_000_000;
     let full = Preset::Llava15_7b.config();
-    let err = bench::check_memory(&full, DType::F32, 24 * GB).unwrap_err().to_string();
+    let err = bench::check_memory(&full, 576, DType::F32, 24 * GB).unwrap_err().to_string();
     assert!(err.contains("`llm_layers` is 32") && err.contains("`dtype` bf16"), "{err}");
     // The depth it suggests fits; one layer more does not.
     let at = err.find("with `llm_layers` ").expect("a depth is suggested") + "with `llm_layers` ".len();
@@ -153,10 +156,31 @@ fn a_benchmark_that_cannot_fit_is_refused_with_what_would() {
         c.trim(Some(layers), None).unwrap();
         c
     };
-    assert!(bench::check_memory(&trimmed(n), DType::F32, 24 * GB).is_ok());
-    assert!(bench::check_memory(&trimmed(n + 1), DType::F32, 24 * GB).is_err());
+    assert!(bench::check_memory(&trimmed(n), 576, DType::F32, 24 * GB).is_ok());
+    assert!(bench::check_memory(&trimmed(n + 1), 576, DType::F32, 24 * GB).is_err());
     // Half precision at full depth fits the same machine (the weights alone are 14 GB).
-    assert!(bench::check_memory(&full, DType::BF16, 24 * GB).is_ok());
-    assert!(bench::memory_estimate(&full, DType::BF16) > bench::parameter_count(&full) as u64 * 2);
-    assert!(bench::check_memory(&Preset::Tiny.config(), DType::F32, 2 * GB).is_ok());
+    assert!(bench::check_memory(&full, 576, DType::BF16, 24 * GB).is_ok());
+    assert!(bench::memory_estimate(&full, 576, DType::BF16) > bench::parameter_count(&full) as u64 * 2);
+    assert!(bench::check_memory(&Preset::Tiny.config(), 576, DType::F32, 2 * GB).is_ok());
+}
+
+#[test]
+fn an_anyres_benchmark_encodes_a_square_image_in_five_views() {
+    let dev = Device::Cpu;
+    let cfg = Preset::Tiny.config();
+    let pinpoints = Preset::LlavaNext7b.pinpoints().unwrap();
+    let layout = bench::bench_layout(&cfg, Some(&pinpoints)).unwrap();
+    // 672×672: the base view and 2×2 crops; 576 + 48 rows × (48 + 1).
+    assert_eq!((layout.views, layout.len()), (5, 2928));
+    let s = TokenSchedule::new(&cfg, &layout, &nuwa_at(160)).unwrap();
+    // K1 290 split over five views (58 each), plus the 48 newlines; K2 a tenth of that.
+    assert_eq!((s.k1, s.k2, s.cut_layer), (58 + 232 + 48, Some(33), Some(16)));
+
+    let engine = bench::random_engine(&cfg, Some(&pinpoints), RandomWeights::default(), DType::F32, &dev).unwrap();
+    let prompt = bench::bench_prompt(0, cfg.text_config.vocab_size());
+    let image = bench::random_image(&cfg, Some(&pinpoints), 0, &dev).unwrap();
+    assert_eq!((image.pixels.dims(), image.size), (&[5, 3, 336, 336][..], Some((672, 672))));
+    let none = bench::measure(&engine, &prompt, &image, &Method::NONE, 1).unwrap();
+    let pruned = bench::measure(&engine, &prompt, &image, &nuwa_at(160), 1).unwrap();
+    assert_eq!((none.k1, pruned.k1, pruned.k2), (2928, s.k1, s.k2));
 }

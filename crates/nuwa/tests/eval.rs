@@ -437,7 +437,7 @@ fn merge_refuses_mismatched_inputs_and_reports_missing_work() {
     })
     .unwrap();
     let report = eval::merge(&[s0.clone(), stopped.clone()], &dir.join("partial")).unwrap();
-    assert_eq!(report.unfinished, [stopped.clone()]);
+    assert_eq!(report.unfinished, std::slice::from_ref(&stopped));
     // Shard 1 holds rows 2 (two samples) and 4: one answered, two missing.
     assert_eq!(report.missing_answers, Some(2));
     let report = eval::merge(&[s0.clone(), s1.clone()], &dir.join("complete")).unwrap();

@@ -112,22 +112,28 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("--budgets needs at least one budget for a pruning method");
     }
 
-    let (mut cfg, source) = match (&args.preset, &args.model) {
+    let (mut cfg, pinpoints, source) = match (&args.preset, &args.model) {
         (Some(name), _) => {
             let preset = Preset::from_name(name)?;
-            (preset.config(), Source::Preset(preset))
+            (preset.config(), preset.pinpoints(), Source::Preset(preset))
         }
         (None, Some(model)) => {
             let dir = nuwa::checkpoint::resolve(model)?;
             let ckpt = nuwa::checkpoint::Checkpoint::open(&dir)?;
-            (nuwa::models::llava::Config::from_checkpoint(&ckpt)?, Source::Checkpoint(dir))
+            let family = nuwa::models::detect(&ckpt)?;
+            let pinpoints = (family.name == nuwa::models::llava_next::FAMILY.name)
+                .then(|| nuwa::models::llava_next::Config::from_json(&ckpt.config_text).map(|c| c.pinpoints))
+                .transpose()
+                .map_err(|m| anyhow::anyhow!("{}: {m}", ckpt.config_path.display()))?;
+            (nuwa::models::llava::Config::from_checkpoint(&ckpt)?, pinpoints, Source::Checkpoint(dir))
         }
-        (None, None) => bail!("pass --model DIR or --preset NAME (tiny, llava-1.5-7b)"),
+        (None, None) => bail!("pass --model DIR or --preset NAME (tiny, llava-1.5-7b, llava-next-7b)"),
     };
     let full_depth = (cfg.text_config.num_hidden_layers, cfg.vision_config.num_hidden_layers);
     cfg.trim(args.llm_layers, args.vision_layers)?;
+    let layout = bench::bench_layout(&cfg, pinpoints.as_deref())?;
 
-    let configs = configurations(&args, &budgets, &cfg)?;
+    let configs = configurations(&args, &budgets, &cfg, &layout)?;
     let describe = Description { source: &source, cfg: &cfg, full_depth, args: &args, runs, warmup };
 
     if args.flops_only {
@@ -144,7 +150,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let dev = device(args.device)?;
     let dt = dtype(args.dtype);
     if let (true, Some(available)) = (dev.is_cpu(), memory::available_bytes()) {
-        bench::check_memory(&cfg, dt, available)?;
+        bench::check_memory(&cfg, layout.len(), dt, available)?;
     }
     let t = Instant::now();
     eprintln!(
@@ -154,7 +160,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         dt
     );
     let engine = match &source {
-        Source::Preset(_) => bench::random_engine(&cfg, RandomWeights { seed: args.seed, std: 0.02 }, dt, &dev)?,
+        Source::Preset(_) => {
+            bench::random_engine(&cfg, pinpoints.as_deref(), RandomWeights { seed: args.seed, std: 0.02 }, dt, &dev)?
+        }
         Source::Checkpoint(dir) => {
             let opts = LoadOptions {
                 dtype: dt,
@@ -174,7 +182,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(_) => engine.prompt(bench::BENCH_QUESTION, true)?,
         None => bench::bench_prompt(args.seed, cfg.text_config.vocab_size()),
     };
-    let pixels = bench::random_pixels(&cfg.vision_config, args.seed, &dev)?;
+    let pixels = bench::random_image(&cfg, pinpoints.as_deref(), args.seed, &dev)?;
 
     let measured = measure_all(&engine, &prompt, &pixels, &configs, runs, warmup, args.decode_tokens)?;
     let report = report_json(&describe, &configs, &measured, prompt.prefix.len(), prompt.suffix.len());
@@ -275,7 +283,12 @@ impl Description<'_> {
     }
 }
 
-fn configurations(args: &BenchArgs, budgets: &[usize], cfg: &llava::Config) -> Result<Vec<Config>> {
+fn configurations(
+    args: &BenchArgs,
+    budgets: &[usize],
+    cfg: &llava::Config,
+    layout: &nuwa::layout::VisualLayout,
+) -> Result<Vec<Config>> {
     use clap::ValueEnum;
     let text = bench::PREFIX_TOKENS + bench::SUFFIX_TOKENS;
     let mut methods = vec![("none".to_string(), Method::NONE)];
@@ -318,7 +331,7 @@ fn configurations(args: &BenchArgs, budgets: &[usize], cfg: &llava::Config) -> R
     methods
         .into_iter()
         .map(|(label, method)| {
-            let schedule = TokenSchedule::new(cfg, &method)?;
+            let schedule = TokenSchedule::new(cfg, layout, &method)?;
             let flops = bench::llm_flops(&cfg.text_config, &schedule, text);
             Ok(Config { label, method, schedule, flops })
         })
@@ -330,7 +343,7 @@ fn configurations(args: &BenchArgs, budgets: &[usize], cfg: &llava::Config) -> R
 fn measure_all(
     engine: &Engine,
     prompt: &nuwa::prompt::PromptTokens,
-    pixels: &candle_core::Tensor,
+    pixels: &bench::BenchImage,
     configs: &[Config],
     runs: usize,
     warmup: usize,

@@ -724,10 +724,10 @@ fn select(data: &Dataset, limit: Option<usize>, shard: Option<Shard>) -> Vec<(&R
 /// (one part of varying length, so the parts cannot run into each other).
 fn input_hash(row: &Row, s: &Sample, image: u64) -> String {
     let f = Fnv1a::default()
-        .add(&row.hash.to_le_bytes())
-        .add(&(s.sub as u64).to_le_bytes())
-        .add(s.prompt.as_bytes())
-        .add(&image.to_le_bytes());
+        .feed(&row.hash.to_le_bytes())
+        .feed(&(s.sub as u64).to_le_bytes())
+        .feed(s.prompt.as_bytes())
+        .feed(&image.to_le_bytes());
     format!("{:016x}", f.finish())
 }
 

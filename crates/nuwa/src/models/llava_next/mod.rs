@@ -73,23 +73,31 @@ impl LlavaNext {
 
     /// The anyres plan for a `width`×`height` image.
     pub fn plan(&self, width: u32, height: u32) -> Result<Anyres> {
-        let (side, patches) = self.side();
-        Anyres::plan(width, height, &self.pinpoints, side, patches)
+        plan(&self.base.config.vision_config, &self.pinpoints, width, height)
     }
 
-    /// The token layout of an image planned as `plan`: the base grid, then the unpadded grid's rows,
-    /// each closed by a newline.
     pub fn layout(&self, plan: &Anyres) -> VisualLayout {
-        let g = self.side().1;
-        let (h, w) = plan.unpadded_hw;
-        let mut slots: Vec<Slot> = (0..g * g).map(|i| Slot::Patch { grid: 0, row: i / g, col: i % g }).collect();
-        for row in 0..h {
-            slots.extend((0..w).map(|col| Slot::Patch { grid: 1, row, col }));
-            slots.push(Slot::Newline { grid: 1, row });
-        }
-        let grids = vec![Grid { t: 1, rows: g, cols: g }, Grid { t: 1, rows: h, cols: w }];
-        VisualLayout { grids, slots, views: plan.views() }
+        layout(&self.base.config.vision_config, plan)
     }
+}
+
+/// The anyres plan of a `width`×`height` image for a vision tower of `vision`'s shape.
+pub fn plan(vision: &clip::Config, pinpoints: &[[u32; 2]], width: u32, height: u32) -> Result<Anyres> {
+    Anyres::plan(width, height, pinpoints, vision.image_size as u32, vision.grid_side())
+}
+
+/// The token layout of an image planned as `plan`: the base grid, then the unpadded grid's rows, each
+/// closed by a newline.
+pub fn layout(vision: &clip::Config, plan: &Anyres) -> VisualLayout {
+    let g = vision.grid_side();
+    let (h, w) = plan.unpadded_hw;
+    let mut slots: Vec<Slot> = (0..g * g).map(|i| Slot::Patch { grid: 0, row: i / g, col: i % g }).collect();
+    for row in 0..h {
+        slots.extend((0..w).map(|col| Slot::Patch { grid: 1, row, col }));
+        slots.push(Slot::Newline { grid: 1, row });
+    }
+    let grids = vec![Grid { t: 1, rows: g, cols: g }, Grid { t: 1, rows: h, cols: w }];
+    VisualLayout { grids, slots, views: plan.views() }
 }
 
 /// For each slot of `layout`, the row of `[base patches (g²); local patches in view order ((V−1)·g²);
