@@ -140,8 +140,10 @@ pub struct PruneArgs {
     #[arg(long, value_enum, default_value_t = PruneArg::Nuwa)]
     pub prune: PruneArg,
     /// Vision-token budget. Nüwa: the mean over the decoder's layers (64 → K1 112 / K2 16, 128 → 224 / 32,
-    /// 192 → 336 / 48; other values by the same rule). Baselines: their published LLaVA-1.5 setting for it
-    /// (see the README's baselines table); the JSON reports the resulting mean as avg_vision_tokens.
+    /// 192 → 336 / 48; other values by the same rule). On LLaVA-NeXT: the paper's 160/320/640 (K1 290/582/1162
+    /// split over the views, K2 a tenth of the tokens in the decoder); other values K1 = round(1.8125·B).
+    /// Baselines: their published LLaVA-1.5 setting for it (see the README's baselines table); the JSON
+    /// reports the resulting mean as avg_vision_tokens.
     #[arg(long, default_value_t = 128)]
     pub budget: usize,
     /// Which Nüwa stages run: both, 1 (K1 = budget, no cut) or 2 (all patches in, budget survive the cut).

@@ -17,8 +17,9 @@ pub struct BenchArgs {
     /// A llava-hf checkpoint directory (with the `hub` feature, a hub id).
     #[arg(long, value_name = "DIR", conflicts_with = "preset", required_unless_present = "preset")]
     pub model: Option<String>,
-    /// Random weights (seeded) with a known model's shapes: `tiny` (the test fixture's shapes) or
-    /// `llava-1.5-7b` (CLIP ViT-L/14-336 + Vicuna-7B).
+    /// Random weights (seeded) with a known model's shapes: `tiny` (the test fixture's shapes),
+    /// `llava-1.5-7b` (CLIP ViT-L/14-336 + Vicuna-7B) or `llava-next-7b` (the same networks over LLaVA-NeXT's
+    /// anyres views of a 672×672 image: 2928 image tokens).
     #[arg(long, value_name = "NAME")]
     pub preset: Option<String>,
     /// Keep only the first N decoder layers (the stage-2 layer, half the depth, follows).
@@ -134,7 +135,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let layout = bench::bench_layout(&cfg, pinpoints.as_deref())?;
 
     let configs = configurations(&args, &budgets, &cfg, &layout)?;
-    let describe = Description { source: &source, cfg: &cfg, full_depth, args: &args, runs, warmup };
+    let describe =
+        Description { source: &source, cfg: &cfg, image_tokens: layout.len(), full_depth, args: &args, runs, warmup };
 
     if args.flops_only {
         let report = flops_json(&describe, &configs);
@@ -234,6 +236,8 @@ enum Source {
 struct Description<'a> {
     source: &'a Source,
     cfg: &'a llava::Config,
+    /// Image tokens of the unpruned sequence.
+    image_tokens: usize,
     full_depth: (usize, usize),
     args: &'a BenchArgs,
     runs: usize,
@@ -573,7 +577,7 @@ fn print_report(d: &Description, report: &Value) {
     println!(
         "prompt: {} tokens + {} image positions + {} tokens; {} run(s) after {} warm-up(s); {} decode step(s)\n",
         report["settings"]["prefix_tokens"],
-        d.cfg.vision_config.num_patches(),
+        d.image_tokens,
         report["settings"]["suffix_tokens"],
         d.runs,
         d.warmup,
