@@ -383,6 +383,7 @@ pub fn random_engine(
             base,
             &llava_hf_prefixes(),
             p.to_vec(),
+            llava_next::config::Template::VicunaV1,
             weights.var_builder(dtype, device),
         )?),
     };

@@ -336,3 +336,58 @@ fn baselines_run_on_the_next_layout_or_say_they_are_not_defined() {
         }
     }
 }
+
+/// The fixture with `edit` applied to its config.json (weights and tokenizer linked, not copied).
+fn fixture_with_config(name: &str, edit: impl Fn(&mut Value)) -> PathBuf {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("next-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "preprocessor_config.json", "generation_config.json"] {
+        std::os::unix::fs::symlink(dir().join(f), out.join(f)).unwrap();
+    }
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(dir().join("config.json")).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(out.join("config.json"), config.to_string()).unwrap();
+    out
+}
+
+#[test]
+fn mistral_based_checkpoints_get_the_inst_template_and_their_window() {
+    use nuwa::models::llava_next::processor::mistral_inst;
+    use nuwa::prompt::{Conversation, Message, Part, Role};
+    let q = "What is shown in this image?";
+    // transformers' documented prompt for llava-v1.6-mistral-7b-hf.
+    assert_eq!(mistral_inst(&Conversation::question(q, true)), "[INST] <image>\nWhat is shown in this image? [/INST]");
+    let turn = |role, text: &str| Message { role, parts: vec![Part::Text(text.into())] };
+    let chat = Conversation {
+        messages: vec![
+            turn(Role::System, "Be brief."),
+            Message { role: Role::User, parts: vec![Part::Image, Part::Text("What is it?".into())] },
+            turn(Role::Assistant, "A cat."),
+            turn(Role::User, "Which colour?"),
+        ],
+    };
+    assert_eq!(
+        mistral_inst(&chat),
+        "[INST] Be brief.\n\n<image>\nWhat is it? [/INST] A cat.</s>[INST] Which colour? [/INST]"
+    );
+
+    // The fixture's networks under a Mistral text config: the template follows, and so does the window.
+    let model = fixture_with_config("mistral", |c| {
+        c["text_config"]["model_type"] = "mistral".into();
+        c["text_config"]["sliding_window"] = 1000.into();
+    });
+    let e = Engine::load(&model, &LoadOptions::default()).unwrap();
+    let p = e.prompt(q, true).unwrap();
+    let tok = e.tokenizer().unwrap();
+    assert_eq!(p.prefix[0], 1, "BOS first");
+    assert_eq!(tok.decode(&p.prefix).unwrap().trim(), "[INST]");
+    assert_eq!(tok.decode(&p.suffix).unwrap().trim(), "What is shown in this image? [/INST]");
+    // 1512 image tokens do not fit a 1000-token window: refused, not attended past the window.
+    let err = e.generate(&request(golden_pixels(), Method::NONE), &mut |_| {}).err().expect("refused").to_string();
+    assert!(err.contains("1000"), "{err}");
+
+    let other = fixture_with_config("qwen", |c| c["text_config"]["model_type"] = "qwen2".into());
+    let err = Engine::load(&other, &LoadOptions::default()).err().expect("refused").to_string();
+    assert!(err.contains("text_config.model_type") && err.contains("qwen2") && err.contains("mistral"), "{err}");
+}

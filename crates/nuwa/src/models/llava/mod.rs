@@ -68,7 +68,11 @@ impl Llava {
 
     /// Loads a llava-hf checkpoint, trimmed as `opts` says.
     pub fn load(ckpt: &Checkpoint, opts: &LoadOptions) -> Result<Self> {
-        let mut config = Config::from_checkpoint(ckpt)?;
+        Self::load_with(ckpt, Config::from_checkpoint(ckpt)?, opts)
+    }
+
+    /// Loads the networks of a checkpoint whose configuration a family has already read (and adjusted).
+    pub fn load_with(ckpt: &Checkpoint, mut config: Config, opts: &LoadOptions) -> Result<Self> {
         config.trim(opts.llm_layers, opts.vision_layers)?;
         let prefixes = WeightPrefixes::detect(ckpt.tensor_names.iter().map(String::as_str))
             .map_err(|m| Error::checkpoint(&ckpt.dir, m))?;

@@ -299,29 +299,7 @@ pub fn vicuna_v1(conversation: &Conversation) -> String {
     let mut out = if system.is_empty() { VICUNA_SYSTEM.to_owned() } else { system.join("\n") };
     for m in conversation.messages.iter().filter(|m| m.role != Role::System) {
         match m.role {
-            Role::User => {
-                let named = text_of(m).contains(IMAGE_PLACEHOLDER);
-                let mut turn = String::new();
-                let mut after_text = false;
-                for p in &m.parts {
-                    match p {
-                        Part::Text(t) => {
-                            if after_text {
-                                turn.push('\n');
-                            }
-                            turn.push_str(t.trim());
-                            after_text = true;
-                        }
-                        Part::Image if named => {}
-                        Part::Image => {
-                            turn.push_str(IMAGE_PLACEHOLDER);
-                            turn.push('\n');
-                            after_text = false;
-                        }
-                    }
-                }
-                out.push_str(&format!(" USER: {} ASSISTANT:", turn.trim()));
-            }
+            Role::User => out.push_str(&format!(" USER: {} ASSISTANT:", user_turn(m))),
             Role::Assistant => out.push_str(&format!(" {}</s>", text_of(m).trim())),
             Role::System => unreachable!("filtered above"),
         }
@@ -329,7 +307,33 @@ pub fn vicuna_v1(conversation: &Conversation) -> String {
     out
 }
 
-fn text_of(m: &Message) -> String {
+/// A user message's text with `<image>\n` where an image part stands, unless the text already names the
+/// image's place with `<image>`.
+pub fn user_turn(m: &Message) -> String {
+    let named = text_of(m).contains(IMAGE_PLACEHOLDER);
+    let mut turn = String::new();
+    let mut after_text = false;
+    for p in &m.parts {
+        match p {
+            Part::Text(t) => {
+                if after_text {
+                    turn.push('\n');
+                }
+                turn.push_str(t.trim());
+                after_text = true;
+            }
+            Part::Image if named => {}
+            Part::Image => {
+                turn.push_str(IMAGE_PLACEHOLDER);
+                turn.push('\n');
+                after_text = false;
+            }
+        }
+    }
+    turn.trim().to_owned()
+}
+
+pub fn text_of(m: &Message) -> String {
     let texts: Vec<&str> =
         m.parts.iter().filter_map(|p| if let Part::Text(t) = p { Some(t.trim()) } else { None }).collect();
     texts.join("\n")

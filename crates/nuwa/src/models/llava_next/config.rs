@@ -7,12 +7,22 @@ use serde_json::Value;
 /// transformers' default `image_grid_pinpoints`.
 pub const DEFAULT_PINPOINTS: [[u32; 2]; 5] = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]];
 
+/// The conversation format of the checkpoint's language model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Template {
+    /// Vicuna-based checkpoints (`llava-v1.6-vicuna-*`): LLaVA's `llava_v1`, the same as LLaVA-1.5's.
+    VicunaV1,
+    /// Mistral-based checkpoints (`llava-v1.6-mistral-7b-hf`): `[INST] <image>\n{question} [/INST]`.
+    MistralInst,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The networks' shapes: the same keys as LLaVA-1.5.
     pub llava: llava::Config,
     /// Candidate resolutions, `[height, width]`, each a multiple of the vision input size.
     pub pinpoints: Vec<[u32; 2]>,
+    pub template: Template,
 }
 
 impl Config {
@@ -24,7 +34,23 @@ impl Config {
             None => DEFAULT_PINPOINTS.to_vec(),
             Some(v) => pinpoints(v, llava.vision_config.image_size)?,
         };
-        Ok(Self { llava, pinpoints })
+        let text = raw.get("text_config");
+        let template = match text.and_then(|t| t.get("model_type")).and_then(Value::as_str) {
+            None | Some("llama") => Template::VicunaV1,
+            Some("mistral") => Template::MistralInst,
+            Some(other) => {
+                return Err(format!(
+                    "field `text_config.model_type`: {other:?} is not a supported LLaVA-NeXT language model (llama, mistral)"
+                ))
+            }
+        };
+        let mut llava = llava;
+        // Attention over a sliding window is full attention up to its length; beyond it is refused.
+        if let Some(window) = text.and_then(|t| t.get("sliding_window")).and_then(Value::as_u64) {
+            let mpe = &mut llava.text_config.max_position_embeddings;
+            *mpe = (*mpe).min(window as usize);
+        }
+        Ok(Self { llava, pinpoints, template })
     }
 }
 

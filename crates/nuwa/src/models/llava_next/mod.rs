@@ -33,6 +33,7 @@ pub struct LlavaNext {
     /// `image_newline`, (text hidden).
     pub image_newline: Tensor,
     pub pinpoints: Vec<[u32; 2]>,
+    pub template: config::Template,
 }
 
 fn load(ckpt: &Checkpoint, opts: &LoadOptions) -> Result<Box<dyn VisionLanguageModel>> {
@@ -43,11 +44,11 @@ impl LlavaNext {
     /// Loads a llava-hf LLaVA-NeXT checkpoint, trimmed as `opts` says.
     pub fn load(ckpt: &Checkpoint, opts: &LoadOptions) -> Result<Self> {
         let cfg = Config::from_json(&ckpt.config_text).map_err(|m| Error::config(&ckpt.config_path, m))?;
-        let base = Llava::load(ckpt, opts)?;
+        let base = Llava::load_with(ckpt, cfg.llava, opts)?;
         let prefixes = WeightPrefixes::detect(ckpt.tensor_names.iter().map(String::as_str))
             .map_err(|m| Error::checkpoint(&ckpt.dir, m))?;
         let vb = ckpt.var_builder(opts.dtype, &opts.device)?;
-        Self::new(base, &prefixes, cfg.pinpoints, vb).map_err(|e| match e {
+        Self::new(base, &prefixes, cfg.pinpoints, cfg.template, vb).map_err(|e| match e {
             Error::Tensor(e) => Error::checkpoint(&ckpt.dir, e.to_string()),
             e => e,
         })
@@ -58,12 +59,13 @@ impl LlavaNext {
         base: Llava,
         prefixes: &WeightPrefixes,
         pinpoints: Vec<[u32; 2]>,
+        template: config::Template,
         vb: candle_nn::VarBuilder,
     ) -> Result<Self> {
         let root = prefixes.projector.strip_suffix("multi_modal_projector").unwrap_or("");
         let width = base.config.text_config.hidden_size;
         let image_newline = vb.get(width, &format!("{root}image_newline"))?;
-        Ok(Self { base, image_newline, pinpoints })
+        Ok(Self { base, image_newline, pinpoints, template })
     }
 
     fn side(&self) -> (u32, usize) {
@@ -243,7 +245,16 @@ impl VisionLanguageModel for LlavaNext {
     }
 
     fn prompt(&self, tokenizer: &TextTokenizer, conversation: &Conversation) -> Result<PromptTokens> {
-        self.base.prompt(tokenizer, conversation)
+        match self.template {
+            config::Template::VicunaV1 => self.base.prompt(tokenizer, conversation),
+            config::Template::MistralInst => {
+                conversation.validate()?;
+                let text = processor::mistral_inst(conversation);
+                let (image_token, placeholder) =
+                    (self.base.config.image_token_index, llava::processor::IMAGE_PLACEHOLDER);
+                tokenizer.conversation(&text, image_token, placeholder, conversation.has_image())
+            }
+        }
     }
 
     fn sequence_layout(&self, prompt: &PromptTokens, image: Option<&VisualLayout>) -> SequenceLayout {

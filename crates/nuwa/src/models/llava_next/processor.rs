@@ -5,7 +5,33 @@
 use super::anyres::Anyres;
 use crate::models::llava::processor::{self as llava_processor, PreprocessConfig};
 use crate::preprocess::resize;
+use crate::prompt::{Conversation, Role};
 use image::{Rgb, RgbImage};
+
+/// The Mistral-instruct conversation of `llava-v1.6-mistral-7b-hf`: `[INST] {user} [/INST] {answer}</s>[INST]
+/// … [/INST]`, an image part as `<image>\n` where it stands. Mistral has no system turn: a system message
+/// opens the first user turn.
+pub fn mistral_inst(conversation: &Conversation) -> String {
+    let system: Vec<String> =
+        conversation.messages.iter().filter(|m| m.role == Role::System).map(llava_processor::text_of).collect();
+    let mut system = (!system.is_empty()).then(|| system.join("\n"));
+    let mut out = String::new();
+    for m in conversation.messages.iter().filter(|m| m.role != Role::System) {
+        match m.role {
+            Role::User => {
+                let turn = llava_processor::user_turn(m);
+                let turn = match system.take() {
+                    Some(s) => format!("{s}\n\n{turn}"),
+                    None => turn,
+                };
+                out.push_str(&format!("[INST] {turn} [/INST]"));
+            }
+            Role::Assistant => out.push_str(&format!(" {}</s>", llava_processor::text_of(m).trim())),
+            Role::System => unreachable!("filtered above"),
+        }
+    }
+    out
+}
 
 /// The views of `img` as `plan` lays them out, base first: `plan.views()` × 3 × `side` × `side` values.
 pub fn views(img: &RgbImage, plan: &Anyres, cfg: &PreprocessConfig, side: u32) -> Vec<f32> {
