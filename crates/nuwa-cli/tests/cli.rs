@@ -206,3 +206,37 @@ fn a_budget_above_the_patch_count_reports_what_ran() {
     assert_eq!(v["vision"]["budget"], 576);
     assert_eq!(v["vision"]["budget_requested"], 5000);
 }
+
+#[test]
+fn llava_next_from_the_image_file_and_from_pixel_values_matches_the_reference() {
+    let dir = fixture("tiny-llava-next");
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let image = dir.join("image.png");
+    let pixels = dir.join("golden.safetensors");
+    for (input_flag, input) in [("--image", &image), ("--pixel-values", &pixels)] {
+        for (run, prune) in
+            [("unpruned", &["--prune", "none"][..]), ("nuwa160", &["--prune", "nuwa", "--budget", "160"])]
+        {
+            let mut args = vec![
+                "generate",
+                "--model",
+                dir.to_str().unwrap(),
+                input_flag,
+                input.to_str().unwrap(),
+                "--prompt",
+                "What is shown in this image?",
+                "--max-new-tokens",
+                "8",
+                "--json",
+            ];
+            args.extend_from_slice(prune);
+            let out = nuwa(&args);
+            assert!(out.status.success(), "{input_flag} {run}: {}", String::from_utf8_lossy(&out.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["tokens"], golden["runs"][run]["greedy"], "{input_flag} {run}");
+            assert_eq!(v["vision"]["grids"], serde_json::json!([[24, 24], [24, 38]]));
+            assert_eq!(v["vision"]["newlines"], 24, "every row's newline enters the decoder");
+        }
+    }
+}
