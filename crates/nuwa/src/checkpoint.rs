@@ -115,26 +115,38 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Err(Error::io(dir, "no weights: expected model.safetensors or model.safetensors.index.json"))
 }
 
+/// The largest header accepted (the safetensors crate's own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
 /// Reads and checks a safetensors header: its length, its JSON, and that every tensor's bytes lie
 /// inside the file (a truncated download fails here, by name).
 pub fn safetensors_names(path: &Path) -> Result<Vec<String>> {
     use std::io::Read;
-    let bad = |msg: String| Error::checkpoint(path, msg);
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut len_bytes = [0u8; 8];
-    f.read_exact(&mut len_bytes)
-        .map_err(|_| bad(format!("not a safetensors file: {file_len} bytes, too short for a header")))?;
-    let header_len = u64::from_le_bytes(len_bytes);
-    if header_len > file_len.saturating_sub(8) || header_len > 100_000_000 {
-        return Err(bad(format!(
-            "corrupt safetensors header: declares {header_len} header bytes in a {file_len}-byte file"
-        )));
+    // Only the length prefix and the header it declares are read; the data section can be gigabytes.
+    let mut head = vec![0u8; 8];
+    if f.read_exact(&mut head).is_ok() {
+        let header_len = declared_header_len(&head, file_len, path)?;
+        head.resize(8 + header_len as usize, 0);
+        f.read_exact(&mut head[8..]).map_err(|e| Error::io(path, e))?;
+    } else {
+        // Reported below as too short for a header.
+        head.clear();
     }
-    let mut header = vec![0u8; header_len as usize];
-    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    check_safetensors_header(&head, file_len, path)
+}
+
+/// The checks of [`safetensors_names`] on the file's first bytes (at least the length prefix and the
+/// header it declares; the whole file will do) and its length; `path` names the file in errors.
+pub fn check_safetensors_header(bytes: &[u8], file_len: u64, path: &Path) -> Result<Vec<String>> {
+    let bad = |msg: String| Error::checkpoint(path, msg);
+    let header_len = declared_header_len(bytes, file_len, path)?;
+    let header = bytes.get(8..8 + header_len as usize).ok_or_else(|| {
+        bad(format!("only {} bytes given of a header that ends at byte {}", bytes.len(), 8 + header_len))
+    })?;
     let header: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("corrupt safetensors header (not JSON): {e}")))?;
+        serde_json::from_slice(header).map_err(|e| bad(format!("corrupt safetensors header (not JSON): {e}")))?;
     let data_len = file_len - 8 - header_len;
     let mut names = Vec::with_capacity(header.len());
     for (name, info) in header {
@@ -161,6 +173,21 @@ pub fn safetensors_names(path: &Path) -> Result<Vec<String>> {
         names.push(name);
     }
     Ok(names)
+}
+
+/// The header length the first 8 bytes declare, checked against the file's length.
+fn declared_header_len(bytes: &[u8], file_len: u64, path: &Path) -> Result<u64> {
+    let bad = |msg: String| Error::checkpoint(path, msg);
+    let prefix = bytes.first_chunk::<8>().filter(|_| file_len >= 8);
+    let header_len = u64::from_le_bytes(
+        *prefix.ok_or_else(|| bad(format!("not a safetensors file: {file_len} bytes, too short for a header")))?,
+    );
+    if header_len > file_len - 8 || header_len > MAX_HEADER_BYTES {
+        return Err(bad(format!(
+            "corrupt safetensors header: declares {header_len} header bytes in a {file_len}-byte file"
+        )));
+    }
+    Ok(header_len)
 }
 
 fn generation_eos(path: &Path) -> Result<Vec<u32>> {

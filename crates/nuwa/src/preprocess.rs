@@ -262,6 +262,15 @@ impl Geometry {
     }
 }
 
+impl Geometry {
+    /// The geometry of [`expand_to_square`]'s square for a `width`×`height` image.
+    pub fn padded_square(width: u32, height: u32) -> Self {
+        let side = width.max(height).max(1);
+        let (pad_x, pad_y) = if width >= height { (0, (width - height) / 2) } else { ((height - width) / 2, 0) };
+        Self { width, height, side, pad_x, pad_y, input_window: [0.0, 0.0, side as f64, side as f64] }
+    }
+}
+
 /// LLaVA's `expand2square`: pads to a square of `color`, pasting the original at
 /// `(0, (w - h) / 2)` for landscape or `((h - w) / 2, 0)` for portrait (integer division).
 ///
@@ -269,16 +278,13 @@ impl Geometry {
 /// [`decode_image`] never returns) yields a 1×1 square of `color`.
 pub fn expand_to_square(img: &RgbImage, color: [u8; 3]) -> (RgbImage, Geometry) {
     let (w, h) = img.dimensions();
-    let side = w.max(h).max(1);
-    let (pad_x, pad_y) = if w >= h { (0, (w - h) / 2) } else { ((h - w) / 2, 0) };
-    let geometry =
-        Geometry { width: w, height: h, side, pad_x, pad_y, input_window: [0.0, 0.0, side as f64, side as f64] };
+    let geometry = Geometry::padded_square(w, h);
     if w == h && w > 0 {
         return (img.clone(), geometry);
     }
-    let mut out = RgbImage::from_pixel(side, side, Rgb(color));
+    let mut out = RgbImage::from_pixel(geometry.side, geometry.side, Rgb(color));
     for (x, y, p) in img.enumerate_pixels() {
-        out.put_pixel(x + pad_x, y + pad_y, *p);
+        out.put_pixel(x + geometry.pad_x, y + geometry.pad_y, *p);
     }
     (out, geometry)
 }
@@ -286,27 +292,36 @@ pub fn expand_to_square(img: &RgbImage, color: [u8; 3]) -> (RgbImage, Geometry) 
 /// Pillow's fixed-point precision for 8-bit resampling (`PRECISION_BITS` in Resample.c).
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// Per-output-pixel filter taps for one axis (Pillow's `precompute_coeffs` followed by
-/// `normalize_coeffs_8bpc`).
+/// Per-output-pixel filter taps for one axis of a canvas on which the image covers `span` (Pillow's
+/// `precompute_coeffs` followed by `normalize_coeffs_8bpc`). Taps outside the image all read the pad
+/// colour, so only their weights' sum is kept: storage grows with the image, not the canvas.
 struct Coeffs {
-    /// Taps per output pixel (row stride of `weights`).
-    ksize: usize,
-    /// First input index and number of taps, per output pixel.
-    bounds: Vec<(usize, usize)>,
-    /// Fixed-point weights, `ksize` per output pixel.
+    /// Per output pixel: the first image index (from the span's start) it reads, and its weights' range in
+    /// `weights`.
+    taps: Vec<(usize, std::ops::Range<usize>)>,
     weights: Vec<i32>,
+    /// Per output pixel: the sum of its weights outside the image, and of all its weights.
+    outside: Vec<i64>,
+    total: Vec<i64>,
+    /// The output pixels with at least one image tap (contiguous, as the windows only move forward).
+    touched: std::ops::Range<usize>,
 }
 
 impl Coeffs {
-    fn new(in_size: u32, out_size: u32, filter: Resample) -> Self {
+    fn new(in_size: u32, out_size: u32, filter: Resample, span: std::ops::Range<usize>) -> Self {
         let scale = in_size as f64 / out_size as f64;
         // Antialiasing: when shrinking, widen the filter by the scale.
         let filterscale = scale.max(1.0);
         let support = filter.support() * filterscale;
         let ksize = support.ceil() as usize * 2 + 1;
         let ss = 1.0 / filterscale;
-        let mut bounds = Vec::with_capacity(out_size as usize);
-        let mut weights = vec![0i32; out_size as usize * ksize];
+        let mut c = Coeffs {
+            taps: Vec::with_capacity(out_size as usize),
+            weights: Vec::new(),
+            outside: Vec::with_capacity(out_size as usize),
+            total: Vec::with_capacity(out_size as usize),
+            touched: 0..0,
+        };
         let mut k = vec![0f64; ksize];
         for xx in 0..out_size as usize {
             let center = (xx as f64 + 0.5) * scale;
@@ -314,26 +329,39 @@ impl Coeffs {
             let xmin = ((center - support + 0.5) as i64).max(0);
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64);
             let n = (xmax - xmin).clamp(0, ksize as i64) as usize;
+            let xmin = xmin as usize;
             let mut total = 0.0;
             for (x, kx) in k[..n].iter_mut().enumerate() {
-                *kx = filter.weight(((x as i64 + xmin) as f64 - center + 0.5) * ss);
+                *kx = filter.weight(((x + xmin) as f64 - center + 0.5) * ss);
                 total += *kx;
             }
-            let row = &mut weights[xx * ksize..xx * ksize + n];
-            for (w, &kx) in row.iter_mut().zip(&k[..n]) {
+            let first = c.weights.len();
+            let (mut outside, mut sum) = (0i64, 0i64);
+            for (x, &kx) in k[..n].iter().enumerate() {
                 let kx = if total != 0.0 { kx / total } else { kx };
                 let scaled = kx * (1u32 << PRECISION_BITS) as f64;
                 // Round half away from zero, then truncate, as normalize_coeffs_8bpc does.
-                *w = if kx < 0.0 { (scaled - 0.5) as i32 } else { (scaled + 0.5) as i32 };
+                let w = if kx < 0.0 { (scaled - 0.5) as i32 } else { (scaled + 0.5) as i32 };
+                sum += w as i64;
+                if span.contains(&(x + xmin)) {
+                    c.weights.push(w);
+                } else {
+                    outside += w as i64;
+                }
             }
-            bounds.push((xmin as usize, n));
+            if c.weights.len() > first {
+                c.touched = if c.touched.is_empty() { xx..xx + 1 } else { c.touched.start..xx + 1 };
+            }
+            c.taps.push((xmin.max(span.start).saturating_sub(span.start), first..c.weights.len()));
+            c.outside.push(outside);
+            c.total.push(sum);
         }
-        Self { ksize, bounds, weights }
+        c
     }
 
     fn taps(&self, out: usize) -> (usize, &[i32]) {
-        let (start, n) = self.bounds[out];
-        (start, &self.weights[out * self.ksize..out * self.ksize + n])
+        let (start, ref range) = self.taps[out];
+        (start, &self.weights[range.clone()])
     }
 }
 
@@ -351,6 +379,28 @@ fn clip8(acc: i64) -> u8 {
 /// Rounding bias every accumulator starts from.
 const HALF: i64 = 1 << (PRECISION_BITS - 1);
 
+/// `weight` times `color` plus the rounding bias, per channel: what a pixel's taps on padding add up to.
+fn pad_acc(color: [u8; 3], weight: i64) -> [i64; 3] {
+    color.map(|c| HALF + c as i64 * weight)
+}
+
+/// An image pasted at `at` on a `size` canvas of `color`, which is never built.
+struct Canvas<'a> {
+    img: &'a RgbImage,
+    size: (u32, u32),
+    at: (u32, u32),
+    color: [u8; 3],
+}
+
+/// The canvas after the horizontal pass: every row is `outside`, except that rows `first_row..` (the
+/// image's) hold `rows` in columns `cols`.
+struct Band<'a> {
+    outside: Vec<[u8; 3]>,
+    cols: std::ops::Range<usize>,
+    first_row: usize,
+    rows: std::borrow::Cow<'a, RgbImage>,
+}
+
 /// Resizes to `width`×`height` exactly as Pillow's `Image.resize(size, filter)` does for an RGB
 /// image: separable, antialiased, 22-bit fixed point, horizontal pass first, and a pass is
 /// skipped when its dimension is unchanged. A zero target size yields an empty image.
@@ -359,63 +409,89 @@ const HALF: i64 = 1 << (PRECISION_BITS - 1);
 /// shrinks much more than the width, which can move a few outputs; square-to-square resizes
 /// (all that LLaVA's padded pipeline does with `shortest_edge`) are unaffected.
 pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Resample) -> RgbImage {
-    let (in_w, in_h) = img.dimensions();
+    resample(&Canvas { img, size: img.dimensions(), at: (0, 0), color: [0; 3] }, width, height, filter)
+}
+
+/// `resize(&expand_to_square(img, color).0, width, height, filter)`, bit for bit, without building the
+/// square: memory and time grow with the image and the output, not with the square (a 4096×1 strip
+/// would pad to 4096×4096).
+pub fn resize_padded(img: &RgbImage, color: [u8; 3], width: u32, height: u32, filter: Resample) -> RgbImage {
+    let g = Geometry::padded_square(img.width(), img.height());
+    resample(&Canvas { img, size: (g.side, g.side), at: (g.pad_x, g.pad_y), color }, width, height, filter)
+}
+
+fn resample(canvas: &Canvas, width: u32, height: u32, filter: Resample) -> RgbImage {
     if width == 0 || height == 0 {
         return RgbImage::new(width, height);
     }
-    let horiz = Coeffs::new(in_w, width, filter);
-    let mut vert = Coeffs::new(in_h, height, filter);
+    let (img, color) = (canvas.img, canvas.color);
+    let (x0, y0) = (canvas.at.0 as usize, canvas.at.1 as usize);
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let band = if width == canvas.size.0 {
+        Band {
+            outside: vec![color; width as usize],
+            cols: x0..x0 + w,
+            first_row: y0,
+            rows: std::borrow::Cow::Borrowed(img),
+        }
+    } else {
+        let horiz = Coeffs::new(canvas.size.0, width, filter, x0..x0 + w);
+        let outside = horiz.total.iter().map(|&t| pad_acc(color, t).map(clip8)).collect();
+        let cols = horiz.touched.clone();
+        let mut rows = RgbImage::new(cols.len() as u32, h as u32);
+        if !cols.is_empty() {
+            for (line, out_line) in img.as_raw().chunks_exact(w * 3).zip(rows.chunks_exact_mut(cols.len() * 3)) {
+                for (xx, px) in cols.clone().zip(out_line.chunks_exact_mut(3)) {
+                    let (start, k) = horiz.taps(xx);
+                    let mut acc = pad_acc(color, horiz.outside[xx]);
+                    for (i, &kw) in k.iter().enumerate() {
+                        let p = &line[(start + i) * 3..(start + i) * 3 + 3];
+                        for c in 0..3 {
+                            acc[c] += p[c] as i64 * kw as i64;
+                        }
+                    }
+                    px.copy_from_slice(&acc.map(clip8));
+                }
+            }
+        }
+        Band { outside, cols, first_row: y0, rows: std::borrow::Cow::Owned(rows) }
+    };
 
-    // Output of the horizontal pass, when there is one.
-    let mut tmp = None;
-    if width != in_w {
-        // Only rows the vertical pass reads are resampled horizontally.
-        let first = vert.bounds[0].0;
-        let last = vert.bounds.last().map_or(first, |&(s, n)| s + n);
-        if height != in_h {
-            for b in &mut vert.bounds {
-                b.0 -= first;
-            }
-        }
-        let rows = if height != in_h { first..last } else { 0..in_h as usize };
-        let line_len = in_w as usize * 3;
-        let src = img.as_raw();
-        let mut out = RgbImage::new(width, rows.len() as u32);
-        for (y, out_line) in rows.zip(out.chunks_exact_mut(width as usize * 3)) {
-            let line = &src[y * line_len..(y + 1) * line_len];
-            for (xx, px) in out_line.chunks_exact_mut(3).enumerate() {
-                let (start, k) = horiz.taps(xx);
-                let mut acc = [HALF; 3];
-                for (i, &kw) in k.iter().enumerate() {
-                    let p = &line[(start + i) * 3..(start + i) * 3 + 3];
-                    for c in 0..3 {
-                        acc[c] += p[c] as i64 * kw as i64;
-                    }
-                }
-                px.copy_from_slice(&acc.map(clip8));
-            }
-        }
-        tmp = Some(out);
-    }
-    let cur = tmp.as_ref().unwrap_or(img);
-    if height != in_h {
-        let cw = cur.width() as usize;
-        let src = cur.as_raw();
-        let mut out = RgbImage::new(cw as u32, height);
-        for (yy, out_line) in out.chunks_exact_mut(cw * 3).enumerate() {
-            let (start, k) = vert.taps(yy);
+    let out_w = band.outside.len();
+    let stride = band.cols.len() * 3;
+    let src = band.rows.as_raw();
+    let mut out = RgbImage::new(out_w as u32, height);
+    if height == canvas.size.1 {
+        for (y, out_line) in out.chunks_exact_mut(out_w * 3).enumerate() {
             for (x, px) in out_line.chunks_exact_mut(3).enumerate() {
-                let mut acc = [HALF; 3];
-                for (i, &kw) in k.iter().enumerate() {
-                    let o = ((start + i) * cw + x) * 3;
-                    for c in 0..3 {
-                        acc[c] += src[o + c] as i64 * kw as i64;
-                    }
-                }
-                px.copy_from_slice(&acc.map(clip8));
+                px.copy_from_slice(&band.outside[x]);
+            }
+            if let Some(row) = y.checked_sub(band.first_row).filter(|&r| r < h) {
+                out_line[band.cols.start * 3..band.cols.end * 3]
+                    .copy_from_slice(&src[row * stride..(row + 1) * stride]);
             }
         }
         return out;
     }
-    tmp.unwrap_or_else(|| img.clone())
+    let vert = Coeffs::new(canvas.size.1, height, filter, band.first_row..band.first_row + h);
+    for (yy, out_line) in out.chunks_exact_mut(out_w * 3).enumerate() {
+        let (start, k) = vert.taps(yy);
+        for (x, px) in out_line.chunks_exact_mut(3).enumerate() {
+            let mut acc;
+            if let Some(bx) = x.checked_sub(band.cols.start).filter(|_| band.cols.contains(&x)) {
+                acc = pad_acc(band.outside[x], vert.outside[yy]);
+                for (i, &kw) in k.iter().enumerate() {
+                    let o = (start + i) * stride + bx * 3;
+                    for c in 0..3 {
+                        acc[c] += src[o + c] as i64 * kw as i64;
+                    }
+                }
+            } else {
+                // Every row of this column is the padding's.
+                acc = pad_acc(band.outside[x], vert.total[yy]);
+            }
+            px.copy_from_slice(&acc.map(clip8));
+        }
+    }
+    out
 }

@@ -121,6 +121,9 @@ fn py_min(a: f64, b: f64) -> f64 {
 /// the result is then `-0.0`, as in the harness. A zero union (both boxes
 /// degenerate, which also forces a zero intersection) makes Python raise
 /// `ZeroDivisionError`; here it scores 0 so one bad row cannot abort a run.
+/// So does a NaN union (areas that overflow: `inf * 0` for a box 1e308 wide
+/// and flat, `inf - inf` for two such boxes), where Python's NaN would make
+/// the mean IoU of the whole run NaN.
 pub fn iou(gt: [f64; 4], pred: [f64; 4]) -> f64 {
     let x_left = py_max(gt[0], pred[0]);
     let y_top = py_max(gt[1], pred[1]);
@@ -130,7 +133,7 @@ pub fn iou(gt: [f64; 4], pred: [f64; 4]) -> f64 {
     let gt_area = (gt[2] - gt[0]) * (gt[3] - gt[1]);
     let pred_area = (pred[2] - pred[0]) * (pred[3] - pred[1]);
     let union = gt_area + pred_area - intersection;
-    if union == 0.0 {
+    if union == 0.0 || union.is_nan() {
         0.0
     } else {
         intersection / union

@@ -89,12 +89,10 @@ impl Config {
 
     /// Index into the vision encoder's hidden states that feeds the projector (`-2` → `L - 1`).
     pub fn feature_layer(&self) -> std::result::Result<usize, String> {
-        let depth = self.vision_config.num_hidden_layers as i64;
-        let idx = if self.vision_feature_layer < 0 {
-            depth + 1 + self.vision_feature_layer
-        } else {
-            self.vision_feature_layer
-        };
+        // i128 holds any layer count and index without overflow (a config can say 2^63 layers).
+        let depth = self.vision_config.num_hidden_layers as i128;
+        let layer = i128::from(self.vision_feature_layer);
+        let idx = if layer < 0 { depth + 1 + layer } else { layer };
         if !(1..=depth).contains(&idx) {
             return Err(format!(
                 "vision_feature_layer {} is outside the vision encoder's {} layers",
@@ -169,7 +167,8 @@ impl Config {
                 ));
             }
             self.vision_config.num_hidden_layers = n;
-            if self.vision_feature_layer >= 0 && self.vision_feature_layer as usize > n {
+            // A layer the shorter encoder lacks (from either end) falls back to the second-to-last.
+            if self.feature_layer().is_err() {
                 self.vision_feature_layer = -2;
             }
         }

@@ -2,7 +2,7 @@
 //! `CLIPImageProcessor` (PIL backend): resize (Pillow's `Resample.c`, bit-exact), centre crop, rescale
 //! and normalise, producing a CHW `f32` tensor — and the vicuna_v1 conversation LLaVA-1.5 was trained with.
 
-use crate::preprocess::{expand_to_square, resize, Geometry, PreprocessError, Resample};
+use crate::preprocess::{expand_to_square, resize_padded, Geometry, PreprocessError, Resample};
 use crate::prompt::{Conversation, Message, Part, Role};
 use image::{Rgb, RgbImage};
 use serde::de::{DeserializeOwned, Error as _};
@@ -221,14 +221,14 @@ fn crop_offset(size: u32, crop: u32) -> i64 {
     (size as i64 - crop as i64).div_euclid(2)
 }
 
-/// transformers' `center_crop`, including its zero padding when the image is smaller.
-fn center_crop(img: &RgbImage, crop: CropSize) -> RgbImage {
-    let (w, h) = img.dimensions();
-    let (left, top) = (crop_offset(w, crop.width), crop_offset(h, crop.height));
+/// transformers' `center_crop` of a `width`×`height` image given by `pixel`, including its zero padding
+/// when the image is smaller.
+fn center_crop(width: u32, height: u32, crop: CropSize, pixel: impl Fn(u32, u32) -> Rgb<u8>) -> RgbImage {
+    let (left, top) = (crop_offset(width, crop.width), crop_offset(height, crop.height));
     RgbImage::from_fn(crop.width, crop.height, |x, y| {
         let (sx, sy) = (x as i64 + left, y as i64 + top);
-        if (0..w as i64).contains(&sx) && (0..h as i64).contains(&sy) {
-            *img.get_pixel(sx as u32, sy as u32)
+        if (0..width as i64).contains(&sx) && (0..height as i64).contains(&sy) {
+            pixel(sx as u32, sy as u32)
         } else {
             Rgb([0, 0, 0])
         }
@@ -248,23 +248,33 @@ pub struct Preprocessed {
 /// Pads to a square (LLaVA), then resizes, centre-crops, rescales and normalises
 /// (CLIPImageProcessor), following `cfg`'s `do_*` switches.
 pub fn preprocess(img: &RgbImage, cfg: &PreprocessConfig) -> Preprocessed {
-    let (square, mut geometry) = expand_to_square(img, cfg.pad_color());
-    let side = square.width();
-    let resized = if cfg.do_resize {
+    // The padded square is only built when it is the output: an image within the pixel limit can pad to
+    // a square far beyond it (a 4096×1 strip to 4096×4096).
+    let color = cfg.pad_color();
+    let mut geometry = Geometry::padded_square(img.width(), img.height());
+    let side = geometry.side;
+    let resized = cfg.do_resize.then(|| {
         let (w, h) = cfg.size.output_size(side, side);
-        resize(&square, w, h, cfg.resample)
-    } else {
-        square
-    };
-    let (rw, rh) = resized.dimensions();
+        resize_padded(img, color, w, h, cfg.resample)
+    });
+    let (rw, rh) = resized.as_ref().map_or((side, side), |r| r.dimensions());
     let input = if cfg.do_center_crop {
         let crop = cfg.crop_size;
         let (sx, sy) = (side as f64 / rw.max(1) as f64, side as f64 / rh.max(1) as f64);
         let (left, top) = (crop_offset(rw, crop.width) as f64, crop_offset(rh, crop.height) as f64);
         geometry.input_window = [left * sx, top * sy, (left + crop.width as f64) * sx, (top + crop.height as f64) * sy];
-        center_crop(&resized, crop)
+        match &resized {
+            Some(r) => center_crop(rw, rh, crop, |x, y| *r.get_pixel(x, y)),
+            None => center_crop(side, side, crop, |x, y| {
+                let (px, py) = (x.checked_sub(geometry.pad_x), y.checked_sub(geometry.pad_y));
+                match (px, py) {
+                    (Some(px), Some(py)) if px < img.width() && py < img.height() => *img.get_pixel(px, py),
+                    _ => Rgb(color),
+                }
+            }),
+        }
     } else {
-        resized
+        resized.unwrap_or_else(|| expand_to_square(img, color).0)
     };
 
     // transformers: rescale multiplies in f64 and stores f32; normalise works in f32.
