@@ -9,6 +9,8 @@ pub mod checkpoint;
 pub mod engine;
 pub mod error;
 pub mod eval;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generation;
 pub mod ground;
 pub mod hooks;
