@@ -288,6 +288,8 @@ fn config_values_that_would_give_nan_are_refused() {
         (r#""rope_theta": 10000.0"#, r#""rope_theta": 0"#),
         (r#""rms_norm_eps": 1e-05"#, r#""rms_norm_eps": -1"#),
         (r#""num_hidden_layers": 32"#, r#""num_hidden_layers": 0"#),
+        // Would overflow the patch count (and truncate in the preprocessor check) before any weight is read.
+        (r#""image_size": 336"#, r#""image_size": 4294967632"#),
     ] {
         let dir = broken_checkpoint(&format!("nan-{}", field.len()), |d| {
             let path = d.join("config.json");

@@ -524,9 +524,11 @@ fn coco_box(v: Option<&Value>) -> std::result::Result<[f64; 4], String> {
     if !(out[2] > 0.0 && out[3] > 0.0) {
         return Err(format!("field `bbox`: width and height must be positive (a box with area), got {out:?}"));
     }
-    // Corners must be finite too: [1e308, 2, 1e308, 4] would make an infinite box.
-    if !(out[0] + out[2]).is_finite() || !(out[1] + out[3]).is_finite() {
-        return Err(format!("field `bbox`: {out:?} overflows (x + width or y + height is not a finite number)"));
+    // Corners and area must be finite too: [1e308, 2, 1e308, 4] would make an infinite box.
+    if !(out[0] + out[2]).is_finite() || !(out[1] + out[3]).is_finite() || !(out[2] * out[3]).is_finite() {
+        return Err(format!(
+            "field `bbox`: {out:?} overflows (x + width, y + height or width × height is not a finite number)"
+        ));
     }
     Ok(out)
 }

@@ -60,6 +60,9 @@ fn default_layer_norm_eps() -> f64 {
     1e-5
 }
 
+/// The largest vision input side accepted (pixels).
+pub const MAX_IMAGE_SIZE: usize = 16_384;
+
 impl Config {
     /// Patches per side of the (square) input.
     pub fn grid_side(&self) -> usize {
@@ -82,6 +85,13 @@ impl Config {
             if v == 0 {
                 return Err(format!("vision_config.{name} must be at least 1"));
             }
+        }
+        // Far beyond any released tower, and small enough that patch counts and `as u32` stay exact.
+        if self.image_size > MAX_IMAGE_SIZE {
+            return Err(format!(
+                "vision_config.image_size {} is above the {MAX_IMAGE_SIZE} supported",
+                self.image_size
+            ));
         }
         if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return Err(format!(
