@@ -187,15 +187,27 @@ impl Resample {
     }
 }
 
-/// Where the original image sits inside the padded square, and which part of that square the
-/// model input shows. All coordinates are `[x0, y0, x1, y1]`.
+/// The frame a model answers boxes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Frame {
+    /// LLaVA-1.5's padded square.
+    #[default]
+    PaddedSquare,
+    /// The original image itself (LLaVA-NeXT); the padding fields are zero.
+    Original,
+}
+
+/// Where the original image sits inside the frame the model answers in (LLaVA-1.5's padded square, or
+/// the image itself), and which part of that frame the model input shows. All coordinates are
+/// `[x0, y0, x1, y1]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Geometry {
+    pub frame: Frame,
     /// Original image width in pixels.
     pub width: u32,
     /// Original image height in pixels.
     pub height: u32,
-    /// Side of the padded square in original pixels.
+    /// Side of the padded square in original pixels (the longer side when the frame is the original).
     pub side: u32,
     /// Column of the square where the original's left edge was pasted.
     pub pad_x: u32,
@@ -215,23 +227,43 @@ impl Geometry {
         self.height.max(1) as f64
     }
 
-    /// Box normalised to the padded square → box normalised to the original, clamped to [0, 1].
+    /// The frame's (width, height) in original pixels.
+    fn frame_size(&self) -> (f64, f64) {
+        match self.frame {
+            Frame::PaddedSquare => (self.side.max(1) as f64, self.side.max(1) as f64),
+            Frame::Original => (self.w(), self.h()),
+        }
+    }
+
+    /// Box normalised to the model's frame (the padded square) → box normalised to the original,
+    /// clamped to [0, 1].
     pub fn square_to_original(&self, b: [f64; 4]) -> [f64; 4] {
-        let s = self.side as f64;
+        let (sx, sy) = self.frame_size();
         let (px, py) = (self.pad_x as f64, self.pad_y as f64);
         [
-            ((b[0] * s - px) / self.w()).clamp(0.0, 1.0),
-            ((b[1] * s - py) / self.h()).clamp(0.0, 1.0),
-            ((b[2] * s - px) / self.w()).clamp(0.0, 1.0),
-            ((b[3] * s - py) / self.h()).clamp(0.0, 1.0),
+            ((b[0] * sx - px) / self.w()).clamp(0.0, 1.0),
+            ((b[1] * sy - py) / self.h()).clamp(0.0, 1.0),
+            ((b[2] * sx - px) / self.w()).clamp(0.0, 1.0),
+            ((b[3] * sy - py) / self.h()).clamp(0.0, 1.0),
         ]
     }
 
-    /// Box normalised to the original → box normalised to the padded square.
+    /// Box normalised to the original → box normalised to the model's frame.
     pub fn original_to_square(&self, b: [f64; 4]) -> [f64; 4] {
-        let s = self.side.max(1) as f64;
+        let (sx, sy) = self.frame_size();
         let (px, py) = (self.pad_x as f64, self.pad_y as f64);
-        [(b[0] * self.w() + px) / s, (b[1] * self.h() + py) / s, (b[2] * self.w() + px) / s, (b[3] * self.h() + py) / s]
+        [
+            (b[0] * self.w() + px) / sx,
+            (b[1] * self.h() + py) / sy,
+            (b[2] * self.w() + px) / sx,
+            (b[3] * self.h() + py) / sy,
+        ]
+    }
+
+    /// The image as its own frame, the whole of it shown (LLaVA-NeXT's base view).
+    pub fn original_frame(width: u32, height: u32) -> Self {
+        let input_window = [0.0, 0.0, width as f64, height as f64];
+        Self { frame: Frame::Original, width, height, side: width.max(height), pad_x: 0, pad_y: 0, input_window }
     }
 
     /// Box normalised to the original → original pixel coordinates.
@@ -267,7 +299,8 @@ impl Geometry {
     pub fn padded_square(width: u32, height: u32) -> Self {
         let side = width.max(height).max(1);
         let (pad_x, pad_y) = if width >= height { (0, (width - height) / 2) } else { ((height - width) / 2, 0) };
-        Self { width, height, side, pad_x, pad_y, input_window: [0.0, 0.0, side as f64, side as f64] }
+        let input_window = [0.0, 0.0, side as f64, side as f64];
+        Self { frame: Frame::PaddedSquare, width, height, side, pad_x, pad_y, input_window }
     }
 }
 

@@ -980,8 +980,7 @@ fn choice_letters_hand_cases() {
 #[test]
 fn rec_boxes_padded_as_the_harness_or_original() {
     // A 200×100 image pads to a 200×200 square with the picture at rows 50..150.
-    let geometry =
-        Geometry { width: 200, height: 100, side: 200, pad_x: 0, pad_y: 50, input_window: [0.0, 0.0, 200.0, 200.0] };
+    let geometry = Geometry::padded_square(200, 100);
     let truth = Truth::Rec { expression: "x".into(), bbox: [50.0, 0.0, 100.0, 100.0] };
     let sample = nuwa::eval::data::Sample { sub: 0, id: "1".into(), prompt: "p".into(), truth: truth.clone() };
     let response = "[0.25, 0.25, 0.75, 0.75]";

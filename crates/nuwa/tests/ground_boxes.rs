@@ -127,3 +127,20 @@ fn the_prompt_is_the_harness_prefix_then_the_expression() {
     assert_eq!(prompt("the red thing"), format!("{prefix}the red thing"));
     assert!(prompt("x").starts_with(PROMPT_PREFIX));
 }
+
+#[test]
+fn llava_next_answers_in_the_original_frame() {
+    // LLaVA-NeXT's preprocessing keeps the image's own frame: a box is already relative to the image.
+    let dir = fixture("tiny-llava-next");
+    let engine = nuwa::Engine::load(&dir, &nuwa::LoadOptions::default()).unwrap();
+    let img = nuwa::preprocess::load_image(&dir.join("image.png")).unwrap();
+    let (_, g) = engine.pixels(&img).unwrap();
+    assert_eq!((g.width, g.height, g.frame), (480, 307, nuwa::preprocess::Frame::Original));
+    let b = ground_box("It is at [0.25, 0.5, 0.75, 1.0].", &g).unwrap();
+    assert_eq!(b.original_normalized, [0.25, 0.5, 0.75, 1.0]);
+    assert_close(b.original_pixels, [120.0, 153.5, 360.0, 307.0], 1e-9, "pixels");
+    assert_eq!(g.original_to_square([0.1, 0.2, 0.3, 0.4]), [0.1, 0.2, 0.3, 0.4]);
+    // The base view's 24×24 patches tile the whole image.
+    assert_close(g.patch_rect(0, 0, 24, 24).unwrap(), [0.0, 0.0, 20.0, 307.0 / 24.0], 1e-9, "first patch");
+    assert_close(g.patch_rect(23, 23, 24, 24).unwrap(), [460.0, 307.0 * 23.0 / 24.0, 480.0, 307.0], 1e-9, "last");
+}

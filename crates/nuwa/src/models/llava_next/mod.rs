@@ -135,7 +135,7 @@ impl VisionLanguageModel for LlavaNext {
         let side = self.side().0;
         let pixels = processor::views(img, &plan, &self.base.processor, side);
         let pixels = Tensor::from_vec(pixels, (plan.views(), 3, side as usize, side as usize), device)?;
-        Ok((pixels, Geometry::padded_square(img.width(), img.height())))
+        Ok((pixels, Geometry::original_frame(img.width(), img.height())))
     }
 
     fn check_pixels(&self, p: &Tensor) -> Result<Tensor> {
