@@ -1,7 +1,7 @@
 //! LLaVA-NeXT (LLaVA-1.6, Liu et al. 2024), after transformers' `LlavaNextForConditionalGeneration`: the
 //! LLaVA-1.5 networks over "anyres" views — a base view of the whole image plus up to four 336-pixel
 //! crops — whose crop patches are stitched, cut back to the image's aspect ratio and closed row by row
-//! with a learned newline token (`../shared/SPEC-llava-next.md`).
+//! with a learned newline token (the project's LLaVA-NeXT specification).
 //!
 //! Layout: grid 0 is the base view (24×24, raster order), grid 1 the unpadded crop grid H'×W', each of
 //! its rows followed by a [`Slot::Newline`]. Newline slots carry zero vision features: their embedding is
