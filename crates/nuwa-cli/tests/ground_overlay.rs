@@ -106,7 +106,7 @@ fn ground_text_names_the_three_box_forms_or_says_there_is_none() {
 }
 
 #[test]
-fn generate_writes_overlay_and_heatmap_at_the_image_size() {
+fn generate_writes_overlays_at_the_image_size_one_panel_per_grid() {
     let dir = scratch("generate-overlay");
     let (model, image) = (fixture("tiny-llava-1.5"), fixture("tiny-llava-1.5/image.png"));
     for (name, extra) in [("kept.png", &[][..]), ("heat.png", &["--heatmap"][..])] {
@@ -131,6 +131,26 @@ fn generate_writes_overlay_and_heatmap_at_the_image_size() {
         serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("stdout stays one JSON object");
         assert_eq!(png_size(&png), (500, 375), "{name}");
     }
+    // LLaVA-NeXT: the crop grid over the 480×307 picture, the base view's grid in a second panel.
+    let png = dir.join("next.png");
+    let (model, image) = (fixture("tiny-llava-next"), fixture("tiny-llava-next/image.png"));
+    let out = nuwa(&[
+        "generate",
+        "--model",
+        &model,
+        "--image",
+        &image,
+        "--prompt",
+        "What is shown?",
+        "--budget",
+        "160",
+        "--max-new-tokens",
+        "1",
+        "--overlay",
+        png.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "next: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(png_size(&png), (2 * 480 + 4, 307), "next: two panels and a 4-pixel gap");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -8,8 +8,9 @@
 //! pillar or a collector, and its fill still says which). Fills are blended with [`blend`] so the image stays visible.
 //! Sizes (lines, text, legend) scale with the image; the output always has the input's size.
 
-use crate::engine::VisionReport;
-use crate::preprocess::Geometry;
+use crate::engine::{EncodedImage, VisionReport};
+use crate::layout::{Slot, VisualLayout};
+use crate::preprocess::{cell_rect, Geometry};
 use crate::{Error, Result};
 use ab_glyph::{Font, FontRef, PxScale};
 use image::{Rgb, RgbImage};
@@ -39,6 +40,8 @@ pub mod palette {
     /// Legend background and text.
     pub const LEGEND_BG: [u8; 3] = [0, 0, 0];
     pub const LEGEND_TEXT: [u8; 3] = [255, 255, 255];
+    /// Between panels.
+    pub const GAP: [u8; 3] = [32, 32, 32];
 }
 
 /// Opacity of the pillar / collector / kept fills.
@@ -152,14 +155,128 @@ impl PatchMarks {
         Ok(Self { grid, roles, survivors })
     }
 
-    /// The marks of a generation's report (a cut is shown only when stage 2 ran).
-    pub fn from_report(r: &VisionReport) -> Result<Self> {
-        Self::new((r.grid[0], r.grid[1]), &r.stage1, &r.pillars, r.k2.map(|_| r.stage2.as_slice()))
+    /// The marks of a generation's report on grid `g` of `layout` (a cut is shown only when stage 2
+    /// ran); slots that are not patches of that grid (other grids, newline tokens) are left out.
+    pub fn of_grid(r: &VisionReport, layout: &VisualLayout, g: usize) -> Result<Self> {
+        let grid = layout_grid(layout, g)?;
+        let raster = |slots: &[usize]| grid_cells(layout, g, slots.iter().map(|&s| (s, ()))).map(|v| v.0);
+        let stage2 = r.k2.map(|_| raster(&r.stage2)).transpose()?;
+        Self::new(grid, &raster(&r.stage1)?, &raster(&r.pillars)?, stage2.as_deref())
     }
 
     fn survives(&self, i: usize) -> bool {
         self.survivors.as_ref().is_some_and(|s| s[i])
     }
+}
+
+/// (rows, cols) of grid `g` of `layout`.
+fn layout_grid(layout: &VisualLayout, g: usize) -> Result<(usize, usize)> {
+    let grid = layout
+        .grids
+        .get(g)
+        .ok_or_else(|| Error::Unsupported(format!("overlay: the layout has no grid {g}")))?;
+    Ok((grid.rows, grid.cols))
+}
+
+/// The items whose slot is a patch of grid `g`, as (raster indices in that grid, their values).
+fn grid_cells<T>(
+    layout: &VisualLayout,
+    g: usize,
+    items: impl Iterator<Item = (usize, T)>,
+) -> Result<(Vec<usize>, Vec<T>)> {
+    let (_, cols) = layout_grid(layout, g)?;
+    let mut out = (Vec::new(), Vec::new());
+    for (slot, value) in items {
+        match layout.slots.get(slot) {
+            None => {
+                return Err(Error::Unsupported(format!(
+                    "overlay: slot {slot} is outside the image's {} slots",
+                    layout.len()
+                )))
+            }
+            Some(&Slot::Patch { grid, row, col }) if grid == g => {
+                out.0.push(row * cols + col);
+                out.1.push(value);
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A grid's caption when an overlay shows several.
+fn caption(layout: &VisualLayout, g: usize) -> String {
+    let grid = layout.grids[g];
+    match layout.anyres() {
+        Some(_) if g == 0 => format!("base view: {}×{} patches", grid.rows, grid.cols),
+        Some(_) => format!("{} crops: {}×{} patches", layout.views - 1, grid.rows, grid.cols),
+        None => format!("grid {g}: {}×{} patches", grid.rows, grid.cols),
+    }
+}
+
+/// What a generation did to `original` (or, with `heatmap`, the per-patch saliency): one panel per
+/// grid of the image's layout, the grid with most patches over the picture and the others beside it,
+/// titled by [`summary`]; `bbox` on every panel.
+pub fn draw(
+    original: &RgbImage,
+    encoded: &EncodedImage,
+    report: &VisionReport,
+    heatmap: bool,
+    bbox: Option<BoxMark<'_>>,
+) -> Result<Overlay> {
+    let geometry = encoded
+        .geometry
+        .ok_or_else(|| Error::Unsupported("overlay: the image did not come from a file".into()))?;
+    if original.dimensions() != (geometry.width, geometry.height) {
+        return Err(Error::Unsupported(format!(
+            "overlay: the image is {}x{} but it was encoded at {}x{}",
+            original.width(),
+            original.height(),
+            geometry.width,
+            geometry.height
+        )));
+    }
+    let layout = &encoded.layout;
+    if encoded.windows.len() != layout.grids.len() {
+        return Err(Error::Unsupported(format!(
+            "overlay: the model maps {} of the image's {} grids onto it",
+            encoded.windows.len(),
+            layout.grids.len()
+        )));
+    }
+    let mut order: Vec<usize> = (0..layout.grids.len()).collect();
+    order.sort_by_key(|&g| std::cmp::Reverse(layout.grids[g].rows * layout.grids[g].cols));
+    if heatmap {
+        let saliency = encoded.saliency.as_deref().ok_or_else(|| {
+            Error::Unsupported("--heatmap: this model gives no per-patch saliency".into())
+        })?;
+        let mut grids = Vec::new();
+        for &g in &order {
+            let grid = layout_grid(layout, g)?;
+            let (cells, values) = grid_cells(layout, g, saliency.iter().copied().enumerate())?;
+            let mut raster = vec![0.0; grid.0 * grid.1];
+            for (c, v) in cells.into_iter().zip(values) {
+                raster[c] = v;
+            }
+            grids.push((g, grid, raster));
+        }
+        let panels: Vec<Panel<'_>> = grids
+            .iter()
+            .map(|(g, grid, raster)| Panel {
+                window: encoded.windows[*g],
+                layer: Layer::Saliency { grid: *grid, saliency: raster },
+                caption: caption(layout, *g),
+            })
+            .collect();
+        return render_panels(original, &panels, Some("[CLS] saliency"), bbox);
+    }
+    let marks = order.iter().map(|&g| PatchMarks::of_grid(report, layout, g)).collect::<Result<Vec<_>>>()?;
+    let panels: Vec<Panel<'_>> = order
+        .iter()
+        .zip(&marks)
+        .map(|(&g, marks)| Panel { window: encoded.windows[g], layer: Layer::Pruning(marks), caption: caption(layout, g) })
+        .collect();
+    render_panels(original, &panels, Some(&summary(report)), bbox)
 }
 
 /// A one-line summary of a report for the legend's title, e.g. `Nüwa, budget 64: 112 → 16 tokens`.
@@ -210,7 +327,8 @@ impl Overlay {
     }
 }
 
-/// Draws `layer` (and `bbox`) over `original`, whose mapping onto the model's input is `geometry`.
+/// Draws `layer` (and `bbox`) over `original`, whose mapping onto the model's input is `geometry`:
+/// the single-grid case of [`render_panels`].
 pub fn render(
     original: &RgbImage,
     geometry: &Geometry,
@@ -227,29 +345,92 @@ pub fn render(
             geometry.height
         )));
     }
-    let grid = match layer {
-        Layer::Pruning(m) => m.grid,
-        Layer::Saliency { grid, saliency } => {
-            if saliency.len() != grid.0 * grid.1 {
-                return Err(Error::Unsupported(format!(
-                    "overlay: {} saliency values for a {}x{} grid",
-                    saliency.len(),
-                    grid.0,
-                    grid.1
-                )));
-            }
-            grid
-        }
-    };
-    let rects: Vec<Option<[u32; 4]>> =
-        (0..grid.0 * grid.1).map(|i| patch_pixels(geometry, i / grid.1, i % grid.1, grid)).collect();
-    let [wx0, wy0, wx1, wy1] = geometry.input_window;
-    let patch_px = ((wx1 - wx0) / grid.1 as f64).min((wy1 - wy0) / grid.0 as f64);
+    render_panels(original, &[Panel { window: geometry.input_rect(), layer, caption: String::new() }], title, bbox)
+}
 
-    let mut img = original.clone();
-    let weights: Vec<f32> = match layer {
+/// One grid drawn over a copy of the picture.
+#[derive(Debug, Clone)]
+pub struct Panel<'a> {
+    /// Where the grid lies on the original image, `[x0, y0, x1, y1]` in its pixels (past its edges
+    /// where the model input shows padding).
+    pub window: [f64; 4],
+    pub layer: Layer<'a>,
+    /// Written in the panel's top-left corner when there are several panels.
+    pub caption: String,
+}
+
+impl Panel<'_> {
+    fn grid(&self) -> Result<(usize, usize)> {
+        match self.layer {
+            Layer::Pruning(m) => Ok(m.grid),
+            Layer::Saliency { grid, saliency } if saliency.len() == grid.0 * grid.1 => Ok(grid),
+            Layer::Saliency { grid, saliency } => Err(Error::Unsupported(format!(
+                "overlay: {} saliency values for a {}x{} grid",
+                saliency.len(),
+                grid.0,
+                grid.1
+            ))),
+        }
+    }
+}
+
+/// Draws each panel over its own copy of `original`, side by side left to right with a thin gap; the
+/// first (the main picture) gets the legend, `bbox` is drawn on every panel.
+pub fn render_panels(
+    original: &RgbImage,
+    panels: &[Panel<'_>],
+    title: Option<&str>,
+    bbox: Option<BoxMark<'_>>,
+) -> Result<Overlay> {
+    if panels.is_empty() {
+        return Err(Error::Unsupported("overlay: nothing to draw (no patch grid)".into()));
+    }
+    let (w, h) = original.dimensions();
+    let font_px = (w.min(h) as f32 * 0.036).clamp(11.0, 72.0);
+    let bbox_px = bbox.map(|b| box_pixels(b.rect, w, h));
+    let mut drawn = Vec::with_capacity(panels.len());
+    let mut main_cover = (Vec::new(), Vec::new());
+    for (i, panel) in panels.iter().enumerate() {
+        let grid = panel.grid()?;
+        let rects: Vec<Option<[u32; 4]>> = (0..grid.0 * grid.1)
+            .map(|k| cell_pixels(panel.window, (k / grid.1, k % grid.1), grid, (w, h)))
+            .collect();
+        let mut img = original.clone();
+        let weights = paint(&mut img, &rects, panel, grid);
+        if let (Some(b), Some(r)) = (bbox, bbox_px) {
+            draw_box(&mut img, r, b.label, font_px);
+        }
+        if panels.len() > 1 && !panel.caption.is_empty() {
+            draw_caption(&mut img, &panel.caption, font_px);
+        }
+        if i == 0 {
+            main_cover = (rects, weights);
+        }
+        drawn.push(img);
+    }
+
+    let entries = legend_entries(panels.iter().map(|p| p.layer), bbox.is_some());
+    let long: Vec<_> = entries.iter().map(|&(swatch, long, _)| (swatch, long)).collect();
+    let short: Vec<_> = entries.iter().map(|&(swatch, _, short)| (swatch, short)).collect();
+    // On small images the title goes first, then the explanations, before the text gets too small.
+    let variants = [(title, &long), (None, &long), (None, &short)];
+    let fitted = variants.into_iter().find_map(|(t, e)| fit_legend(w, h, font_px, t, e).map(|size| (size, t, e)));
+    let legend = fitted.map(|(size, title, entries)| {
+        let at = pick_corner(size, w, h, &main_cover.0, &main_cover.1, bbox_px);
+        draw_legend(&mut drawn[0], at, size, title, entries);
+        at
+    });
+    Ok(Overlay { image: side_by_side(drawn), legend })
+}
+
+/// Paints a panel's layer, its grid lines and (for pruning) the outlines over `img`; returns how much
+/// each patch matters for the legend's placement.
+fn paint(img: &mut RgbImage, rects: &[Option<[u32; 4]>], panel: &Panel<'_>, grid: (usize, usize)) -> Vec<f32> {
+    let [wx0, wy0, wx1, wy1] = panel.window;
+    let patch_px = ((wx1 - wx0) / grid.1 as f64).min((wy1 - wy0) / grid.0 as f64);
+    let weights: Vec<f32> = match panel.layer {
         Layer::Pruning(marks) => {
-            fill_roles(&mut img, &rects, marks);
+            fill_roles(img, rects, marks);
             (0..rects.len())
                 .map(|i| match marks.roles[i] {
                     Role::Dropped => 0.0,
@@ -262,7 +443,7 @@ pub fn render(
             let t = ranks(saliency);
             for (rect, &t) in rects.iter().zip(&t) {
                 if let Some(r) = rect {
-                    fill_blend(&mut img, *r, heat_colour(t), HEAT_ALPHA);
+                    fill_blend(img, *r, heat_colour(t), HEAT_ALPHA);
                 }
             }
             t
@@ -270,42 +451,57 @@ pub fn render(
     };
     if patch_px >= GRID_MIN_PX {
         for r in rects.iter().flatten() {
-            fill_blend(&mut img, [r[0], r[1], r[2], r[1] + 1], palette::GRID, GRID_ALPHA);
-            fill_blend(&mut img, [r[0], r[1] + 1, r[0] + 1, r[3]], palette::GRID, GRID_ALPHA);
+            fill_blend(img, [r[0], r[1], r[2], r[1] + 1], palette::GRID, GRID_ALPHA);
+            fill_blend(img, [r[0], r[1] + 1, r[0] + 1, r[3]], palette::GRID, GRID_ALPHA);
         }
     }
     // After the grid lines, so that they do not dim the outlines.
-    if let Layer::Pruning(marks) = layer {
-        outline_kept(&mut img, &rects, marks, patch_px);
+    if let Layer::Pruning(marks) = panel.layer {
+        outline_kept(img, rects, marks, patch_px);
     }
-
-    let (w, h) = img.dimensions();
-    let font_px = (w.min(h) as f32 * 0.036).clamp(11.0, 72.0);
-    let bbox_px = bbox.map(|b| box_pixels(b.rect, w, h));
-    if let (Some(b), Some(r)) = (bbox, bbox_px) {
-        draw_box(&mut img, r, b.label, font_px);
-    }
-
-    let entries = legend_entries(layer, bbox.is_some());
-    let long: Vec<_> = entries.iter().map(|&(swatch, long, _)| (swatch, long)).collect();
-    let short: Vec<_> = entries.iter().map(|&(swatch, _, short)| (swatch, short)).collect();
-    // On small images the title goes first, then the explanations, before the text gets too small.
-    let variants = [(title, &long), (None, &long), (None, &short)];
-    let fitted = variants.into_iter().find_map(|(t, e)| fit_legend(w, h, font_px, t, e).map(|size| (size, t, e)));
-    let legend = fitted.map(|(size, title, entries)| {
-        let at = pick_corner(size, w, h, &rects, &weights, bbox_px);
-        draw_legend(&mut img, at, size, title, entries);
-        at
-    });
-    Ok(Overlay { image: img, legend })
+    weights
 }
 
-/// Pixels of patch (`row`, `col`): those whose centres fall inside its rectangle, so every pixel
-/// belongs to exactly one patch. `None` when it shows only padding or covers no pixel centre.
-fn patch_pixels(g: &Geometry, row: usize, col: usize, grid: (usize, usize)) -> Option<[u32; 4]> {
-    let r = g.patch_rect(row as u32, col as u32, grid.0 as u32, grid.1 as u32)?;
+/// Panels left to right, separated by a gap of [`palette::GAP`] about 1 % of a panel wide.
+fn side_by_side(panels: Vec<RgbImage>) -> RgbImage {
+    if panels.len() == 1 {
+        return panels.into_iter().next().expect("one panel");
+    }
+    let (w, h) = panels[0].dimensions();
+    let gap = (w / 100).max(2);
+    let n = panels.len() as u32;
+    let mut out = RgbImage::from_pixel(n * w + (n - 1) * gap, h, Rgb(palette::GAP));
+    for (i, p) in panels.iter().enumerate() {
+        image::imageops::replace(&mut out, p, i64::from(i as u32 * (w + gap)), 0);
+    }
+    out
+}
+
+/// A panel's name on a dark tab in its top-left corner.
+fn draw_caption(img: &mut RgbImage, caption: &str, font_px: f32) {
+    let font = font();
+    let (w, h) = img.dimensions();
+    let px = (font_px * 0.8).max(MIN_FONT_PX);
+    let scale = PxScale::from(px);
+    let pad = (px / 4.0).ceil() as u32;
+    let text = fit_text(&font, scale, caption, w.saturating_sub(2 * pad));
+    let tab = [0, 0, (text_size(scale, &font, &text).0 + 2 * pad).min(w), (line_height(&font, px) + 2 * pad).min(h)];
+    fill_blend(img, tab, palette::LEGEND_BG, LEGEND_ALPHA);
+    draw_text_mut(img, Rgb(palette::LEGEND_TEXT), pad as i32, pad as i32, scale, &font, &text);
+}
+
+/// Pixels of cell (`row`, `col`) of `grid` over `window` on a `size` image: those whose centres fall
+/// inside its rectangle, so every pixel belongs to exactly one patch. `None` when it shows only
+/// padding or covers no pixel centre.
+fn cell_pixels(
+    window: [f64; 4],
+    (row, col): (usize, usize),
+    grid: (usize, usize),
+    (w, h): (u32, u32),
+) -> Option<[u32; 4]> {
+    let r = cell_rect(window, (row as u32, col as u32), (grid.0 as u32, grid.1 as u32), (w, h))?;
     let edge = |v: f64, max: u32| ((v - 0.5).ceil().max(0.0) as u32).min(max);
-    let px = [edge(r[0], g.width), edge(r[1], g.height), edge(r[2], g.width), edge(r[3], g.height)];
+    let px = [edge(r[0], w), edge(r[1], h), edge(r[2], w), edge(r[3], h)];
     (px[2] > px[0] && px[3] > px[1]).then_some(px)
 }
 
@@ -457,29 +653,33 @@ enum Swatch {
     Box,
 }
 
-/// Legend rows: swatch, label, and a shorter label for small images.
-fn legend_entries(layer: Layer<'_>, with_box: bool) -> Vec<(Swatch, &'static str, &'static str)> {
+/// Legend rows for what `layers` show: swatch, label, and a shorter label for small images.
+fn legend_entries<'a>(
+    layers: impl Iterator<Item = Layer<'a>>,
+    with_box: bool,
+) -> Vec<(Swatch, &'static str, &'static str)> {
+    let layers: Vec<Layer<'_>> = layers.collect();
+    let marks: Vec<&PatchMarks> =
+        layers.iter().filter_map(|l| if let Layer::Pruning(m) = l { Some(*m) } else { None }).collect();
+    let has = |role| marks.iter().any(|m| m.roles.contains(&role));
     let mut entries = Vec::new();
-    match layer {
-        Layer::Pruning(m) => {
-            let has = |role| m.roles.contains(&role);
-            if has(Role::Pillar) {
-                entries.push((Swatch::Fill(palette::PILLAR), "pillar: kept as is", "pillar"));
-            }
-            if has(Role::Collector) {
-                entries.push((Swatch::Fill(palette::COLLECTOR), "collector: merges neighbours", "collector"));
-            }
-            if has(Role::Kept) {
-                entries.push((Swatch::Fill(palette::KEPT), "kept", "kept"));
-            }
-            if m.survivors.is_some() {
-                entries.push((Swatch::Survivor, "white outline: survives stage 2", "survivor"));
-            }
-            if has(Role::Dropped) {
-                entries.push((Swatch::Dropped, "dropped", "dropped"));
-            }
-        }
-        Layer::Saliency { .. } => entries.push((Swatch::Gradient, "by rank: low → high", "low → high")),
+    if has(Role::Pillar) {
+        entries.push((Swatch::Fill(palette::PILLAR), "pillar: kept as is", "pillar"));
+    }
+    if has(Role::Collector) {
+        entries.push((Swatch::Fill(palette::COLLECTOR), "collector: merges neighbours", "collector"));
+    }
+    if has(Role::Kept) {
+        entries.push((Swatch::Fill(palette::KEPT), "kept", "kept"));
+    }
+    if marks.iter().any(|m| m.survivors.is_some()) {
+        entries.push((Swatch::Survivor, "white outline: survives stage 2", "survivor"));
+    }
+    if has(Role::Dropped) {
+        entries.push((Swatch::Dropped, "dropped", "dropped"));
+    }
+    if layers.iter().any(|l| matches!(l, Layer::Saliency { .. })) {
+        entries.push((Swatch::Gradient, "by rank: low → high", "low → high"));
     }
     if with_box {
         entries.push((Swatch::Box, "answer box", "box"));

@@ -272,26 +272,40 @@ impl Geometry {
         [b[0] * w, b[1] * h, b[2] * w, b[3] * h]
     }
 
+    /// Where the model input lies on the original image, `[x0, y0, x1, y1]` in its pixels: past the
+    /// image's edges where the input shows padding.
+    pub fn input_rect(&self) -> [f64; 4] {
+        let [wx0, wy0, wx1, wy1] = self.input_window;
+        let (px, py) = (self.pad_x as f64, self.pad_y as f64);
+        [wx0 - px, wy0 - py, wx1 - px, wy1 - py]
+    }
+
     /// Rectangle, in original pixels and clipped to the image, of patch (`row`, `col`) of a
     /// `grid_h`×`grid_w` grid laid over the model input. `None` when the patch is out of range
     /// or shows only padding.
     pub fn patch_rect(&self, row: u32, col: u32, grid_h: u32, grid_w: u32) -> Option<[f64; 4]> {
-        if row >= grid_h || col >= grid_w {
-            return None;
-        }
-        let [wx0, wy0, wx1, wy1] = self.input_window;
-        let (cw, ch) = ((wx1 - wx0) / grid_w as f64, (wy1 - wy0) / grid_h as f64);
-        let (px, py) = (self.pad_x as f64, self.pad_y as f64);
-        let (w, h) = (self.width as f64, self.height as f64);
-        let x0 = (wx0 + col as f64 * cw - px).clamp(0.0, w);
-        let x1 = (wx0 + (col + 1) as f64 * cw - px).clamp(0.0, w);
-        let y0 = (wy0 + row as f64 * ch - py).clamp(0.0, h);
-        let y1 = (wy0 + (row + 1) as f64 * ch - py).clamp(0.0, h);
-        // Tolerance so that a patch edge landing on the image border up to rounding error
-        // does not count as overlapping it.
-        const EPS: f64 = 1e-9;
-        (x1 - x0 > EPS && y1 - y0 > EPS).then_some([x0, y0, x1, y1])
+        cell_rect(self.input_rect(), (row, col), (grid_h, grid_w), (self.width, self.height))
     }
+}
+
+/// Rectangle, clipped to a `size` (width, height) image, of cell (`row`, `col`) of a `grid` (rows, cols)
+/// spread evenly over `window` (`[x0, y0, x1, y1]` in the image's pixels). `None` when the cell is out
+/// of range or lies wholly outside the image.
+pub fn cell_rect(window: [f64; 4], (row, col): (u32, u32), grid: (u32, u32), size: (u32, u32)) -> Option<[f64; 4]> {
+    if row >= grid.0 || col >= grid.1 {
+        return None;
+    }
+    let [wx0, wy0, wx1, wy1] = window;
+    let (cw, ch) = ((wx1 - wx0) / grid.1 as f64, (wy1 - wy0) / grid.0 as f64);
+    let (w, h) = (size.0 as f64, size.1 as f64);
+    let x0 = (wx0 + col as f64 * cw).clamp(0.0, w);
+    let x1 = (wx0 + (col + 1) as f64 * cw).clamp(0.0, w);
+    let y0 = (wy0 + row as f64 * ch).clamp(0.0, h);
+    let y1 = (wy0 + (row + 1) as f64 * ch).clamp(0.0, h);
+    // Tolerance so that a patch edge landing on the image border up to rounding error
+    // does not count as overlapping it.
+    const EPS: f64 = 1e-9;
+    (x1 - x0 > EPS && y1 - y0 > EPS).then_some([x0, y0, x1, y1])
 }
 
 impl Geometry {

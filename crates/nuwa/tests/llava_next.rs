@@ -393,3 +393,64 @@ fn mistral_based_checkpoints_get_the_inst_template_and_their_window() {
     let err = Engine::load(&other, &LoadOptions::default()).err().expect("refused").to_string();
     assert!(err.contains("text_config.model_type") && err.contains("qwen2") && err.contains("mistral"), "{err}");
 }
+
+#[test]
+fn the_crop_grid_covers_the_image_to_within_a_patch() {
+    for c in golden()["geometry_cases"].as_array().unwrap() {
+        let (w, h): (u32, u32) = pair(&c["image_size_wh"]);
+        let a = Anyres::plan(w, h, &PINPOINTS, 336, 24).unwrap();
+        let [x0, y0, x1, y1] = a.unpadded_window(w, h, 336, 24);
+        let (rows, cols) = a.unpadded_hw;
+        let (cw, ch) = ((x1 - x0) / cols as f64, (y1 - y0) / rows as f64);
+        let at = format!("{w}×{h}: window {:?}, cell {cw:.2}×{ch:.2}", [x0, y0, x1, y1]);
+        // Unpadding keeps whole patches, so each edge lands within a patch of the image's edge.
+        for (edge, want, cell) in [(x0, 0.0, cw), (x1, w as f64, cw), (y0, 0.0, ch), (y1, h as f64, ch)] {
+            assert!((edge - want).abs() <= cell, "{at}: edge {edge} vs {want}");
+        }
+        // The resize keeps the aspect ratio, so patches stay square on the image.
+        assert!((cw / ch - 1.0).abs() < 0.02, "{at}: patches are not square");
+    }
+}
+
+#[test]
+fn overlay_draws_the_crop_grid_over_the_picture_and_the_base_grid_beside_it() {
+    use nuwa::overlay::{self, blend, palette, DROP_ALPHA, FILL_ALPHA};
+    let path = dir().join("image.png");
+    let method = Method::Nuwa(NuwaConfig { budget: 160, ..NuwaConfig::default() });
+    let pre = engine().prefill(&request(ImageInput::Path(path.clone()), method)).unwrap();
+    let (enc, report) = (pre.encoded.as_ref().unwrap(), pre.vision.as_ref().unwrap());
+    let original = nuwa::preprocess::load_image(&path).unwrap();
+    let drawn = overlay::draw(&original, enc, report, false, None).unwrap();
+    let gap = 480 / 100;
+    assert_eq!(drawn.image.dimensions(), (2 * 480 + gap, 307), "two panels side by side");
+    let legend = drawn.legend.expect("a 480×307 picture has room for the legend");
+    // The centre pixel of a slot's patch in its panel: crop grid (the larger) first, base view second.
+    let centre = |slot: usize| -> Option<(u32, u32, u32)> {
+        let Slot::Patch { grid, row, col } = enc.layout.slots[slot] else { return None };
+        let g = enc.layout.grids[grid];
+        let [x0, y0, x1, y1] = enc.windows[grid];
+        let x = x0 + (col as f64 + 0.5) * (x1 - x0) / g.cols as f64;
+        let y = y0 + (row as f64 + 0.5) * (y1 - y0) / g.rows as f64;
+        let (x, y) = (x.floor() as u32, y.floor() as u32);
+        let clear = x < 480 && y < 307 && y > 40 && !(x >= legend[0] && x < legend[2] && y >= legend[1] && y < legend[3]);
+        clear.then_some((x, y, if grid == 1 { 0 } else { 480 + gap }))
+    };
+    let mut seen = [0usize; 3];
+    for slot in 0..enc.layout.len() {
+        let Some((x, y, offset)) = centre(slot) else { continue };
+        let want = if enc.pillars.contains(&slot) {
+            seen[0] += usize::from(offset > 0);
+            seen[1] += usize::from(offset == 0);
+            blend(*original.get_pixel(x, y), palette::PILLAR, FILL_ALPHA)
+        } else if report.stage1.contains(&slot) {
+            blend(*original.get_pixel(x, y), palette::COLLECTOR, FILL_ALPHA)
+        } else {
+            seen[2] += 1;
+            blend(*original.get_pixel(x, y), palette::DROPPED, DROP_ALPHA)
+        };
+        assert_eq!(*drawn.image.get_pixel(x + offset, y), want, "slot {slot} ({:?})", enc.layout.slots[slot]);
+    }
+    assert!(seen.iter().all(|&n| n > 0), "pillars on both grids and dropped patches were checked: {seen:?}");
+    let heat = overlay::draw(&original, enc, report, true, None).unwrap();
+    assert_eq!(heat.image.dimensions(), drawn.image.dimensions());
+}

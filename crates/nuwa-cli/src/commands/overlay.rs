@@ -1,7 +1,7 @@
 //! `--overlay` and `--heatmap`, shared by `generate` and `ground`.
 
 use anyhow::{bail, Context, Result};
-use nuwa::overlay::{self, BoxMark, Layer, PatchMarks};
+use nuwa::overlay::{self, BoxMark};
 use nuwa::Generation;
 use std::path::Path;
 
@@ -29,17 +29,8 @@ pub fn write(
     let (Some(report), Some(encoded)) = (&generation.vision, &generation.encoded) else {
         bail!("--overlay: the generation has no image to draw");
     };
-    let geometry = encoded.geometry.context("--overlay: the image did not come from a file")?;
     let original = nuwa::preprocess::load_image(image)?;
-    let marks;
-    let (layer, title) = if heatmap {
-        let saliency = encoded.saliency.as_deref().context("--heatmap: this model gives no per-patch saliency")?;
-        (Layer::Saliency { grid: encoded.grid(), saliency }, "[CLS] saliency".to_owned())
-    } else {
-        marks = PatchMarks::from_report(report)?;
-        (Layer::Pruning(&marks), overlay::summary(report))
-    };
-    let drawn = overlay::render(&original, &geometry, layer, Some(&title), bbox)?;
+    let drawn = overlay::draw(&original, encoded, report, heatmap, bbox)?;
     drawn.save_png(out).context("--overlay")?;
     eprintln!("overlay written to {}", out.display());
     Ok(())

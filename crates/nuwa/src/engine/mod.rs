@@ -79,6 +79,9 @@ pub struct EncodedImage {
     pub tokens: Tensor,
     /// How the original image maps onto the model's input (absent for raw pixel values).
     pub geometry: Option<Geometry>,
+    /// Per grid of `layout`, where it lies on the original image (`[x0, y0, x1, y1]` pixels); empty
+    /// without a geometry.
+    pub windows: Vec<[f64; 4]>,
     pub vision_ms: f64,
     pub stage1_ms: f64,
 }
@@ -404,6 +407,7 @@ impl Engine {
             features,
             tokens,
             geometry: v.geometry,
+            windows: v.geometry.map_or_else(Vec::new, |g| self.model.grid_windows(&g, &v.layout)),
             vision_ms: v.vision_ms,
             stage1_ms: 0.0,
         })

@@ -44,6 +44,13 @@ pub trait VisionLanguageModel: Send + Sync {
     /// answers boxes in (and its patches) back onto the image.
     fn preprocess(&self, img: &image::RgbImage, device: &Device) -> Result<(Tensor, Geometry)>;
 
+    /// Where each grid of `layout` lies on the image `geometry` describes, `[x0, y0, x1, y1]` in its
+    /// pixels (overlays draw the grid's patches there). The default puts every grid over the model
+    /// input; families whose grids cover other regions (crops, a squeezed base view) override it.
+    fn grid_windows(&self, geometry: &Geometry, layout: &VisualLayout) -> Vec<[f64; 4]> {
+        vec![geometry.input_rect(); layout.grids.len()]
+    }
+
     /// Checks pixel values supplied directly (already preprocessed) and puts them in the encoder's shape.
     fn check_pixels(&self, pixels: &Tensor) -> Result<Tensor>;
 

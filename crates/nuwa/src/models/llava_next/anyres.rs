@@ -131,6 +131,23 @@ impl Anyres {
         row * self.stitched_hw.1 + col
     }
 
+    /// Where the unpadded grid lies on the original `width`×`height` image, `[x0, y0, x1, y1]` in its
+    /// pixels, for views of `crop` pixels and `patches` patches a side: the kept stitched rows or columns
+    /// in the pinpoint's canvas, the padding taken off and the resize undone.
+    pub fn unpadded_window(&self, width: u32, height: u32, crop: u32, patches: usize) -> [f64; 4] {
+        let cell = f64::from(crop) / patches as f64;
+        let (rows, cols) = self.unpadded_hw;
+        let (r0, c0) = match self.unpad_axis {
+            UnpadAxis::Rows => (self.unpad_each_side, 0),
+            UnpadAxis::Cols => (0, self.unpad_each_side),
+        };
+        let sx = f64::from(width) / f64::from(self.resized_hw.1);
+        let sy = f64::from(height) / f64::from(self.resized_hw.0);
+        let x = |c: usize| (c as f64 * cell - f64::from(self.pad[2])) * sx;
+        let y = |r: usize| (r as f64 * cell - f64::from(self.pad[0])) * sy;
+        [x(c0), y(r0), x(c0 + cols), y(r0 + rows)]
+    }
+
     /// Where stitched-grid patch (`row`, `col`) comes from: (crop index, patch index inside the crop).
     pub fn crop_patch(&self, row: usize, col: usize, patches: usize) -> (usize, usize) {
         let crop = (row / patches) * self.cols + col / patches;

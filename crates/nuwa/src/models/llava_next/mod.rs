@@ -138,6 +138,17 @@ impl VisionLanguageModel for LlavaNext {
         Ok((pixels, Geometry::original_frame(img.width(), img.height())))
     }
 
+    /// The base view squeezes the whole image; the crop grid covers what unpadding kept of the canvas.
+    fn grid_windows(&self, geometry: &Geometry, _: &VisualLayout) -> Vec<[f64; 4]> {
+        let (w, h) = (geometry.width, geometry.height);
+        let (crop, patches) = self.side();
+        match self.plan(w, h) {
+            Ok(plan) => vec![[0.0, 0.0, f64::from(w), f64::from(h)], plan.unpadded_window(w, h, crop, patches)],
+            // Only an empty image has no plan, and it has nothing to draw on.
+            Err(_) => Vec::new(),
+        }
+    }
+
     fn check_pixels(&self, p: &Tensor) -> Result<Tensor> {
         let cfg = &self.base.config.vision_config;
         let p = if p.rank() == 5 && p.dim(0)? == 1 { p.squeeze(0)? } else { p.clone() };
