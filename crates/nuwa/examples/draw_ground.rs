@@ -8,7 +8,7 @@
 //! ```
 
 use nuwa::ground::{ground_box, prompt};
-use nuwa::overlay::{self, BoxMark, Layer, PatchMarks};
+use nuwa::overlay::{self, BoxMark};
 use nuwa::{Engine, GenerateRequest, ImageInput, LoadOptions, Method, NuwaConfig, Sampling};
 use std::path::Path;
 
@@ -48,11 +48,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let original = nuwa::preprocess::load_image(Path::new(image))?;
-    let marks = PatchMarks::from_report(report)?;
-    let title = overlay::summary(report);
     let bbox = BoxMark { rect: found.original_pixels, label: expression };
-    overlay::render(&original, &geometry, Layer::Pruning(&marks), Some(&title), Some(bbox))?
-        .save_png(Path::new(out))?;
+    overlay::draw(&original, encoded, report, false, Some(bbox))?.save_png(Path::new(out))?;
     println!("wrote {out}");
     Ok(())
 }

@@ -171,10 +171,7 @@ impl PatchMarks {
 
 /// (rows, cols) of grid `g` of `layout`.
 fn layout_grid(layout: &VisualLayout, g: usize) -> Result<(usize, usize)> {
-    let grid = layout
-        .grids
-        .get(g)
-        .ok_or_else(|| Error::Unsupported(format!("overlay: the layout has no grid {g}")))?;
+    let grid = layout.grids.get(g).ok_or_else(|| Error::Unsupported(format!("overlay: the layout has no grid {g}")))?;
     Ok((grid.rows, grid.cols))
 }
 
@@ -224,9 +221,8 @@ pub fn draw(
     heatmap: bool,
     bbox: Option<BoxMark<'_>>,
 ) -> Result<Overlay> {
-    let geometry = encoded
-        .geometry
-        .ok_or_else(|| Error::Unsupported("overlay: the image did not come from a file".into()))?;
+    let geometry =
+        encoded.geometry.ok_or_else(|| Error::Unsupported("overlay: the image did not come from a file".into()))?;
     if original.dimensions() != (geometry.width, geometry.height) {
         return Err(Error::Unsupported(format!(
             "overlay: the image is {}x{} but it was encoded at {}x{}",
@@ -247,9 +243,10 @@ pub fn draw(
     let mut order: Vec<usize> = (0..layout.grids.len()).collect();
     order.sort_by_key(|&g| std::cmp::Reverse(layout.grids[g].rows * layout.grids[g].cols));
     if heatmap {
-        let saliency = encoded.saliency.as_deref().ok_or_else(|| {
-            Error::Unsupported("--heatmap: this model gives no per-patch saliency".into())
-        })?;
+        let saliency = encoded
+            .saliency
+            .as_deref()
+            .ok_or_else(|| Error::Unsupported("--heatmap: this model gives no per-patch saliency".into()))?;
         let mut grids = Vec::new();
         for &g in &order {
             let grid = layout_grid(layout, g)?;
@@ -274,7 +271,11 @@ pub fn draw(
     let panels: Vec<Panel<'_>> = order
         .iter()
         .zip(&marks)
-        .map(|(&g, marks)| Panel { window: encoded.windows[g], layer: Layer::Pruning(marks), caption: caption(layout, g) })
+        .map(|(&g, marks)| Panel {
+            window: encoded.windows[g],
+            layer: Layer::Pruning(marks),
+            caption: caption(layout, g),
+        })
         .collect();
     render_panels(original, &panels, Some(&summary(report)), bbox)
 }
@@ -392,9 +393,8 @@ pub fn render_panels(
     let mut main_cover = (Vec::new(), Vec::new());
     for (i, panel) in panels.iter().enumerate() {
         let grid = panel.grid()?;
-        let rects: Vec<Option<[u32; 4]>> = (0..grid.0 * grid.1)
-            .map(|k| cell_pixels(panel.window, (k / grid.1, k % grid.1), grid, (w, h)))
-            .collect();
+        let rects: Vec<Option<[u32; 4]>> =
+            (0..grid.0 * grid.1).map(|k| cell_pixels(panel.window, (k / grid.1, k % grid.1), grid, (w, h))).collect();
         let mut img = original.clone();
         let weights = paint(&mut img, &rects, panel, grid);
         if let (Some(b), Some(r)) = (bbox, bbox_px) {

@@ -432,7 +432,8 @@ fn overlay_draws_the_crop_grid_over_the_picture_and_the_base_grid_beside_it() {
         let x = x0 + (col as f64 + 0.5) * (x1 - x0) / g.cols as f64;
         let y = y0 + (row as f64 + 0.5) * (y1 - y0) / g.rows as f64;
         let (x, y) = (x.floor() as u32, y.floor() as u32);
-        let clear = x < 480 && y < 307 && y > 40 && !(x >= legend[0] && x < legend[2] && y >= legend[1] && y < legend[3]);
+        let clear =
+            x < 480 && y < 307 && y > 40 && !(x >= legend[0] && x < legend[2] && y >= legend[1] && y < legend[3]);
         clear.then_some((x, y, if grid == 1 { 0 } else { 480 + gap }))
     };
     let mut seen = [0usize; 3];
