@@ -13,8 +13,9 @@ pub trait DecoderProbe {
     fn hidden(&self) -> &Tensor;
     /// Position ids of the current sequence.
     fn positions(&self) -> &Positions;
-    /// The rows [`TokenDropper::attention_rows`] asked for of layer `layer − 1`'s softmax attention,
-    /// averaged over heads: (rows, T), f32.
+    /// The rows [`TokenDropper::attention_rows`] asked for of layer `layer − 1`'s softmax attention, f32:
+    /// averaged over heads (rows, T), or per head (heads, rows, T) when
+    /// [`TokenDropper::attention_per_head`] says so.
     fn prev_attention(&self) -> Option<&Tensor>;
     /// This layer's attention for the given query rows, computed on its input before it runs (RoPE at
     /// the current positions, causal), averaged over heads: (rows, T), f32.
@@ -50,6 +51,15 @@ pub trait TokenDropper {
     /// by default the last one.
     fn attention_rows(&self, _layer: usize, seq_len: usize) -> Vec<usize> {
         vec![seq_len - 1]
+    }
+    /// Whether those rows are handed over per head rather than averaged over heads.
+    fn attention_per_head(&self, _layer: usize) -> bool {
+        false
+    }
+    /// Layers that attend without the causal mask during prefill (to reproduce released code whose fused
+    /// attention dropped it); decoding a single token is unaffected.
+    fn bidirectional_layers(&self) -> Vec<usize> {
+        Vec::new()
     }
     fn cut(&mut self, probe: &dyn DecoderProbe) -> crate::Result<Cut>;
 }

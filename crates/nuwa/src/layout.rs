@@ -278,6 +278,9 @@ pub struct VisionEvidence {
     pub summary: Option<Tensor>,
     /// How the original image maps onto the model's input (absent for raw pixel values).
     pub geometry: Option<Geometry>,
+    /// The slots in the order the encoder worked on them, when that differs from the sequence order
+    /// (Qwen2.5-VL's attention windows): what released code that forgot to undo it saw.
+    pub encoder_order: Option<Vec<usize>>,
     pub vision_ms: f64,
 }
 

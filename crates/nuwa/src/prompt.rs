@@ -89,7 +89,8 @@ impl TextTokenizer {
         Ok(Self { inner, path: path.to_path_buf() })
     }
 
-    fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+    /// The ids of `text`, special tokens added as the tokenizer says when `add_bos`.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
         let enc = self
             .inner
             .encode(text, add_bos)

@@ -212,6 +212,11 @@ impl Engine {
         self.model.decoder()
     }
 
+    /// Token ids that end a generation.
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.eos_token_ids
+    }
+
     pub fn tokenizer(&self) -> Result<&TextTokenizer> {
         self.tokenizer.as_ref().ok_or_else(|| {
             Error::Unsupported("this engine has no tokenizer (a random-weight preset): pass token ids".into())

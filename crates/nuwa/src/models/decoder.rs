@@ -43,6 +43,13 @@ pub struct Config {
     pub mlp_bias: bool,
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// Biases on q, k and v only (Qwen2); set by the family, not read from LLaMA-style configs.
+    #[serde(skip)]
+    pub qkv_bias: bool,
+    /// Multimodal RoPE: how many of the head's frequencies follow the temporal, height and width position
+    /// (Qwen2-VL's `mrope_section`); `None` for 1-D RoPE.
+    #[serde(skip)]
+    pub mrope_section: Option<[usize; 3]>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,11 +145,15 @@ impl Config {
     }
 }
 
-/// RoPE cos/sin tables for every position, gathered per token by position id.
+/// RoPE cos/sin for position ids: 1-D from a table of every position; multimodal (t, h, w) ids
+/// computed per token, each frequency following the axis its section names.
 #[derive(Debug, Clone)]
 struct RotaryTable {
-    cos: Tensor,
-    sin: Tensor,
+    /// (max positions, head_dim/2); absent for multimodal RoPE, whose tables would be 3× as large.
+    table: Option<(Tensor, Tensor)>,
+    inv_freq: Vec<f32>,
+    mrope_section: Option<[usize; 3]>,
+    dtype: DType,
 }
 
 impl RotaryTable {
@@ -151,17 +162,42 @@ impl RotaryTable {
         let theta = cfg.rope_theta();
         let inv_freq: Vec<f32> =
             (0..half).map(|i| 1.0 / theta.powf(2.0 * i as f64 / cfg.head_dim() as f64) as f32).collect();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, half), dev)?;
-        let pos = Tensor::arange(0u32, cfg.max_position_embeddings as u32, dev)?
-            .to_dtype(DType::F32)?
-            .reshape((cfg.max_position_embeddings, 1))?;
-        let freqs = pos.matmul(&inv_freq)?;
-        Ok(Self { cos: freqs.cos()?.to_dtype(dtype)?, sin: freqs.sin()?.to_dtype(dtype)? })
+        let table = match cfg.mrope_section {
+            Some(_) => None,
+            None => {
+                let freqs = Tensor::arange(0u32, cfg.max_position_embeddings as u32, dev)?
+                    .to_dtype(DType::F32)?
+                    .reshape((cfg.max_position_embeddings, 1))?
+                    .matmul(&Tensor::from_vec(inv_freq.clone(), (1, half), dev)?)?;
+                Some((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
+            }
+        };
+        Ok(Self { table, inv_freq, mrope_section: cfg.mrope_section, dtype })
     }
 
     /// (cos, sin) of shape (T, head_dim/2) for the given position ids.
-    fn gather(&self, positions: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        Ok((self.cos.index_select(positions, 0)?, self.sin.index_select(positions, 0)?))
+    fn gather(&self, positions: &Positions, dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+        let axes: [&[u32]; 3] = match positions {
+            Positions::Linear(p) => match &self.table {
+                Some((cos, sin)) => {
+                    let idx = Tensor::new(p.as_slice(), dev)?;
+                    return Ok((cos.index_select(&idx, 0)?, sin.index_select(&idx, 0)?));
+                }
+                // Text under multimodal RoPE: the same id on every axis.
+                None => [p, p, p],
+            },
+            Positions::MRope(p) => [&p[0], &p[1], &p[2]],
+        };
+        let section = self.mrope_section.unwrap_or([self.inv_freq.len(), 0, 0]);
+        let axis_of: Vec<usize> =
+            (0..self.inv_freq.len()).map(|i| usize::from(i >= section[0]) + usize::from(i >= section[0] + section[1])).collect();
+        let t = axes[0].len();
+        let mut angles = Vec::with_capacity(t * self.inv_freq.len());
+        for k in 0..t {
+            angles.extend(self.inv_freq.iter().zip(&axis_of).map(|(&f, &a)| axes[a][k] as f32 * f));
+        }
+        let angles = Tensor::from_vec(angles, (t, self.inv_freq.len()), dev)?;
+        Ok((angles.cos()?.to_dtype(self.dtype)?, angles.sin()?.to_dtype(self.dtype)?))
     }
 }
 
@@ -181,9 +217,9 @@ impl Attention {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads());
         Ok(Self {
-            q_proj: linear_b(h, nh * hd, cfg.attention_bias, vb.pp("q_proj"))?,
-            k_proj: linear_b(h, nkv * hd, cfg.attention_bias, vb.pp("k_proj"))?,
-            v_proj: linear_b(h, nkv * hd, cfg.attention_bias, vb.pp("v_proj"))?,
+            q_proj: linear_b(h, nh * hd, cfg.attention_bias || cfg.qkv_bias, vb.pp("q_proj"))?,
+            k_proj: linear_b(h, nkv * hd, cfg.attention_bias || cfg.qkv_bias, vb.pp("k_proj"))?,
+            v_proj: linear_b(h, nkv * hd, cfg.attention_bias || cfg.qkv_bias, vb.pp("v_proj"))?,
             o_proj: linear_b(nh * hd, h, cfg.attention_bias, vb.pp("o_proj"))?,
             num_heads: nh,
             num_kv_heads: nkv,
@@ -213,8 +249,8 @@ impl Attention {
         candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)
     }
 
-    /// Returns the attention output and the head-averaged probabilities of the `probe_rows` queries
-    /// (rows, keys) when any are asked for.
+    /// Returns the attention output and the probabilities of the `probe_rows` queries when any are asked
+    /// for: averaged over heads (rows, keys), or per head (heads, rows, keys).
     fn forward(
         &self,
         x: &Tensor,
@@ -222,7 +258,7 @@ impl Attention {
         sin: &Tensor,
         mask: Option<&Tensor>,
         cache: &mut KvCache,
-        probe_rows: &[usize],
+        probe: &ProbeRows,
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let (b, t, _) = x.dims3()?;
         let (q, k, v) = self.qkv(x, cos, sin)?;
@@ -230,7 +266,7 @@ impl Attention {
         let k = repeat_kv(k, self.num_heads / self.num_kv_heads)?.contiguous()?;
         let v = repeat_kv(v, self.num_heads / self.num_kv_heads)?.contiguous()?;
         let probs = self.probs(&q, &k, mask)?;
-        let rows = if probe_rows.is_empty() { None } else { Some(head_mean_rows(&probs, probe_rows)?) };
+        let rows = if probe.rows.is_empty() { None } else { Some(probe_rows(&probs, probe)?) };
         let out = probs.to_dtype(v.dtype())?.matmul(&v)?;
         let out = out.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
         Ok((self.o_proj.forward(&out)?, rows))
@@ -252,10 +288,23 @@ impl Attention {
     }
 }
 
-/// Rows `rows` of (b, heads, T, keys) probabilities, averaged over heads, batch 0: (rows, keys).
-fn head_mean_rows(probs: &Tensor, rows: &[usize]) -> candle_core::Result<Tensor> {
-    let idx = crate::index_tensor(rows, probs.device())?;
-    probs.i(0)?.index_select(&idx, 1)?.mean(0)
+/// Which query rows of a layer's attention to hand to the next cut, and whether per head.
+#[derive(Debug, Default)]
+struct ProbeRows {
+    rows: Vec<usize>,
+    per_head: bool,
+}
+
+/// The asked-for rows of (b, heads, T, keys) probabilities, batch 0: (rows, keys) averaged over heads,
+/// or (heads, rows, keys).
+fn probe_rows(probs: &Tensor, probe: &ProbeRows) -> candle_core::Result<Tensor> {
+    let idx = crate::index_tensor(&probe.rows, probs.device())?;
+    let picked = probs.i(0)?.index_select(&idx, 1)?;
+    if probe.per_head {
+        Ok(picked)
+    } else {
+        picked.mean(0)
+    }
 }
 
 fn repeat_kv(x: Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
@@ -314,10 +363,9 @@ impl Block {
         sin: &Tensor,
         mask: Option<&Tensor>,
         cache: &mut KvCache,
-        probe_rows: &[usize],
+        probe: &ProbeRows,
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-        let (attn, rows) =
-            self.self_attn.forward(&self.input_layernorm.forward(x)?, cos, sin, mask, cache, probe_rows)?;
+        let (attn, rows) = self.self_attn.forward(&self.input_layernorm.forward(x)?, cos, sin, mask, cache, probe)?;
         let x = (x + attn)?;
         let x = (&x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?)?;
         Ok((x, rows))
@@ -440,12 +488,13 @@ impl Decoder {
         if let Some(d) = dropper.as_deref_mut() {
             d.start(embeds)?;
         }
+        let bidirectional = dropper.as_ref().map(|d| d.bidirectional_layers()).unwrap_or_default();
         let input_last = positions.last().ok_or_else(|| crate::Error::Internal("empty sequence".into()))?;
         let mut x = embeds.unsqueeze(0)?;
         let mut positions = positions.clone();
         // RoPE tables and the mask are rebuilt only when the sequence or its numbering changes.
         let mut rope: Option<((Tensor, Tensor), i64)> = None;
-        let mut mask: Option<(Option<Tensor>, (usize, usize))> = None;
+        let mut mask: Option<(Option<Tensor>, (usize, usize, bool))> = None;
         let mut prev_rows: Option<Tensor> = None;
         for (i, layer) in self.layers.iter().enumerate() {
             if let Some(d) = dropper.as_deref_mut().filter(|_| cuts.contains(&i)) {
@@ -466,9 +515,12 @@ impl Decoder {
                 cache.position_offsets[i..].fill(offset);
                 rope = None;
             }
-            let probe_rows = match dropper.as_ref() {
-                Some(d) if cuts.contains(&(i + 1)) => d.attention_rows(i + 1, positions.len()),
-                _ => Vec::new(),
+            let probe = match dropper.as_ref() {
+                Some(d) if cuts.contains(&(i + 1)) => ProbeRows {
+                    rows: d.attention_rows(i + 1, positions.len()),
+                    per_head: d.attention_per_head(i + 1),
+                },
+                _ => ProbeRows::default(),
             };
             let kv = cache.layers[i].get_or_insert_with(|| KvCache::new(2, positions.len() + cache.reserve));
             let past = kv.current_seq_len();
@@ -477,13 +529,14 @@ impl Decoder {
             if rope.as_ref().map(|r| r.1) != Some(offset) {
                 rope = Some((self.rope_at(&positions, offset)?, offset));
             }
-            let key = (positions.len(), past);
+            let key = (positions.len(), past, past == 0 && bidirectional.contains(&i));
             if mask.as_ref().map(|m| m.1) != Some(key) {
-                mask = Some((causal_mask(key.0, key.1, self.dtype, &self.device)?, key));
+                let m = if key.2 { None } else { causal_mask(key.0, key.1, self.dtype, &self.device)? };
+                mask = Some((m, key));
             }
             let (cos, sin) = &rope.as_ref().expect("built above").0;
             let m = mask.as_ref().expect("built above").0.as_ref();
-            let (next, rows) = layer.forward(&x, cos, sin, m, kv, &probe_rows)?;
+            let (next, rows) = layer.forward(&x, cos, sin, m, kv, &probe)?;
             x = next;
             prev_rows = rows;
         }
@@ -495,10 +548,10 @@ impl Decoder {
     /// RoPE tables for `positions` shifted by `offset`.
     fn rope_at(&self, positions: &Positions, offset: i64) -> crate::Result<(Tensor, Tensor)> {
         let shifted = positions.shifted(offset)?;
-        let Positions::Linear(shifted) = shifted else {
+        if matches!(shifted, Positions::MRope(_)) && self.cfg.mrope_section.is_none() {
             return Err(crate::Error::Unsupported("this decoder uses 1-D RoPE: multimodal position ids given".into()));
-        };
-        if let Some(&max) = shifted.iter().max() {
+        }
+        if let Some(max) = shifted.max() {
             if max as usize >= self.cfg.max_position_embeddings {
                 return Err(crate::Error::ContextOverflow {
                     needed: max as usize + 1,
@@ -506,7 +559,7 @@ impl Decoder {
                 });
             }
         }
-        Ok(self.rotary.gather(&Tensor::new(shifted.as_slice(), &self.device)?)?)
+        Ok(self.rotary.gather(&shifted, &self.device)?)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod clip;
 pub mod decoder;
 pub mod llava;
 pub mod llava_next;
+pub mod qwen2_5_vl;
 
 use crate::checkpoint::Checkpoint;
 use crate::layout::{Needs, SequenceLayout, VisionEvidence, VisualLayout};
@@ -88,7 +89,7 @@ pub struct Family {
 }
 
 /// Every supported family.
-pub const FAMILIES: &[Family] = &[llava::FAMILY, llava_next::FAMILY];
+pub const FAMILIES: &[Family] = &[llava::FAMILY, llava_next::FAMILY, qwen2_5_vl::FAMILY];
 
 /// The family of a checkpoint, from `model_type` (or, when absent, `architectures`) in its config.
 pub fn detect(ckpt: &Checkpoint) -> Result<&'static Family> {

@@ -191,6 +191,7 @@ impl VisionLanguageModel for Llava {
             keys: Some(patches(out.mean_keys.as_ref().expect("requested with the attention row"))?),
             summary: Some(features.narrow(0, 0, 1)?),
             geometry: None,
+            encoder_order: None,
             vision_ms,
         })
     }

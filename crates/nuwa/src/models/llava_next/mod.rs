@@ -242,6 +242,7 @@ impl VisionLanguageModel for LlavaNext {
             keys: Some(per_slot(&keys)?),
             summary,
             geometry: None,
+            encoder_order: None,
             vision_ms: t0.elapsed().as_secs_f64() * 1e3 - similarity_ms,
             layout,
         })

@@ -1,0 +1,144 @@
+//! Qwen2.5-VL against the fixture `tests/fixtures/tiny-qwen2.5-vl` (made with transformers): tokenizer and
+//! prompt ids, the vision tower's window order, blocks, merger and saliency, the 3-D positions, unpruned
+//! logits and greedy tokens through the KV cache.
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::max_abs_diff;
+use nuwa::checkpoint::Checkpoint;
+use nuwa::layout::Needs;
+use nuwa::models::qwen2_5_vl::{self, vision, Qwen25Vl};
+use nuwa::models::VisionLanguageModel;
+use nuwa::{Engine, GenerateRequest, ImageInput, LoadOptions, Method, Sampling};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+fn dir() -> PathBuf {
+    common::fixtures().join("tiny-qwen2.5-vl")
+}
+
+fn golden() -> &'static Value {
+    static G: OnceLock<Value> = OnceLock::new();
+    G.get_or_init(|| serde_json::from_str(&std::fs::read_to_string(dir().join("golden.json")).unwrap()).unwrap())
+}
+
+fn g(name: &str) -> &'static Tensor {
+    static G: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
+    let all = G.get_or_init(|| candle_core::safetensors::load(dir().join("golden.safetensors"), &Device::Cpu).unwrap());
+    all.get(name).unwrap_or_else(|| panic!("golden tensor {name} missing"))
+}
+
+fn ints(name: &str) -> Vec<i64> {
+    let t = g(name).flatten_all().unwrap();
+    t.to_dtype(candle_core::DType::I64).unwrap().to_vec1::<i64>().unwrap()
+}
+
+fn ids(name: &str) -> Vec<u32> {
+    ints(name).into_iter().map(|v| v as u32).collect()
+}
+
+fn engine() -> &'static Engine {
+    static E: OnceLock<Engine> = OnceLock::new();
+    E.get_or_init(|| Engine::load(&dir(), &LoadOptions::default()).unwrap())
+}
+
+fn model() -> &'static Qwen25Vl {
+    static M: OnceLock<Qwen25Vl> = OnceLock::new();
+    M.get_or_init(|| Qwen25Vl::load(&Checkpoint::open(&dir()).unwrap(), &LoadOptions::default()).unwrap())
+}
+
+/// The golden pixel values with the image's size (406×260), as a request gives them.
+pub fn golden_pixels() -> ImageInput {
+    ImageInput::SizedPixels { pixels: g("pixel_values").clone(), width: 406, height: 260 }
+}
+
+fn request(image: ImageInput, method: Method) -> GenerateRequest {
+    GenerateRequest {
+        prompt: golden()["question"].as_str().unwrap().into(),
+        image: Some(image),
+        method,
+        positions: None,
+        sampling: Sampling::default(),
+        max_new_tokens: 8,
+        stop: vec![],
+    }
+}
+
+#[test]
+fn tokenizer_checks_and_prompt_ids_match() {
+    let tok = engine().tokenizer().unwrap();
+    for check in golden()["tokenizer_checks"].as_array().unwrap() {
+        let text = check["text"].as_str().unwrap();
+        let want: Vec<u32> = check["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(text, true).unwrap(), want, "{text:?}");
+    }
+    let conversation = nuwa::prompt::Conversation::question(golden()["question"].as_str().unwrap(), true);
+    assert_eq!(qwen2_5_vl::chat_template(&conversation), golden()["prompt"].as_str().unwrap());
+    let prompt = engine().prompt(golden()["question"].as_str().unwrap(), true).unwrap();
+    let n = golden()["num_image_tokens"].as_u64().unwrap() as usize;
+    let mut full = prompt.prefix.clone();
+    full.extend(std::iter::repeat_n(151655, n));
+    full.extend(&prompt.suffix);
+    assert_eq!(full, ids("input_ids"));
+    assert_eq!(prompt.prefix.len() as u64, golden()["image_start"].as_u64().unwrap());
+    assert_eq!(prompt.suffix.len() as u64, golden()["tokens_after_image"].as_u64().unwrap());
+    assert_eq!(engine().eos_token_ids(), [151645, 151643], "eos from generation_config.json");
+}
+
+#[test]
+fn vision_tower_matches_block_by_block() {
+    let m = model();
+    let (window_index, bounds) = vision::window_index(9, 14, 4, 2);
+    assert_eq!(window_index.iter().map(|&v| v as i64).collect::<Vec<_>>(), ints("vision.window_index"));
+    assert_eq!(bounds.iter().map(|&v| v as i64).collect::<Vec<_>>(), ints("vision.cu_window_seqlens"));
+    let pixels = g("pixel_values");
+    let d = max_abs_diff(&m.vision.patch_embed(pixels).unwrap(), g("vision.patch_embed"));
+    assert!(d <= 1e-4, "patch embedding max |Δ| {d}");
+    let req = vision::TowerRequest {
+        block_outputs: vec![0, 7, 15, 23, 31],
+        mean_of: Some(7..=23),
+        saliency_block: Some(31),
+    };
+    let out = m.vision.forward(pixels, 18, 28, &req).unwrap();
+    for (b, t) in &out.blocks {
+        let d = max_abs_diff(t, g(&format!("vision.block_out.{b}")));
+        println!("block {b}: max |Δ| {d:e}");
+        assert!(d <= 1e-3, "block {b} output max |Δ| {d}");
+    }
+    let mean = out.mean.as_ref().unwrap();
+    assert!(max_abs_diff(mean, g("vision.sim_mean_7_23")) <= 1e-3);
+    let merged_mean = m.vision.merger.forward(mean).unwrap();
+    assert!(max_abs_diff(&merged_mean, g("vision.sim_merged.window_order")) <= 1e-3);
+    let raster = vision::to_raster(&merged_mean, &out.window_index).unwrap();
+    assert!(max_abs_diff(&raster, g("vision.sim_merged.raster")) <= 1e-3);
+
+    let ev = m.encode(pixels, Some((406, 260)), Needs { similarity: true }).unwrap();
+    let d_embeds = max_abs_diff(&ev.features, g("vision.image_embeds"));
+    assert!(d_embeds <= 1e-3, "image embeds max |Δ| {d_embeds}");
+    assert!(max_abs_diff(ev.similarity.as_ref().unwrap(), g("vision.sim_merged.raster")) <= 1e-3);
+    let s = Tensor::new(ev.saliency.as_ref().unwrap().mean().as_slice(), &Device::Cpu).unwrap();
+    let d_s = max_abs_diff(&s, g("nuwa.saliency"));
+    println!("image embeds {d_embeds:e}, saliency {d_s:e}");
+    assert!(d_s <= 1e-4, "saliency max |Δ| {d_s}");
+    assert_eq!((ev.layout.grids[0].rows, ev.layout.grids[0].cols), (9, 14));
+}
+
+#[test]
+fn positions_logits_and_greedy_tokens_match_unpruned() {
+    let e = engine();
+    let req = request(golden_pixels(), Method::NONE);
+    let pre = e.prefill(&req).unwrap();
+    let want = ints("position_ids");
+    let nuwa::layout::Positions::MRope(axes) = &pre.positions else { panic!("Qwen positions are 3-D") };
+    let got: Vec<i64> = axes.iter().flatten().map(|&v| v as i64).collect();
+    assert_eq!(got, want, "3-D position ids");
+    let delta = ints("rope_deltas")[0];
+    assert_eq!(pre.next_position as i64, 151 + delta, "first decoding position = L + rope_delta");
+    let d = max_abs_diff(&pre.logits, g("unpruned.logits_last"));
+    println!("unpruned logits max |Δ| {d:e}");
+    assert!(d <= 2e-3, "logits max |Δ| {d}");
+    let gen = e.generate(&req, &mut |_| {}).unwrap();
+    assert_eq!(gen.tokens, ids("unpruned.greedy"), "greedy tokens through the KV cache");
+}
