@@ -9,6 +9,7 @@ use nuwa::checkpoint::Checkpoint;
 use nuwa::layout::Needs;
 use nuwa::models::qwen2_5_vl::{self, vision, Qwen25Vl};
 use nuwa::models::VisionLanguageModel;
+use nuwa::prune::nuwa::{self as nw, NuwaConfig};
 use nuwa::{Engine, GenerateRequest, ImageInput, LoadOptions, Method, Sampling};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -141,4 +142,102 @@ fn positions_logits_and_greedy_tokens_match_unpruned() {
     assert!(d <= 2e-3, "logits max |Δ| {d}");
     let gen = e.generate(&req, &mut |_| {}).unwrap();
     assert_eq!(gen.tokens, ids("unpruned.greedy"), "greedy tokens through the KV cache");
+}
+
+const RATIOS: [&str; 3] = ["0.25", "0.5", "0.75"];
+
+fn usizes(name: &str) -> Vec<usize> {
+    ints(name).into_iter().map(|v| v as usize).collect()
+}
+
+fn keep_of(r: &str) -> nw::Keep {
+    nw::Keep::Ratio(r.parse().unwrap())
+}
+
+fn run_name(r: &str, released: bool) -> String {
+    format!("nuwa{r}{}", if released { "_released" } else { "" })
+}
+
+/// The prefill logits at the 32 ids the fixture stores, against their values.
+fn top_logits_diff(logits: &Tensor, run: &str) -> f32 {
+    let idx = Tensor::new(ids(&format!("{run}.logits_top.ids")).as_slice(), &Device::Cpu).unwrap();
+    max_abs_diff(&logits.index_select(&idx, 0).unwrap(), g(&format!("{run}.logits_top.values")))
+}
+
+#[test]
+fn stage1_from_golden_inputs_matches_in_both_variants() {
+    for r in RATIOS {
+        for released in [false, true] {
+            let run = run_name(r, released);
+            let ratios = keep_of(r).ratios().unwrap();
+            let m = if released { "vision.sim_merged.window_order" } else { "vision.sim_merged.raster" };
+            let s = g("nuwa.saliency").to_vec1::<f32>().unwrap();
+            let out = nw::merged_stage1(&s, g("vision.image_embeds"), g(m), (9, 14), &ratios, 0.1).unwrap();
+            assert_eq!(out.candidates, usizes(&format!("{run}.candidates")), "{run}: candidates");
+            assert_eq!(out.stage1.anchors, usizes(&format!("{run}.anchors")), "{run}: anchors");
+            let mask: Vec<bool> = ints(&format!("{run}.pillar_mask")).iter().map(|&v| v == 1).collect();
+            assert_eq!(out.stage1.pillars, mask, "{run}: pillars");
+            let d = max_abs_diff(&out.stage1.tokens, g(&format!("{run}.aggregated")));
+            println!("{run}: aggregated max |Δ| {d:e}");
+            assert!(d <= 1e-5, "{run}: aggregated max |Δ| {d}");
+        }
+    }
+}
+
+#[test]
+fn nuwa_pipelines_match_at_every_keep_ratio_in_both_variants() {
+    let e = engine();
+    for r in RATIOS {
+        for as_released in [false, true] {
+            let run = run_name(r, as_released);
+            let summary = &golden()["runs"][&run];
+            let cfg = NuwaConfig { keep: Some(keep_of(r)), as_released, ..NuwaConfig::default() };
+            let req = request(golden_pixels(), Method::Nuwa(cfg.clone()));
+            let pre = e.prefill(&req).unwrap();
+            let enc = pre.encoded.as_ref().unwrap();
+            let slots: Vec<usize> = enc.sources.iter().map(|s| s[0]).collect();
+            assert_eq!(slots, usizes(&format!("{run}.anchors")), "{run}: anchors end to end");
+            let d_agg = max_abs_diff(&enc.tokens, g(&format!("{run}.aggregated")));
+            assert!(d_agg <= 1e-3, "{run}: aggregated end to end max |Δ| {d_agg}");
+            let nuwa::layout::Positions::MRope(axes) = &pre.positions else { panic!("3-D positions") };
+            let got: Vec<i64> = axes.iter().flatten().map(|&v| v as i64).collect();
+            assert_eq!(got, ints(&format!("{run}.position_ids")), "{run}: position ids");
+            assert_eq!(pre.next_position, 39, "{run}: decoding continues the unpruned numbering");
+            let report = pre.vision.as_ref().unwrap();
+            assert_eq!(report.stage2, usizes(&format!("{run}.stage2_kept")), "{run}: stage-2 survivors");
+            assert_eq!(report.k2.map(|k| k as u64), summary["k2"].as_u64(), "{run}: K2");
+            let d_top = top_logits_diff(&pre.logits, &run);
+            assert!(d_top <= 2e-3, "{run}: top logits max |Δ| {d_top}");
+            if !as_released {
+                let d = max_abs_diff(&pre.logits, g(&format!("{run}.logits_last")));
+                assert!(d <= 2e-3, "{run}: logits max |Δ| {d}");
+            }
+            let gen = e.generate(&req, &mut |_| {}).unwrap();
+            assert_eq!(gen.tokens, ids(&format!("{run}.greedy")), "{run}: greedy through the ragged cache");
+
+            let only1 = NuwaConfig { stages: nw::Stages::One, ..cfg };
+            let pre1 = e.prefill(&request(golden_pixels(), Method::Nuwa(only1))).unwrap();
+            assert!(pre1.vision.as_ref().unwrap().cuts.is_empty(), "{run}: stage 1 only has no cut");
+            let d1 = top_logits_diff(&pre1.logits, &format!("{run}.stage1_only"));
+            println!("{run}: aggregated {d_agg:e}, top logits {d_top:e}, stage-1-only top logits {d1:e}");
+            assert!(d1 <= 2e-3, "{run}: stage-1-only top logits max |Δ| {d1}");
+        }
+    }
+}
+
+#[test]
+fn keep_ratios_without_a_preset_and_token_budgets_are_refused_by_name() {
+    let e = engine();
+    let bad = NuwaConfig { keep: Some(nw::Keep::Ratio(0.3)), ..NuwaConfig::default() };
+    let Err(err) = e.prefill(&request(golden_pixels(), Method::Nuwa(bad))) else { panic!("30 % has no preset") };
+    assert_eq!(err.field(), Some("budget"), "{err}");
+    let tokens = NuwaConfig { budget: 64, ..NuwaConfig::default() };
+    let Err(err) = e.prefill(&request(golden_pixels(), Method::Nuwa(tokens))) else { panic!("no token budgets") };
+    assert!(err.to_string().contains("keep ratio"), "{err}");
+    // An explicit triple equal to the 25 % preset gives the same anchors.
+    let explicit = nw::Keep::Explicit(nw::KeepRatios { stage1: 0.35, stage2: 0.42, top_n: 3 });
+    let cfg = NuwaConfig { keep: Some(explicit), ..NuwaConfig::default() };
+    let pre = e.prefill(&request(golden_pixels(), Method::Nuwa(cfg))).unwrap();
+    let slots: Vec<usize> = pre.encoded.as_ref().unwrap().sources.iter().map(|s| s[0]).collect();
+    assert_eq!(slots, usizes("nuwa0.25.anchors"));
 }

@@ -346,7 +346,7 @@ impl Engine {
     /// Where an image's tokens sit in the decoder's sequence for `prompt`.
     pub fn span(&self, prompt: &PromptTokens, e: &EncodedImage, policy: PositionPolicy) -> Span {
         let sequence = self.model.sequence_layout(prompt, Some(&e.layout));
-        Span { tokens: e.sources.clone(), policy, sequence, layout: e.layout.clone() }
+        Span { tokens: e.sources.clone(), policy, sequence, layout: e.layout.clone(), family: self.model.family() }
     }
 
     /// Prefill with any in-decoder dropper; `method` only labels the report.

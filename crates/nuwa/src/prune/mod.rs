@@ -251,6 +251,8 @@ pub struct Span {
     pub sequence: SequenceLayout,
     /// What the image's slots are.
     pub layout: VisualLayout,
+    /// The model family (methods with per-family settings read it).
+    pub family: &'static str,
 }
 
 impl Span {

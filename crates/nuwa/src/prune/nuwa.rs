@@ -60,6 +60,71 @@ pub struct NuwaConfig {
     pub stage2_layer: Option<usize>,
     pub stage2_rule: Stage2Rule,
     pub seed: u64,
+    /// A keep ratio instead of a token budget (`--budget 25%`); on Qwen2.5-VL the only way to set Nüwa.
+    pub keep: Option<Keep>,
+    /// The released code's behaviour where it differs (Qwen2.5-VL: similarity features left in window
+    /// order, the stage-2 layer attending without the causal mask at prefill); nothing on LLaVA.
+    pub as_released: bool,
+}
+
+/// A keep ratio: one of the published presets, or the stage ratios and top-n spelled out.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Keep {
+    Ratio(f64),
+    Explicit(KeepRatios),
+}
+
+/// Stage-1 ratio r1 (K1 = ⌈N·r1⌉), stage-2 ratio r2 (K2 = ⌊K1·r2⌋) and candidates per 2×2 cell.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct KeepRatios {
+    pub stage1: f64,
+    pub stage2: f64,
+    pub top_n: usize,
+}
+
+/// The released Qwen2.5-VL settings: keep ratio → (r1, r2, top-n) (SPEC-qwen2.5-vl §7.1).
+pub const QWEN_PRESETS: [(f64, KeepRatios); 3] = [
+    (0.25, KeepRatios { stage1: 0.35, stage2: 0.42, top_n: 3 }),
+    (0.50, KeepRatios { stage1: 0.60, stage2: 0.66, top_n: 3 }),
+    (0.75, KeepRatios { stage1: 0.85, stage2: 0.70, top_n: 4 }),
+];
+
+/// The family whose Nüwa works on merged tokens with keep ratios (SPEC-qwen2.5-vl §7).
+pub const MERGED_GRID_FAMILY: &str = "qwen2.5-vl";
+/// Pillar quantile of the released Qwen code.
+pub const MERGED_PILLAR_QUANTILE: f64 = 0.1;
+/// The similarity fall-off radius on merged grids, as a fraction of the padded grid's diagonal.
+pub const MERGED_DISTANCE_FRACTION: f64 = 0.8;
+
+impl Keep {
+    /// The stage ratios: spelled out, or the preset for the ratio (refused when there is none).
+    pub fn ratios(&self) -> Result<KeepRatios> {
+        match *self {
+            Keep::Explicit(r) => Ok(r),
+            Keep::Ratio(k) => QWEN_PRESETS.iter().find(|(p, _)| (p - k).abs() < 1e-9).map(|&(_, r)| r).ok_or_else(|| {
+                Error::invalid(
+                    "budget",
+                    format!(
+                        "keep ratio {}% has no published Nüwa setting (25%, 50%, 75%); give the stage-1 ratio, \
+                         stage-2 ratio and top-n instead",
+                        k * 100.0
+                    ),
+                )
+            }),
+        }
+    }
+
+    /// Stage-1 anchors K1 = min(⌈N·r1⌉ (in f64, as released), top-n · cells) for `n` tokens in `cells` cells.
+    pub fn k1(r: &KeepRatios, n: usize, cells: usize) -> usize {
+        ((n as f64 * r.stage1).ceil() as usize).min(r.top_n * cells).max(1)
+    }
+
+    /// Stage-2 survivors K2 = max(1, ⌊K1·r2⌋) (in f64, truncated); `None` when that cuts nothing.
+    pub fn k2(r: &KeepRatios, k1: usize) -> Option<usize> {
+        let k2 = ((k1 as f64 * r.stage2) as usize).max(1);
+        (k2 < k1 && k1 > 1).then_some(k2)
+    }
 }
 
 impl Default for NuwaConfig {
@@ -73,6 +138,8 @@ impl Default for NuwaConfig {
             stage2_layer: None,
             stage2_rule: Stage2Rule::Attention,
             seed: 0,
+            keep: None,
+            as_released: false,
         }
     }
 }
@@ -92,7 +159,48 @@ impl NuwaConfig {
         if let Some(q) = self.pillar_quantile.filter(|q| !(0.0..=1.0).contains(q)) {
             return Err(Error::invalid("pillar_quantile", format!("must be within [0, 1], got {q}")));
         }
+        match self.keep {
+            Some(Keep::Ratio(k)) if !(k > 0.0 && k <= 1.0) => {
+                return Err(Error::invalid("budget", format!("a keep ratio must be within (0 %, 100 %], got {}%", k * 100.0)))
+            }
+            Some(Keep::Explicit(r)) => {
+                for (field, v) in [("stage1_ratio", r.stage1), ("stage2_ratio", r.stage2)] {
+                    if !(v > 0.0 && v <= 1.0) {
+                        return Err(Error::invalid(field, format!("must be within (0, 1], got {v}")));
+                    }
+                }
+                if !(1..=4).contains(&r.top_n) {
+                    return Err(Error::invalid("top_n", format!("must be 1…4 (a 2×2 cell), got {}", r.top_n)));
+                }
+            }
+            _ => {}
+        }
         Ok(())
+    }
+
+    /// The token budget on a layout of `n` slots: a keep ratio's share of them, else the budget.
+    pub fn budget_on(&self, n: usize) -> usize {
+        match self.keep {
+            Some(Keep::Ratio(k)) => ((k * n as f64).round() as usize).max(1),
+            _ => self.budget,
+        }
+    }
+
+    /// The stage ratios on the merged-grid family: the keep ratio's, or the 50 % preset when only the
+    /// default token budget is set; a token budget of its own is refused (this family has none).
+    pub fn merged_ratios(&self) -> Result<KeepRatios> {
+        match &self.keep {
+            Some(k) => k.ratios(),
+            None if self.budget == NuwaConfig::default().budget => Keep::Ratio(0.5).ratios(),
+            None => Err(Error::invalid(
+                "budget",
+                format!(
+                    "{} tokens: Nüwa on {MERGED_GRID_FAMILY} is set by a keep ratio (25%, 50% or 75%, or the \
+                     stage-1 ratio, stage-2 ratio and top-n)",
+                    self.budget
+                ),
+            )),
+        }
     }
 
     /// The pillar quantile on `layout`: the one asked for, else the layout's default.
@@ -303,30 +411,103 @@ pub fn stage1(
     let anchors = select_anchors(saliency, h, w, budgets.k1, budgets.top_n, cfg.cells);
     let anchor_saliency: Vec<f32> = anchors.iter().map(|&a| saliency[a]).collect();
     let pillars = pillars(&anchor_saliency, cfg.pillar_quantile.unwrap_or(DEFAULT_PILLAR_QUANTILE));
-    let (pillar_rows, collector_rows): (Vec<usize>, Vec<usize>) = {
-        let (p, c): (Vec<_>, Vec<_>) = anchors.iter().zip(&pillars).partition(|(_, &is_p)| is_p);
-        (p.into_iter().map(|(&a, _)| a).collect(), c.into_iter().map(|(&a, _)| a).collect())
+    let fold = |collectors: &[usize]| -> Result<Tensor> {
+        aggregate(&similarity_rows(m, collectors, h, w, cfg.distance)?, collectors, x)
     };
+    let tokens = anchor_tokens(x, &anchors, &pillars, fold)?;
+    Ok(Stage1 { anchors, pillars, tokens })
+}
+
+/// One token per anchor, in anchor order: a pillar's own row of `x`, a collector's row of
+/// `fold(collectors)` (called only when there are collectors).
+fn anchor_tokens(
+    x: &Tensor,
+    anchors: &[usize],
+    pillars: &[bool],
+    fold: impl Fn(&[usize]) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let (p, c): (Vec<_>, Vec<_>) = anchors.iter().zip(pillars).partition(|(_, &is_p)| is_p);
+    let (pillar_rows, collector_rows): (Vec<usize>, Vec<usize>) =
+        (p.into_iter().map(|(&a, _)| a).collect(), c.into_iter().map(|(&a, _)| a).collect());
     let dev = x.device();
     let kept = x.index_select(&index_tensor(&pillar_rows, dev)?, 0)?;
-    let tokens = if collector_rows.is_empty() {
-        kept
-    } else {
-        let graph = similarity_rows(m, &collector_rows, h, w, cfg.distance)?;
-        let folded = aggregate(&graph, &collector_rows, x)?;
-        // Rows of cat([pillars, collectors]) back into anchor order.
-        let (mut next_p, mut next_c) = (0, pillar_rows.len());
-        let order: Vec<usize> = pillars
-            .iter()
-            .map(|&is_p| {
-                let slot = if is_p { &mut next_p } else { &mut next_c };
-                *slot += 1;
-                *slot - 1
-            })
-            .collect();
-        Tensor::cat(&[&kept, &folded], 0)?.index_select(&index_tensor(&order, dev)?, 0)?
+    if collector_rows.is_empty() {
+        return Ok(kept);
+    }
+    let folded = fold(&collector_rows)?;
+    // Rows of cat([pillars, collectors]) back into anchor order.
+    let (mut next_p, mut next_c) = (0, pillar_rows.len());
+    let order: Vec<usize> = pillars
+        .iter()
+        .map(|&is_p| {
+            let slot = if is_p { &mut next_p } else { &mut next_c };
+            *slot += 1;
+            *slot - 1
+        })
+        .collect();
+    Ok(Tensor::cat(&[&kept, &folded], 0)?.index_select(&index_tensor(&order, dev)?, 0)?)
+}
+
+/// Real candidates of a merged `h`×`w` grid zero-padded to even sides: each 2×2 cell's `top_n` best
+/// positions by saliency (padding scores 0 and may fill a cell's quota), as padded indices, cell order.
+pub fn merged_candidates(padded: &[f32], (ph, pw): (usize, usize), top_n: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(padded.len());
+    for r in (0..ph).step_by(2) {
+        for c in (0..pw).step_by(2) {
+            let mut cell = [r * pw + c, r * pw + c + 1, (r + 1) * pw + c, (r + 1) * pw + c + 1];
+            sort_desc(padded, &mut cell);
+            out.extend_from_slice(&cell[..top_n.min(4)]);
+        }
+    }
+    out
+}
+
+/// What stage 1 on a merged grid produced, with the real candidates (raster, ascending) it chose from.
+#[derive(Debug, Clone)]
+pub struct MergedStage1 {
+    pub candidates: Vec<usize>,
+    pub stage1: Stage1,
+}
+
+/// Stage 1 on the merged `h`×`w` grid of Qwen2.5-VL (SPEC-qwen2.5-vl §7.2): the grid zero-padded to even
+/// sides, top-n per 2×2 cell, the K1 best candidates (padding dropped), pillars at the `quantile` of the
+/// anchors' saliency, collectors folding in every similar token within 0.8 of the padded diagonal
+/// (plain row normalisation, no self-weight override). `x` aggregation features, `m` similarity features,
+/// both (N, D) raster.
+pub fn merged_stage1(
+    saliency: &[f32],
+    x: &Tensor,
+    m: &Tensor,
+    (h, w): (usize, usize),
+    ratios: &KeepRatios,
+    quantile: f64,
+) -> Result<MergedStage1> {
+    let (ph, pw) = (h + h % 2, w + w % 2);
+    let mut padded = vec![0f32; ph * pw];
+    for r in 0..h {
+        padded[r * pw..r * pw + w].copy_from_slice(&saliency[r * w..(r + 1) * w]);
+    }
+    let real = |i: usize| i / pw < h && i % pw < w;
+    let raster = |i: usize| (i / pw) * w + i % pw;
+    let mut chosen = merged_candidates(&padded, (ph, pw), ratios.top_n);
+    let mut candidates: Vec<usize> = chosen.iter().copied().filter(|&i| real(i)).map(raster).collect();
+    candidates.sort_unstable();
+    let k1 = Keep::k1(ratios, h * w, (ph / 2) * (pw / 2));
+    sort_desc(&padded, &mut chosen);
+    chosen.truncate(k1);
+    chosen.sort_unstable();
+    let anchors: Vec<usize> = chosen.into_iter().filter(|&i| real(i)).map(raster).collect();
+    let anchor_saliency: Vec<f32> = anchors.iter().map(|&a| saliency[a]).collect();
+    let pillars = pillars(&anchor_saliency, quantile);
+    let diagonal = (((ph - 1).pow(2) + (pw - 1).pow(2)) as f64).sqrt();
+    let tau = if diagonal == 0.0 { 1.0 } else { MERGED_DISTANCE_FRACTION * diagonal };
+    let fold = |collectors: &[usize]| -> Result<Tensor> {
+        let graph = similarity_rows(m, collectors, h, w, tau * tau)?;
+        let weights = graph.broadcast_div(&(graph.sum_keepdim(1)? + 1e-8)?)?;
+        Ok(weights.matmul(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?)
     };
-    Ok(Stage1 { anchors, pillars, tokens })
+    let tokens = anchor_tokens(x, &anchors, &pillars, fold)?;
+    Ok(MergedStage1 { candidates, stage1: Stage1 { anchors, pillars, tokens } })
 }
 
 /// Stage 2: which of the `scores.len()` vision tokens survive, ascending. `Attention` keeps the `k2`
@@ -346,43 +527,73 @@ pub fn stage2_keep(scores: &[f32], k2: usize, rule: Stage2Rule, seed: u64) -> Ve
 }
 
 /// Stage 2 inside the decoder: before `layer`, keep the `k2` vision tokens the last prompt token
-/// attended to most in the layer before.
+/// attended to most in the layer before. On the merged-grid family the score is the mean of the last
+/// three rows, maximum over heads, and `--as-released` runs that layer without the causal mask (which
+/// also happens with no cut, so the dropper can exist without one).
 pub struct Stage2 {
     layer: usize,
-    k2: usize,
+    k2: Option<usize>,
     rule: Stage2Rule,
     seed: u64,
     span: Span,
+    /// Score = max over heads of the mean of the last `rows` query rows (1 row: the head mean).
+    rows: usize,
+    bidirectional: Option<usize>,
     records: Vec<CutRecord>,
 }
 
 impl Stage2 {
-    /// `None` when the budget leaves nothing to cut (stage 1 only, or K2 ≥ the tokens in `span`).
+    /// `None` when there is nothing to do (stage 1 only, or K2 ≥ the tokens in `span`).
     pub fn new(cfg: &NuwaConfig, span: Span, depth: usize) -> Result<Option<Self>> {
-        let layer = cfg.stage2_layer(depth)?;
-        let k2 = match (cfg.stages, span.layout.anyres()) {
-            (Stages::Both, Some(_)) => Some(anyres_k2(span.len())),
-            _ => counts(cfg.budget, cfg.stages, span.n_slots()).1,
+        let merged = span.family == MERGED_GRID_FAMILY;
+        let layer = match cfg.stage2_layer {
+            // Released Qwen: the scores of layer depth/2 cut before the next one.
+            None if merged => cfg.stage2_layer(depth).map(|l| (l + 1).min(depth - 1))?,
+            _ => cfg.stage2_layer(depth)?,
         };
-        Ok(k2.filter(|&k2| k2 < span.len()).map(|k2| Self {
-            layer,
-            k2,
-            rule: cfg.stage2_rule,
-            seed: cfg.seed,
-            span,
-            records: Vec::new(),
-        }))
+        let k2 = match (cfg.stages, span.layout.anyres()) {
+            (Stages::One, _) => None,
+            (Stages::Both, _) if merged => Keep::k2(&cfg.merged_ratios()?, span.len()),
+            (Stages::Both, Some(_)) => Some(anyres_k2(span.len())),
+            _ => counts(cfg.budget_on(span.n_slots()), cfg.stages, span.n_slots()).1,
+        }
+        .filter(|&k2| k2 < span.len());
+        let bidirectional = (merged && cfg.as_released).then_some(layer - 1);
+        if k2.is_none() && bidirectional.is_none() {
+            return Ok(None);
+        }
+        let rows = if merged { 3 } else { 1 };
+        Ok(Some(Self { layer, k2, rule: cfg.stage2_rule, seed: cfg.seed, span, rows, bidirectional, records: vec![] }))
     }
 }
 
 impl TokenDropper for Stage2 {
     fn cut_layers(&self) -> Vec<usize> {
-        vec![self.layer]
+        self.k2.map(|_| self.layer).into_iter().collect()
+    }
+
+    fn attention_rows(&self, _layer: usize, seq_len: usize) -> Vec<usize> {
+        (seq_len.saturating_sub(self.rows)..seq_len).collect()
+    }
+
+    fn attention_per_head(&self, _layer: usize) -> bool {
+        self.rows > 1
+    }
+
+    fn bidirectional_layers(&self) -> Vec<usize> {
+        self.bidirectional.into_iter().collect()
     }
 
     fn cut(&mut self, probe: &dyn DecoderProbe) -> Result<Cut> {
-        let row = probe.prev_attention().expect("the last row is always handed over").squeeze(0)?.to_vec1::<f32>()?;
-        let chosen = stage2_keep(&row[self.span.slots()], self.k2, self.rule, self.seed);
+        let attn = probe.prev_attention().expect("the asked-for rows are handed over");
+        let row = if self.rows > 1 {
+            // (heads, rows, T): mean over the rows, then the maximum over heads.
+            attn.mean(1)?.max(0)?.to_vec1::<f32>()?
+        } else {
+            attn.squeeze(0)?.to_vec1::<f32>()?
+        };
+        let k2 = self.k2.expect("a cut is asked for only with K2");
+        let chosen = stage2_keep(&row[self.span.slots()], k2, self.rule, self.seed);
         let (cut, record) = self.span.cut(self.layer, row.len(), &chosen, None)?;
         self.records.push(record);
         Ok(cut)
@@ -403,7 +614,8 @@ impl FromBudget for NuwaConfig {
 
 impl Pruner for NuwaConfig {
     fn budget(&self) -> Option<usize> {
-        Some(self.budget)
+        // A keep ratio has no token count until the image is known.
+        self.keep.is_none().then_some(self.budget)
     }
 
     fn validate(&self) -> Result<()> {
@@ -428,7 +640,7 @@ impl Pruner for NuwaConfig {
                 _ => vec![n_v; depth],
             });
         }
-        Ok(match counts(self.budget, self.stages, layout.len()) {
+        Ok(match counts(self.budget_on(layout.len()), self.stages, layout.len()) {
             (k1, Some(k2)) if k2 < k1 => schedule_steps(k1, &[(self.stage2_layer(depth)?, k2)], depth),
             (k1, _) => vec![k1; depth],
         })
@@ -447,9 +659,10 @@ impl NuwaConfig {
     /// Stage-1 targets (base, local) and the per-cell top-n on an anyres layout: K1 split evenly over
     /// the views, t = ⌊K1 / V⌋ for the base view and t·(V − 1) for the crops.
     pub fn anyres_split(&self, layout: &VisualLayout) -> ((usize, usize), usize) {
+        let budget = self.budget_on(layout.len());
         let (k1, top_n) = match self.stages {
-            Stages::One => (self.budget, anyres_budgets(self.budget).1),
-            _ => anyres_budgets(self.budget),
+            Stages::One => (budget, anyres_budgets(budget).1),
+            _ => anyres_budgets(budget),
         };
         let t = k1 / layout.views;
         ((t, t * (layout.views - 1)), top_n)
@@ -492,13 +705,32 @@ impl NuwaConfig {
     }
 }
 
+impl NuwaConfig {
+    /// Stage 1 on a merged grid; `--as-released` reads the similarity features in the encoder's (window)
+    /// order as if they were raster, as the released code does.
+    fn reduce_merged(&self, ev: &VisionEvidence, grid: (usize, usize)) -> Result<Reduction> {
+        let ratios = self.merged_ratios()?;
+        let m = match (&ev.encoder_order, self.as_released) {
+            (Some(order), true) => ev.similarity()?.index_select(&index_tensor(order, ev.features.device())?, 0)?,
+            _ => ev.similarity()?.clone(),
+        };
+        let quantile = self.pillar_quantile.unwrap_or(MERGED_PILLAR_QUANTILE);
+        let s1 = merged_stage1(&ev.saliency()?.mean(), &ev.features, &m, grid, &ratios, quantile)?.stage1;
+        let pillars = s1.anchors.iter().zip(&s1.pillars).filter(|(_, &p)| p).map(|(&a, _)| a).collect();
+        Ok(Reduction { tokens: VisionTokens::Features(s1.tokens), sources: singletons(&s1.anchors), pillars })
+    }
+}
+
 impl VisionReducer for NuwaConfig {
     fn reduce(&self, ev: &VisionEvidence, _embedded: &dyn Fn() -> Result<Tensor>) -> Result<Reduction> {
         if ev.layout.anyres().is_some() {
             return self.reduce_anyres(ev);
         }
         let grid = ev.layout.raster_grid()?;
-        let b = budgets(self.budget, self.stages, grid.0, grid.1);
+        if ev.model == MERGED_GRID_FAMILY {
+            return self.reduce_merged(ev, grid);
+        }
+        let b = budgets(self.budget_on(ev.layout.len()), self.stages, grid.0, grid.1);
         let s1 = stage1(&ev.saliency()?.summed, &ev.features, ev.similarity()?, grid, &b, self)?;
         let pillars = s1.anchors.iter().zip(&s1.pillars).filter(|(_, &p)| p).map(|(&a, _)| a).collect();
         Ok(Reduction { tokens: VisionTokens::Features(s1.tokens), sources: singletons(&s1.anchors), pillars })

@@ -26,6 +26,14 @@ pub struct PruneSpec {
     pub positions: Option<PositionPolicy>,
     /// For the random methods and Nüwa's random stage-2 rule.
     pub seed: u64,
+    /// Nüwa: a keep ratio in (0, 1] instead of `budget` (`--budget 25%`).
+    pub keep_ratio: Option<f64>,
+    /// Nüwa: the stage ratios and top-n spelled out instead of a preset keep ratio (all three together).
+    pub stage1_ratio: Option<f64>,
+    pub stage2_ratio: Option<f64>,
+    pub top_n: Option<usize>,
+    /// Nüwa: the released code's behaviour where it differs (see [`nuwa::NuwaConfig::as_released`]).
+    pub as_released: bool,
 }
 
 impl Default for PruneSpec {
@@ -44,6 +52,11 @@ impl Default for PruneSpec {
             keep: None,
             positions: None,
             seed: 0,
+            keep_ratio: None,
+            stage1_ratio: None,
+            stage2_ratio: None,
+            top_n: None,
+            as_released: false,
         }
     }
 }
@@ -55,6 +68,38 @@ impl PruneSpec {
         if self.keep.is_some() && self.method != "manual" {
             return Err(Error::invalid("keep", format!("applies to the manual method only, not {:?}", self.method)));
         }
+        let explicit = [self.stage1_ratio.is_some(), self.stage2_ratio.is_some(), self.top_n.is_some()];
+        let keep = match (self.keep_ratio, self.stage1_ratio, self.stage2_ratio, self.top_n) {
+            (None, None, None, None) => None,
+            (Some(r), None, None, None) => Some(nuwa::Keep::Ratio(r)),
+            (None, Some(stage1), Some(stage2), Some(top_n)) => {
+                Some(nuwa::Keep::Explicit(nuwa::KeepRatios { stage1, stage2, top_n }))
+            }
+            (Some(_), ..) => {
+                return Err(Error::invalid(
+                    "stage1_ratio",
+                    "a percentage budget and explicit stage ratios exclude each other; give one",
+                ))
+            }
+            _ => {
+                let missing = ["stage1_ratio", "stage2_ratio", "top_n"]
+                    .iter()
+                    .zip(explicit)
+                    .filter(|(_, given)| !given)
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>();
+                return Err(Error::invalid(
+                    "stage1_ratio",
+                    format!("stage1_ratio, stage2_ratio and top_n go together; missing {}", missing.join(", ")),
+                ));
+            }
+        };
+        if (keep.is_some() || self.as_released) && self.method != "nuwa" {
+            return Err(Error::invalid(
+                "budget",
+                format!("keep ratios and the released behaviour apply to nuwa only, not {:?}", self.method),
+            ));
+        }
         let method = match self.method.as_str() {
             "nuwa" => Method::Nuwa(nuwa::NuwaConfig {
                 budget: self.budget,
@@ -65,6 +110,8 @@ impl PruneSpec {
                 stage2_layer: self.stage2_layer,
                 stage2_rule: self.stage2_rule,
                 seed: self.seed,
+                keep,
+                as_released: self.as_released,
             }),
             "fastv" => Method::FastV(fastv::FastV { budget: self.budget, count: self.fastv_count }),
             "manual" => match &self.keep {

@@ -162,7 +162,7 @@ fn get<T: DeserializeOwned>(map: &Map<String, Value>, key: &str, slot: &mut T) -
 }
 
 /// (height, width) after transformers' `smart_resize`: both multiples of `factor`, the area brought
-/// within [`min_pixels`, `max_pixels`] keeping the aspect ratio. Rounding is Python's (`round` ties to
+/// between `min_pixels` and `max_pixels` keeping the aspect ratio. Rounding is Python's (`round` ties to
 /// even: 406/28 = 14.5 → 14), all in f64 — the same bits as Python while h·w and the limits are below
 /// 2^53, which any image that can be held is.
 pub fn smart_resize(height: u32, width: u32, factor: u32, min_pixels: u64, max_pixels: u64) -> Result<(u32, u32)> {
