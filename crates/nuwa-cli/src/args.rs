@@ -139,13 +139,31 @@ pub struct PruneArgs {
     /// Visual-token reduction method.
     #[arg(long, value_enum, default_value_t = PruneArg::Nuwa)]
     pub prune: PruneArg,
-    /// Vision-token budget. Nüwa: the mean over the decoder's layers (64 → K1 112 / K2 16, 128 → 224 / 32,
-    /// 192 → 336 / 48; other values by the same rule). On LLaVA-NeXT: the paper's 160/320/640 (K1 290/582/1162
-    /// split over the views, K2 a tenth of the tokens in the decoder); other values K1 = round(1.8125·B).
-    /// Baselines: their published LLaVA-1.5 setting for it (see the README's baselines table); the JSON
-    /// reports the resulting mean as avg_vision_tokens.
-    #[arg(long, default_value_t = 128)]
-    pub budget: usize,
+    /// Vision-token budget, or a keep ratio written with a percent sign (25%). Nüwa: the mean over the
+    /// decoder's layers (64 → K1 112 / K2 16, 128 → 224 / 32, 192 → 336 / 48; other values by the same rule;
+    /// a percentage keeps that share of the image's tokens). On LLaVA-NeXT: the paper's 160/320/640 (K1
+    /// 290/582/1162 split over the views, K2 a tenth of the tokens in the decoder); other values K1 =
+    /// round(1.8125·B). On Qwen2.5-VL only keep ratios: 25%, 50% (the default) or 75% (stage-1/stage-2
+    /// ratios 0.35/0.42, 0.6/0.66, 0.85/0.7, top-n 3/3/4), or --stage1-ratio, --stage2-ratio and --top-n.
+    /// Baselines: a token count; their published LLaVA-1.5 setting for it (see the README's baselines
+    /// table); the JSON reports the resulting mean as avg_vision_tokens.
+    #[arg(long, default_value = "128", value_parser = parse_budget)]
+    pub budget: Budget,
+    /// Nüwa's stage-1 keep ratio r1 (K1 = ⌈N·r1⌉), with --stage2-ratio and --top-n instead of a preset.
+    #[arg(long, requires_all = ["stage2_ratio", "top_n"])]
+    pub stage1_ratio: Option<f64>,
+    /// Nüwa's stage-2 keep ratio r2 (K2 = ⌊K1·r2⌋).
+    #[arg(long, requires_all = ["stage1_ratio", "top_n"])]
+    pub stage2_ratio: Option<f64>,
+    /// Nüwa's candidates per 2×2 cell (1–4) with explicit stage ratios.
+    #[arg(long, requires_all = ["stage1_ratio", "stage2_ratio"])]
+    pub top_n: Option<usize>,
+    /// Nüwa as its authors released it where that differs from the paper. Qwen2.5-VL: the similarity
+    /// features stay in the vision tower's window order, and the stage-2 layer attends without the causal
+    /// mask during prefill. LLaVA-1.5 and LLaVA-NeXT: no difference (their fixed behaviours are not bugs of
+    /// the method's release but of its NeXT port, which is not reproduced).
+    #[arg(long)]
+    pub as_released: bool,
     /// Which Nüwa stages run: both, 1 (K1 = budget, no cut) or 2 (all patches in, budget survive the cut).
     #[arg(long, value_enum, default_value_t = StagesArg::Both)]
     pub stages: StagesArg,
@@ -177,6 +195,27 @@ pub struct PruneArgs {
     pub positions: Option<PositionsArg>,
 }
 
+/// `--budget`: a token count, or a keep ratio as a percentage.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    Tokens(usize),
+    Percent(f64),
+}
+
+fn parse_budget(s: &str) -> Result<Budget, String> {
+    match s.trim().strip_suffix('%') {
+        Some(p) => match p.trim().parse::<f64>() {
+            Ok(v) if v > 0.0 && v <= 100.0 => Ok(Budget::Percent(v)),
+            _ => Err(format!("expected a keep ratio in (0%, 100%] like 25%, got {s:?}")),
+        },
+        None => {
+            s.trim().parse::<usize>().map(Budget::Tokens).map_err(|_| {
+                format!("expected a number of vision tokens (e.g. 64) or a keep ratio (e.g. 25%), got {s:?}")
+            })
+        }
+    }
+}
+
 impl PruneArgs {
     /// The flags as the library's pruning spec.
     pub fn spec(&self, seed: u64) -> anyhow::Result<PruneSpec> {
@@ -191,7 +230,18 @@ impl PruneArgs {
         };
         Ok(PruneSpec {
             method: self.prune.to_possible_value().expect("no skipped values").get_name().to_owned(),
-            budget: self.budget,
+            budget: match self.budget {
+                Budget::Tokens(n) => n,
+                Budget::Percent(_) => PruneSpec::default().budget,
+            },
+            keep_ratio: match self.budget {
+                Budget::Percent(p) => Some(p / 100.0),
+                Budget::Tokens(_) => None,
+            },
+            stage1_ratio: self.stage1_ratio,
+            stage2_ratio: self.stage2_ratio,
+            top_n: self.top_n,
+            as_released: self.as_released,
             stages: match self.stages {
                 StagesArg::Both => Stages::Both,
                 StagesArg::One => Stages::One,

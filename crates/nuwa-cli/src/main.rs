@@ -36,9 +36,12 @@ const FIELD_FLAGS: &[(&str, &str)] = &[
     ("prune", "--prune"),
     ("resume", "--resume"),
     ("shard", "--shard"),
+    ("stage1_ratio", "--stage1-ratio"),
     ("stage2_layer", "--stage2-layer"),
+    ("stage2_ratio", "--stage2-ratio"),
     ("stop", "--stop"),
     ("temperature", "--temperature"),
+    ("top_n", "--top-n"),
     ("top_p", "--top-p"),
     ("vision_layers", "--vision-layers"),
 ];

@@ -240,3 +240,51 @@ fn llava_next_from_the_image_file_and_from_pixel_values_matches_the_reference() 
         }
     }
 }
+
+#[test]
+fn qwen_from_the_image_file_and_from_pixel_values_matches_the_reference() {
+    let dir = fixture("tiny-qwen2.5-vl");
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let (image, pixels) = (dir.join("image.png"), dir.join("golden.safetensors"));
+    let runs: [(&str, &std::path::Path, &str, &[&str]); 6] = [
+        ("--image", &image, "nuwa0.25", &["--budget", "25%"]),
+        ("--image", &image, "nuwa0.5", &[]),
+        ("--image", &image, "nuwa0.75", &["--stage1-ratio", "0.85", "--stage2-ratio", "0.7", "--top-n", "4"]),
+        ("--image", &image, "nuwa0.25_released", &["--budget", "25%", "--as-released"]),
+        ("--pixel-values", &pixels, "unpruned", &["--prune", "none"]),
+        ("--pixel-values", &pixels, "nuwa0.75_released", &["--budget", "75%", "--as-released"]),
+    ];
+    for (input_flag, input, run, extra) in runs {
+        let mut args = vec![
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            input_flag,
+            input.to_str().unwrap(),
+            "--prompt",
+            "Describe this image.",
+            "--max-new-tokens",
+            "8",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = nuwa(&args);
+        assert!(out.status.success(), "{input_flag} {run}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["tokens"], golden["runs"][run]["greedy"], "{input_flag} {run}");
+        assert_eq!(v["vision"]["grids"], serde_json::json!([[9, 14]]), "{run}");
+        if let Some(k2) = golden["runs"][run]["k2"].as_u64() {
+            assert_eq!(v["vision"]["k2"], k2, "{run}");
+        }
+    }
+    let base = ["generate", "--model", dir.to_str().unwrap(), "--image", image.to_str().unwrap(), "--prompt", "Hi"];
+    for (extra, needles) in [
+        (&["--budget", "30%"][..], &["--budget", "30%", "25%, 50%, 75%"][..]),
+        (&["--budget", "64"], &["--budget", "keep ratio"]),
+        (&["--stage1-ratio", "0.3"], &["--stage2-ratio", "--top-n"]),
+    ] {
+        let err = fails(&[&base[..], extra].concat());
+        assert!(needles.iter().all(|n| err.contains(n)), "{extra:?}: {err}");
+    }
+}

@@ -97,11 +97,8 @@ fn vision_tower_matches_block_by_block() {
     let pixels = g("pixel_values");
     let d = max_abs_diff(&m.vision.patch_embed(pixels).unwrap(), g("vision.patch_embed"));
     assert!(d <= 1e-4, "patch embedding max |Δ| {d}");
-    let req = vision::TowerRequest {
-        block_outputs: vec![0, 7, 15, 23, 31],
-        mean_of: Some(7..=23),
-        saliency_block: Some(31),
-    };
+    let req =
+        vision::TowerRequest { block_outputs: vec![0, 7, 15, 23, 31], mean_of: Some(7..=23), saliency_block: Some(31) };
     let out = m.vision.forward(pixels, 18, 28, &req).unwrap();
     for (b, t) in &out.blocks {
         let d = max_abs_diff(t, g(&format!("vision.block_out.{b}")));

@@ -43,6 +43,12 @@ pub enum ImageInput {
         width: u32,
         height: u32,
     },
+    /// Pixel values with their patch grid (t, rows, cols) instead of the image's size (Qwen2.5-VL's
+    /// `image_grid_thw`).
+    GridPixels {
+        pixels: Tensor,
+        grid_thw: [usize; 3],
+    },
     /// A decoded image (e.g. from a request body).
     Decoded(image::RgbImage),
 }
@@ -311,6 +317,10 @@ impl Engine {
             Some(ImageInput::SizedPixels { pixels, width, height }) => {
                 Some(self.encode_image(&self.model.check_pixels(pixels)?, Some((*width, *height)), method)?)
             }
+            Some(ImageInput::GridPixels { pixels, grid_thw }) => {
+                let size = self.model.size_of_grid(*grid_thw)?;
+                Some(self.encode_image(&self.model.check_pixels(pixels)?, Some(size), method)?)
+            }
             Some(ImageInput::Path(path)) => Some(decoded(&preprocess::load_image(path)?)?),
             Some(ImageInput::Decoded(img)) => Some(decoded(img)?),
         };
@@ -545,6 +555,17 @@ pub fn read_pixel_values(path: &Path, device: &Device) -> Result<ImageInput> {
         .get("pixel_values")
         .cloned()
         .ok_or_else(|| Error::config(path, "no tensor named `pixel_values` (expected [3,H,W] or [1,3,H,W])"))?;
+    if let Some(grid) = tensors.get("image_grid_thw") {
+        let bad = || Error::config(path, "`image_grid_thw` must hold one [t, rows, cols] triple of positive integers");
+        let v: Vec<i64> =
+            grid.to_dtype(candle_core::DType::I64).and_then(|t| t.flatten_all()?.to_vec1()).map_err(|_| bad())?;
+        return match v.as_slice() {
+            &[t, h, w] if [t, h, w].iter().all(|&x| x > 0 && x <= 1 << 20) => {
+                Ok(ImageInput::GridPixels { pixels, grid_thw: [t as usize, h as usize, w as usize] })
+            }
+            _ => Err(bad()),
+        };
+    }
     let Some(sizes) = tensors.get("image_sizes") else { return Ok(ImageInput::Pixels(pixels)) };
     let bad = || Error::config(path, "`image_sizes` must hold one [height, width] pair of positive integers");
     let hw: Vec<i64> =

@@ -189,11 +189,12 @@ impl RotaryTable {
             Positions::MRope(p) => [&p[0], &p[1], &p[2]],
         };
         let section = self.mrope_section.unwrap_or([self.inv_freq.len(), 0, 0]);
-        let axis_of: Vec<usize> =
-            (0..self.inv_freq.len()).map(|i| usize::from(i >= section[0]) + usize::from(i >= section[0] + section[1])).collect();
+        let axis_of: Vec<usize> = (0..self.inv_freq.len())
+            .map(|i| usize::from(i >= section[0]) + usize::from(i >= section[0] + section[1]))
+            .collect();
         let t = axes[0].len();
         let mut angles = Vec::with_capacity(t * self.inv_freq.len());
-        for k in 0..t {
+        for (k, _) in axes[0].iter().enumerate() {
             angles.extend(self.inv_freq.iter().zip(&axis_of).map(|(&f, &a)| axes[a][k] as f32 * f));
         }
         let angles = Tensor::from_vec(angles, (t, self.inv_freq.len()), dev)?;
@@ -516,10 +517,9 @@ impl Decoder {
                 rope = None;
             }
             let probe = match dropper.as_ref() {
-                Some(d) if cuts.contains(&(i + 1)) => ProbeRows {
-                    rows: d.attention_rows(i + 1, positions.len()),
-                    per_head: d.attention_per_head(i + 1),
-                },
+                Some(d) if cuts.contains(&(i + 1)) => {
+                    ProbeRows { rows: d.attention_rows(i + 1, positions.len()), per_head: d.attention_per_head(i + 1) }
+                }
                 _ => ProbeRows::default(),
             };
             let kv = cache.layers[i].get_or_insert_with(|| KvCache::new(2, positions.len() + cache.reserve));

@@ -52,6 +52,15 @@ pub trait VisionLanguageModel: Send + Sync {
         vec![geometry.input_rect(); layout.grids.len()]
     }
 
+    /// The image size whose preprocessing gives the patch grid `grid_thw`, for pixel values that come with
+    /// their grid instead of the image's size. Families without such grids refuse.
+    fn size_of_grid(&self, grid_thw: [usize; 3]) -> Result<(u32, u32)> {
+        Err(Error::invalid(
+            "pixel_values",
+            format!("come with `image_grid_thw` {grid_thw:?}, which {} pixel values do not have", self.family()),
+        ))
+    }
+
     /// Checks pixel values supplied directly (already preprocessed) and puts them in the encoder's shape.
     fn check_pixels(&self, pixels: &Tensor) -> Result<Tensor>;
 

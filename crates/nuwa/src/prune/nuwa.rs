@@ -102,16 +102,18 @@ impl Keep {
     pub fn ratios(&self) -> Result<KeepRatios> {
         match *self {
             Keep::Explicit(r) => Ok(r),
-            Keep::Ratio(k) => QWEN_PRESETS.iter().find(|(p, _)| (p - k).abs() < 1e-9).map(|&(_, r)| r).ok_or_else(|| {
-                Error::invalid(
-                    "budget",
-                    format!(
-                        "keep ratio {}% has no published Nüwa setting (25%, 50%, 75%); give the stage-1 ratio, \
+            Keep::Ratio(k) => {
+                QWEN_PRESETS.iter().find(|(p, _)| (p - k).abs() < 1e-9).map(|&(_, r)| r).ok_or_else(|| {
+                    Error::invalid(
+                        "budget",
+                        format!(
+                            "keep ratio {}% has no published Nüwa setting (25%, 50%, 75%); give the stage-1 ratio, \
                          stage-2 ratio and top-n instead",
-                        k * 100.0
-                    ),
-                )
-            }),
+                            k * 100.0
+                        ),
+                    )
+                })
+            }
         }
     }
 
@@ -161,7 +163,10 @@ impl NuwaConfig {
         }
         match self.keep {
             Some(Keep::Ratio(k)) if !(k > 0.0 && k <= 1.0) => {
-                return Err(Error::invalid("budget", format!("a keep ratio must be within (0 %, 100 %], got {}%", k * 100.0)))
+                return Err(Error::invalid(
+                    "budget",
+                    format!("a keep ratio must be within (0 %, 100 %], got {}%", k * 100.0),
+                ))
             }
             Some(Keep::Explicit(r)) => {
                 for (field, v) in [("stage1_ratio", r.stage1), ("stage2_ratio", r.stage2)] {

@@ -79,7 +79,10 @@ impl VisionConfig {
             ));
         }
         if self.hidden_act != "silu" {
-            return Err(format!("field `vision_config.hidden_act`: only \"silu\" is supported, got {:?}", self.hidden_act));
+            return Err(format!(
+                "field `vision_config.hidden_act`: only \"silu\" is supported, got {:?}",
+                self.hidden_act
+            ));
         }
         Ok(())
     }
@@ -155,7 +158,7 @@ impl Config {
                 .into());
         }
         let heads = raw.num_attention_heads;
-        let head_dim = if heads == 0 { 0 } else { raw.hidden_size / heads };
+        let head_dim = raw.hidden_size.checked_div(heads).unwrap_or(0);
         let section = raw.rope_scaling.as_ref().and_then(|r| r.mrope_section.clone()).unwrap_or(vec![16, 24, 24]);
         if let Some(t) = raw.rope_scaling.as_ref().and_then(|r| r.rope_type.as_deref()) {
             if !matches!(t, "mrope" | "default") {
@@ -267,5 +270,18 @@ fn d8_opt() -> Option<usize> {
 macro_rules! consts {
     ($($name:ident = $v:expr),*) => { $(fn $name() -> usize { $v })* };
 }
-consts!(d2 = 2, d3 = 3, d14 = 14, d16 = 16, d32 = 32, d64 = 64, d80 = 80, d112 = 112, d3420 = 3420, d3584 = 3584,
-    d8192 = 8192, d29568 = 29568, d128000 = 128000);
+consts!(
+    d2 = 2,
+    d3 = 3,
+    d14 = 14,
+    d16 = 16,
+    d32 = 32,
+    d64 = 64,
+    d80 = 80,
+    d112 = 112,
+    d3420 = 3420,
+    d3584 = 3584,
+    d8192 = 8192,
+    d29568 = 29568,
+    d128000 = 128000
+);

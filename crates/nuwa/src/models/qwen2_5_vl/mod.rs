@@ -61,7 +61,8 @@ impl Qwen25Vl {
     /// The patch grid (rows, cols) of a `width`×`height` image after smart resizing.
     pub fn patch_grid(&self, width: u32, height: u32) -> Result<(usize, usize)> {
         let p = &self.processor;
-        let (h, w) = processor::smart_resize(height, width, p.patch_size * p.merge_size, p.min_pixels, p.max_pixels)?;
+        let factor = p.patch_size.checked_mul(p.merge_size).ok_or_else(|| Error::invalid("patch_size", "overflows"))?;
+        let (h, w) = processor::smart_resize(height, width, factor, p.min_pixels, p.max_pixels)?;
         Ok(((h / p.patch_size) as usize, (w / p.patch_size) as usize))
     }
 
@@ -88,12 +89,29 @@ impl VisionLanguageModel for Qwen25Vl {
         Ok((pixels, Geometry::original_frame(img.width(), img.height())))
     }
 
+    /// The resized image itself: its sides are multiples of 28 within the pixel limits, so smart resizing
+    /// keeps it (checked).
+    fn size_of_grid(&self, [t, gh, gw]: [usize; 3]) -> Result<(u32, u32)> {
+        let patch = self.processor.patch_size as usize;
+        let size = u32::try_from(gw * patch).ok().zip(u32::try_from(gh * patch).ok());
+        match size {
+            Some((w, h)) if t == 1 && self.patch_grid(w, h).ok() == Some((gh, gw)) => Ok((w, h)),
+            _ => Err(Error::invalid(
+                "pixel_values",
+                format!("come with `image_grid_thw` [{t}, {gh}, {gw}], which no single image preprocesses to here"),
+            )),
+        }
+    }
+
     fn check_pixels(&self, p: &Tensor) -> Result<Tensor> {
         let values = self.config.vision.patch_values();
         if p.rank() != 2 || p.dim(1)? != values || p.dim(0)? == 0 || !p.dim(0)?.is_multiple_of(4) {
             return Err(Error::invalid(
                 "pixel_values",
-                format!("has shape {:?}; this model expects [patches, {values}] with patches a multiple of 4", p.dims()),
+                format!(
+                    "has shape {:?}; this model expects [patches, {values}] with patches a multiple of 4",
+                    p.dims()
+                ),
             ));
         }
         let p = p.to_dtype(DType::F32)?;
@@ -108,7 +126,10 @@ impl VisionLanguageModel for Qwen25Vl {
     /// applied to the mean of blocks 7…23, put in raster order.
     fn encode(&self, pixels: &Tensor, image_size: Option<(u32, u32)>, needs: Needs) -> Result<VisionEvidence> {
         let (width, height) = image_size.ok_or_else(|| {
-            Error::invalid("pixel_values", "alone do not say the image's size, which Qwen2.5-VL's grid needs (`image_grid_thw`)")
+            Error::invalid(
+                "pixel_values",
+                "alone do not say the image's size, which Qwen2.5-VL's grid needs (`image_grid_thw`)",
+            )
         })?;
         let (gh, gw) = self.patch_grid(width, height)?;
         if pixels.dim(0)? != gh * gw {
@@ -135,7 +156,10 @@ impl VisionLanguageModel for Qwen25Vl {
         }
         let t1 = Instant::now();
         let similarity = match &out.mean {
-            Some(mean) => Some(vision::to_raster(&self.vision.merger.forward(&mean.to_dtype(self.llm.dtype())?)?, &out.window_index)?),
+            Some(mean) => Some(vision::to_raster(
+                &self.vision.merger.forward(&mean.to_dtype(self.llm.dtype())?)?,
+                &out.window_index,
+            )?),
             None => None,
         };
         let similarity_ms = t1.elapsed().as_secs_f64() * 1e3;

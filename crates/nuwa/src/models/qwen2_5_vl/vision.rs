@@ -188,12 +188,17 @@ impl VisionTower {
     }
 
     /// (cos, sin), (N_p, head_dim/2), of the 2-D RoPE for patch rows in processor order.
-    fn rope(&self, grid_h: usize, grid_w: usize, dtype: DType, dev: &candle_core::Device) -> candle_core::Result<(Tensor, Tensor)> {
+    fn rope(
+        &self,
+        grid_h: usize,
+        grid_w: usize,
+        dtype: DType,
+        dev: &candle_core::Device,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         let m = self.cfg.spatial_merge_size;
         let quarter = self.cfg.head_dim() / 4;
-        let freqs: Vec<f32> = (0..quarter)
-            .map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / (2 * quarter) as f32))
-            .collect();
+        let freqs: Vec<f32> =
+            (0..quarter).map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / (2 * quarter) as f32)).collect();
         let mut angles = Vec::with_capacity(grid_h * grid_w * 2 * quarter);
         for by in 0..grid_h / m {
             for bx in 0..grid_w / m {
@@ -211,14 +216,21 @@ impl VisionTower {
     }
 
     /// The tower over `pixels` (N_p, values) of a `grid_h`×`grid_w` patch grid.
-    pub fn forward(&self, pixels: &Tensor, grid_h: usize, grid_w: usize, req: &TowerRequest) -> crate::Result<TowerOutput> {
+    pub fn forward(
+        &self,
+        pixels: &Tensor,
+        grid_h: usize,
+        grid_w: usize,
+        req: &TowerRequest,
+    ) -> crate::Result<TowerOutput> {
         let m = self.cfg.spatial_merge_size;
         let group = m * m;
         let (hm, wm) = (grid_h / m, grid_w / m);
         let (window_index, bounds) = window_index(hm, wm, self.cfg.window_side(), m);
         let dev = pixels.device();
         // Patch row p of merged token t lands at 4·k + (p mod 4), k = t's place in window order.
-        let rows: Vec<u32> = window_index.iter().flat_map(|&t| (0..group).map(move |j| (t * group + j) as u32)).collect();
+        let rows: Vec<u32> =
+            window_index.iter().flat_map(|&t| (0..group).map(move |j| (t * group + j) as u32)).collect();
         let rows = Tensor::new(rows.as_slice(), dev)?;
         let mut x = self.patch_embed(pixels)?.index_select(&rows, 0)?;
         let (cos, sin) = self.rope(grid_h, grid_w, x.dtype(), dev)?;
