@@ -238,3 +238,55 @@ fn keep_ratios_without_a_preset_and_token_budgets_are_refused_by_name() {
     let slots: Vec<usize> = pre.encoded.as_ref().unwrap().sources.iter().map(|s| s[0]).collect();
     assert_eq!(slots, usizes("nuwa0.25.anchors"));
 }
+
+#[test]
+fn baselines_run_on_the_merged_grid_or_say_they_are_not_defined() {
+    let e = engine();
+    for (name, budget) in [
+        ("fastv", 32),
+        ("dart", 32),
+        ("random", 32),
+        ("divprune", 32),
+        ("pool", 32),
+        ("pdrop", 64),
+        ("sparsevlm", 64),
+        ("visionzip", 64),
+        ("vispruner", 64),
+    ] {
+        let method = Method::from_name(name, budget, 0).unwrap();
+        let mut req = request(golden_pixels(), method);
+        req.max_new_tokens = 2;
+        match e.generate(&req, &mut |_| {}) {
+            Err(err) => {
+                assert!(matches!(name, "visionzip" | "vispruner"), "{name}: {err}");
+                assert!(err.to_string().contains("qwen2.5-vl"), "{name}: {err}");
+            }
+            Ok(gen) => {
+                assert!(!matches!(name, "visionzip" | "vispruner"), "{name} should refuse: it needs a [CLS] token");
+                assert_eq!(gen.tokens.len(), 2, "{name}");
+                let v = gen.vision.unwrap();
+                assert!(v.avg_vision_tokens < 126.0, "{name} pruned nothing");
+            }
+        }
+    }
+    // Position policies on 3-D positions: contiguous renumbers the kept tokens as text; stretched spreads
+    // them over the image's slots and keeps each slot's (t, h, w).
+    for (policy, name) in
+        [(nuwa::prune::PositionPolicy::Contiguous, "contiguous"), (nuwa::prune::PositionPolicy::Stretched, "stretched")]
+    {
+        let mut req = request(golden_pixels(), Method::from_name("random", 32, 0).unwrap());
+        req.positions = Some(policy);
+        let pre = e.prefill(&req).unwrap();
+        let nuwa::layout::Positions::MRope(axes) = &pre.positions else { panic!("3-D positions") };
+        let vision = 15..15 + 32;
+        let (t, h, w) = (&axes[0][vision.clone()], &axes[1][vision.clone()], &axes[2][vision]);
+        if policy == nuwa::prune::PositionPolicy::Contiguous {
+            assert!(t == h && h == w && t.windows(2).all(|p| p[1] == p[0] + 1), "{name}: running text ids");
+        } else {
+            assert!(t.iter().all(|&v| v == 15), "{name}: one temporal step");
+            assert!(h.windows(2).all(|p| p[1] >= p[0]) && h.iter().all(|&v| (15..24).contains(&v)), "{name}: rows");
+            assert!(w.iter().all(|&v| (15..29).contains(&v)), "{name}: columns");
+        }
+        assert_eq!(pre.next_position, *axes[0].last().unwrap() + 1, "{name}");
+    }
+}

@@ -75,6 +75,9 @@ impl VisionReducer for VisPruner {
     fn reduce(&self, ev: &VisionEvidence, _embedded: &dyn Fn() -> crate::Result<Tensor>) -> crate::Result<Reduction> {
         // Defined on one view's patch grid; its per-view LLaVA-NeXT path is not implemented here.
         ev.layout.raster_grid()?;
+        // "Important" means attended by the [CLS] token: a tower without one (Qwen2.5-VL's) has no such
+        // saliency, only attention column sums, which are not what VisPruner ranks by.
+        ev.summary()?;
         let attn = ev.saliency()?.mean();
         let rows = ev.features.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         Reduction::gather(ev, select(&attn, &rows, self.budget, 0.5).0)
