@@ -37,7 +37,8 @@ pub enum ScoreCommand {
     /// Referring-expression grounding (RefCOCO style): IoU, Acc@0.1…0.9, centre accuracy.
     Rec {
         /// JSONL file, one object per line with `response` (the model's text) and `bbox`
-        /// ([x1, y1, x2, y2] normalised to the image).
+        /// ([x1, y1, x2, y2] normalised to the image); optionally `pixel_frame` [width, height] when the
+        /// answer is in pixels of a resized image (Qwen2.5-VL: its smart-resized size), which normalises it.
         #[arg(long)]
         predictions: PathBuf,
         /// Print one JSON object instead of a table.

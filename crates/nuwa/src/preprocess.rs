@@ -195,6 +195,9 @@ pub enum Frame {
     PaddedSquare,
     /// The original image itself (LLaVA-NeXT); the padding fields are zero.
     Original,
+    /// The image resized to `width`×`height` without padding, boxes answered in its pixels (Qwen2.5-VL's
+    /// smart resize); the padding fields are zero.
+    ResizedPixels { width: u32, height: u32 },
 }
 
 /// Where the original image sits inside the frame the model answers in (LLaVA-1.5's padded square, or
@@ -231,8 +234,25 @@ impl Geometry {
     fn frame_size(&self) -> (f64, f64) {
         match self.frame {
             Frame::PaddedSquare => (self.side.max(1) as f64, self.side.max(1) as f64),
-            Frame::Original => (self.w(), self.h()),
+            Frame::Original | Frame::ResizedPixels { .. } => (self.w(), self.h()),
         }
+    }
+
+    /// A box as the model answers it → normalised to its frame: pixels of a resized frame divided by its
+    /// size, other frames' boxes as they are (already normalised). Unclamped, as the harnesses score it.
+    pub fn answer_normalized(&self, b: [f64; 4]) -> [f64; 4] {
+        match self.frame {
+            Frame::ResizedPixels { width, height } => {
+                let (w, h) = (f64::from(width.max(1)), f64::from(height.max(1)));
+                [b[0] / w, b[1] / h, b[2] / w, b[3] / h]
+            }
+            Frame::PaddedSquare | Frame::Original => b,
+        }
+    }
+
+    /// A box as the model answers it → normalised to the original image, clamped to [0, 1].
+    pub fn answer_to_original(&self, b: [f64; 4]) -> [f64; 4] {
+        self.square_to_original(self.answer_normalized(b))
     }
 
     /// Box normalised to the model's frame (the padded square) → box normalised to the original,

@@ -290,3 +290,51 @@ fn baselines_run_on_the_merged_grid_or_say_they_are_not_defined() {
         assert_eq!(pre.next_position, *axes[0].last().unwrap() + 1, "{name}");
     }
 }
+
+#[test]
+fn grounding_answers_in_the_resized_frame_map_onto_the_original_image() {
+    use nuwa::eval::data::{Sample, Truth};
+    use nuwa::eval::{score, Prediction, RecBoxes};
+    assert_eq!(
+        engine().grounding_prompt("The red car on the left"),
+        "Locate red car on the left in this image and output the bbox coordinates in JSON format."
+    );
+    assert_eq!(
+        nuwa::ground::qwen_prompt("an apple"),
+        "Locate apple in this image and output the bbox coordinates in JSON format."
+    );
+    // Landscape (the fixture, 406×260 → 392×252) and portrait (260×406 → 252×392).
+    for (w, h, answer, want) in [
+        (
+            406u32,
+            260u32,
+            r#"```json
+[{"bbox_2d": [98, 63, 196, 126], "label": "red car"}]
+```"#,
+            [101.5, 65.0, 203.0, 130.0],
+        ),
+        (260, 406, "[63, 98, 126, 196]", [65.0, 101.5, 130.0, 203.0]),
+    ] {
+        let img = image::RgbImage::new(w, h);
+        let (_, geometry) = engine().pixels(&img).unwrap();
+        let found = nuwa::ground::ground_box(answer, &geometry).expect("the answer holds a box");
+        for (got, want) in found.original_pixels.iter().zip(want) {
+            assert!((got - want).abs() < 1e-9, "{w}×{h}: {:?} vs {want:?}", found.original_pixels);
+        }
+        // Eval scores that box against the COCO ground truth of the same region: IoU 1 in the original
+        // frame, and the same in the harness frame (the resize has no padding).
+        let truth =
+            Truth::Rec { expression: "red car".into(), bbox: [want[0], want[1], want[2] - want[0], want[3] - want[1]] };
+        let sample = Sample { sub: 0, id: "0".into(), prompt: String::new(), truth: truth.clone() };
+        for frame in [RecBoxes::Original, RecBoxes::Padded] {
+            let mut p = Prediction::new(&sample, 1, "none", answer);
+            score(&mut p, &truth, &geometry, frame);
+            assert!((p.iou.unwrap() - 1.0).abs() < 1e-9, "{w}×{h} {frame:?}: IoU {:?}", p.iou);
+        }
+        // `nuwa score rec` with the answer's pixel frame gives the same.
+        let gt = [want[0] / w as f64, want[1] / h as f64, want[2] / w as f64, want[3] / h as f64];
+        let resized = nuwa::models::qwen2_5_vl::processor::smart_resize(h, w, 28, 3136, 12845056).unwrap();
+        let row = nuwa::score::rec::score_row_in(answer, gt, Some((resized.1 as f64, resized.0 as f64)));
+        assert!((row.iou - 1.0).abs() < 1e-9, "{w}×{h}: score rec IoU {}", row.iou);
+    }
+}

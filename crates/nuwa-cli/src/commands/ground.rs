@@ -49,7 +49,7 @@ pub fn run(args: GroundArgs) -> Result<()> {
     let method = args.prune.method(args.seed)?;
     let engine = load_engine(&args.model)?;
     let req = GenerateRequest {
-        prompt: nuwa::ground::prompt(&args.expression),
+        prompt: engine.grounding_prompt(&args.expression),
         image: Some(ImageInput::Path(args.image.clone())),
         method,
         positions: args.prune.positions(),

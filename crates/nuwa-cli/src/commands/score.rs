@@ -24,7 +24,19 @@ pub fn rec(path: &Path, as_json: bool) -> Result<()> {
             "{}: field `bbox` {bbox:?} must be finite with x2 > x1 and y2 > y1 (a box with area)",
             at()
         );
-        rows.push(rec::score_row(response, bbox));
+        let frame = match v.get("pixel_frame") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(f) => {
+                let [w, h]: [f64; 2] = serde_json::from_value(f.clone())
+                    .ok()
+                    .filter(|[w, h]: &[f64; 2]| w.is_finite() && h.is_finite() && *w >= 1.0 && *h >= 1.0)
+                    .with_context(|| {
+                        format!("{}: field `pixel_frame` must be [width, height] in pixels (at least 1 each)", at())
+                    })?;
+                Some((w, h))
+            }
+        };
+        rows.push(rec::score_row_in(response, bbox, frame));
     }
     anyhow::ensure!(!rows.is_empty(), "{}: no predictions to score (the file has no rows)", path.display());
     let summary = rec::summarize(&rows);

@@ -218,6 +218,11 @@ impl Engine {
         self.model.decoder()
     }
 
+    /// The grounding question the model's family asks for `expression`.
+    pub fn grounding_prompt(&self, expression: &str) -> String {
+        self.model.grounding_prompt(expression)
+    }
+
     /// Token ids that end a generation.
     pub fn eos_token_ids(&self) -> &[u32] {
         &self.eos_token_ids

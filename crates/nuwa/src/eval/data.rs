@@ -94,6 +94,16 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// Rewrites every REC sample's question as `ask` phrases it for its expression (the model family's
+    /// grounding prompt; the harness's LLaVA question otherwise).
+    pub fn ask_rec_as(&mut self, ask: impl Fn(&str) -> String) {
+        for s in self.rows.iter_mut().filter_map(|r| r.samples.as_mut().ok()).flatten() {
+            if let Truth::Rec { expression, .. } = &s.truth {
+                s.prompt = ask(expression);
+            }
+        }
+    }
+
     /// Reads every file (a folder stands for its `*.jsonl` and `*.parquet` files, sorted by name).
     /// Unreadable files and Parquet files without the columns `task` needs are errors; problems with
     /// single rows are recorded in those rows.

@@ -122,9 +122,9 @@ impl Task {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RecBoxes {
-    /// The parsed box as it is (normalised to the padded square the model saw) against the ground truth
-    /// normalised to the original image — what lmms-eval's `refcoco_bbox_rec` does, so numbers match
-    /// published ones.
+    /// The parsed box as it is (normalised to the padded square the model saw; a pixel answer divided by
+    /// its frame's size) against the ground truth normalised to the original image — what lmms-eval's
+    /// `refcoco_bbox_rec` does, so numbers match published ones.
     #[default]
     Padded,
     /// The parsed box mapped from the padded square onto the original image (and clamped) first: the
@@ -501,7 +501,8 @@ pub fn run(
         seed: opts.seed,
     };
     // Read the data first: a bad file or flag leaves the output folder untouched.
-    let data = Dataset::open(&opts.data, opts.task)?;
+    let mut data = Dataset::open(&opts.data, opts.task)?;
+    data.ask_rec_as(|expression| engine.grounding_prompt(expression));
     let out = &opts.out;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, format!("cannot create the output folder: {e}")))?;
     let _lock = FolderLock::take(out)?;
@@ -824,8 +825,8 @@ pub fn score(p: &mut Prediction, truth: &Truth, geometry: &Geometry, frame: RecB
             let gt = rec::gt_box_from_coco(*bbox, f64::from(geometry.width), f64::from(geometry.height));
             let parsed = rec::parse_box(&p.response);
             let scored = match frame {
-                RecBoxes::Padded => parsed,
-                RecBoxes::Original => parsed.map(|b| geometry.square_to_original(b)),
+                RecBoxes::Padded => parsed.map(|b| geometry.answer_normalized(b)),
+                RecBoxes::Original => parsed.map(|b| geometry.answer_to_original(b)),
             }
             .unwrap_or([0.0; 4]);
             let iou = rec::iou(gt, scored);

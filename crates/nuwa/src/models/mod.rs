@@ -61,6 +61,11 @@ pub trait VisionLanguageModel: Send + Sync {
         ))
     }
 
+    /// The grounding question for a referring expression, as the family's evaluation asks it.
+    fn grounding_prompt(&self, expression: &str) -> String {
+        crate::ground::prompt(expression)
+    }
+
     /// Checks pixel values supplied directly (already preprocessed) and puts them in the encoder's shape.
     fn check_pixels(&self, pixels: &Tensor) -> Result<Tensor>;
 

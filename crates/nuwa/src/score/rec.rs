@@ -162,8 +162,18 @@ pub struct RecRowScore {
 
 /// Scores `response` against the normalised ground-truth box `gt`.
 pub fn score_row(response: &str, gt: [f64; 4]) -> RecRowScore {
+    score_row_in(response, gt, None)
+}
+
+/// [`score_row`] for answers in pixels of a `pixel_frame` (width, height) image — Qwen2.5-VL answers in its
+/// smart-resized frame — divided by its size first; `None`: answers already normalised.
+pub fn score_row_in(response: &str, gt: [f64; 4], pixel_frame: Option<(f64, f64)>) -> RecRowScore {
     let parsed = parse_box(response);
-    let pred = parsed.unwrap_or(FALLBACK_BOX);
+    let scale = |b: [f64; 4]| match pixel_frame {
+        Some((w, h)) => [b[0] / w, b[1] / h, b[2] / w, b[3] / h],
+        None => b,
+    };
+    let pred = parsed.map(scale).unwrap_or(FALLBACK_BOX);
     let iou = iou(gt, pred);
     RecRowScore { parsed, iou, acc: THRESHOLDS.map(|t| iou >= t), center: center_hit(gt, pred) }
 }

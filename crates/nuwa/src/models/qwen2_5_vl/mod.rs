@@ -14,7 +14,7 @@ pub use processor::PreprocessConfig;
 use super::{decoder, Family, LoadOptions, VisionLanguageModel};
 use crate::checkpoint::Checkpoint;
 use crate::layout::{Needs, Positions, Saliency, SequenceLayout, Slot, VisionEvidence, VisualLayout};
-use crate::preprocess::Geometry;
+use crate::preprocess::{Frame, Geometry};
 use crate::prompt::{Conversation, Part, PromptTokens, Role, TextTokenizer};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
@@ -86,7 +86,8 @@ impl VisionLanguageModel for Qwen25Vl {
         let out = processor::preprocess(img, &self.processor)?;
         let rows = out.grid_thw.iter().product::<usize>();
         let pixels = Tensor::from_vec(out.pixels, (rows, self.config.vision.patch_values()), device)?;
-        Ok((pixels, Geometry::original_frame(img.width(), img.height())))
+        let frame = Frame::ResizedPixels { width: out.resized_hw.1, height: out.resized_hw.0 };
+        Ok((pixels, Geometry { frame, ..Geometry::original_frame(img.width(), img.height()) }))
     }
 
     /// The resized image itself: its sides are multiples of 28 within the pixel limits, so smart resizing
@@ -101,6 +102,10 @@ impl VisionLanguageModel for Qwen25Vl {
                 format!("come with `image_grid_thw` [{t}, {gh}, {gw}], which no single image preprocesses to here"),
             )),
         }
+    }
+
+    fn grounding_prompt(&self, expression: &str) -> String {
+        crate::ground::qwen_prompt(expression)
     }
 
     fn check_pixels(&self, p: &Tensor) -> Result<Tensor> {
