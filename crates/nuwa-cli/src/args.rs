@@ -59,6 +59,10 @@ pub struct ModelArgs {
     /// Where to run: cpu, or cuda (needs a build with `--features cuda`).
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
+    /// Qwen2.5-VL: resize images to at most this many pixels (fewer vision tokens; one per 28×28 pixels)
+    /// [default: preprocessor_config.json's max_pixels]. The released grounding scripts use 1003520.
+    #[arg(long)]
+    pub max_pixels: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -26,6 +26,7 @@ const FIELD_FLAGS: &[(&str, &str)] = &[
     ("keep", "--keep-file"),
     ("llm_layers", "--llm-layers"),
     ("max_new_tokens", "--max-new-tokens"),
+    ("max_pixels", "--max-pixels"),
     ("method", "--prune"),
     ("on_error", "--on-error"),
     ("out", "--out"),

@@ -277,6 +277,12 @@ fn qwen_from_the_image_file_and_from_pixel_values_matches_the_reference() {
         if let Some(k2) = golden["runs"][run]["k2"].as_u64() {
             assert_eq!(v["vision"]["k2"], k2, "{run}");
         }
+        // A preset reports its keep ratio (the default one too) and no token budget.
+        if let Some(r) = run.strip_prefix("nuwa").filter(|_| !extra.contains(&"--top-n")) {
+            let r: f64 = r.trim_end_matches("_released").parse().unwrap();
+            assert_eq!(v["vision"]["keep_ratio"], r, "{run}");
+            assert!(v["vision"]["budget"].is_null(), "{run}: {}", v["vision"]["budget"]);
+        }
     }
     let base = ["generate", "--model", dir.to_str().unwrap(), "--image", image.to_str().unwrap(), "--prompt", "Hi"];
     for (extra, needles) in [

@@ -286,7 +286,11 @@ pub fn summary(r: &VisionReport) -> String {
         return format!("no pruning: {} tokens", r.k1);
     }
     let name = if r.method == "nuwa" { "Nüwa" } else { r.method };
-    let budget = r.budget.map_or_else(String::new, |b| format!(", budget {b}"));
+    let budget = match (r.keep_ratio, r.budget) {
+        (Some(k), _) => format!(", keep {}%", k * 100.0),
+        (None, Some(b)) => format!(", budget {b}"),
+        (None, None) => String::new(),
+    };
     let tokens = match r.k2 {
         Some(k2) => format!("{} → {k2}", r.k1),
         None => r.k1.to_string(),

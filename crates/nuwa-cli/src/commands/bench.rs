@@ -171,6 +171,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 device: dev.clone(),
                 llm_layers: args.llm_layers,
                 vision_layers: args.vision_layers,
+                max_pixels: None,
             };
             Engine::load(dir, &opts)?
         }

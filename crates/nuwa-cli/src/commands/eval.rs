@@ -14,9 +14,12 @@ use std::path::PathBuf;
 pub struct EvalArgs {
     #[command(subcommand)]
     pub command: Option<EvalCommand>,
-    /// A llava-hf checkpoint directory (or a hub id with the `hub` feature).
+    /// A hub checkpoint directory (LLaVA-1.5, LLaVA-NeXT or Qwen2.5-VL; or a hub id with the `hub` feature).
     #[arg(long, value_name = "DIR")]
     pub model: Option<String>,
+    /// Qwen2.5-VL: resize images to at most this many pixels [default: preprocessor_config.json's].
+    #[arg(long)]
+    pub max_pixels: Option<u64>,
     /// Weight and activation dtype.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
@@ -152,7 +155,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
             OnErrorArg::Fail => OnError::Fail,
         },
     };
-    let engine = super::load_engine(&ModelArgs { model, dtype: args.dtype, device: args.device })?;
+    let engine =
+        super::load_engine(&ModelArgs { model, dtype: args.dtype, device: args.device, max_pixels: args.max_pixels })?;
 
     let bar = ProgressBar::hidden();
     let mut on_event = |e: Event<'_>| {

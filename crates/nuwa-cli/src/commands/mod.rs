@@ -49,7 +49,12 @@ pub fn warn_capped_budget(out: &nuwa::Generation) {
 }
 
 pub fn load_engine(args: &ModelArgs) -> Result<Engine> {
-    let opts = LoadOptions { dtype: dtype(args.dtype), device: device(args.device)?, ..LoadOptions::default() };
+    let opts = LoadOptions {
+        dtype: dtype(args.dtype),
+        device: device(args.device)?,
+        max_pixels: args.max_pixels,
+        ..LoadOptions::default()
+    };
     let dir = nuwa::checkpoint::resolve(&args.model)?;
     Ok(Engine::load(&dir, &opts)?)
 }

@@ -117,6 +117,9 @@ pub struct VisionReport {
     /// The budget asked for, when it was above the image's vision tokens (and so capped).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget_requested: Option<usize>,
+    /// The keep ratio that ran, for a method set by one (a percentage `--budget`; Nüwa on Qwen2.5-VL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_ratio: Option<f64>,
     pub positions: PositionPolicy,
     pub k1: usize,
     pub k2: Option<usize>,
@@ -521,6 +524,8 @@ impl Engine {
             per_layer[c.layer..].fill(c.kept.len());
         }
         let survivors = cuts.last().map_or_else(|| e.sources.clone(), |c| c.kept.clone());
+        let keep_ratio = method.keep_ratio(self.model.family());
+        let budget = method.budget().filter(|_| keep_ratio.is_none());
         let (rows, cols) = e.grid();
         let newline = |s: &usize| matches!(e.layout.slots[*s], Slot::Newline { .. });
         let kept_per_grid = (0..e.layout.grids.len())
@@ -535,8 +540,9 @@ impl Engine {
             newlines: e.sources.iter().flatten().filter(|s| newline(s)).count(),
             newlines_surviving: survivors.iter().flatten().filter(|s| newline(s)).count(),
             method: method.name(),
-            budget: method.budget().map(|b| b.min(e.layout.len())),
-            budget_requested: method.budget().filter(|&b| b > e.layout.len()),
+            budget: budget.map(|b| b.min(e.layout.len())),
+            budget_requested: budget.filter(|&b| b > e.layout.len()),
+            keep_ratio,
             positions,
             k1: e.sources.len(),
             k2: cuts.last().map(|c| c.kept.len()),

@@ -25,11 +25,14 @@ pub struct LoadOptions {
     pub llm_layers: Option<usize>,
     /// Keep only this many vision-encoder layers.
     pub vision_layers: Option<usize>,
+    /// Qwen2.5-VL: the most pixels an image is resized to (lowers `preprocessor_config.json`'s
+    /// `max_pixels`, so fewer vision tokens); families with a fixed input size refuse it.
+    pub max_pixels: Option<u64>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: DType::F32, device: Device::Cpu, llm_layers: None, vision_layers: None }
+        Self { dtype: DType::F32, device: Device::Cpu, llm_layers: None, vision_layers: None, max_pixels: None }
     }
 }
 

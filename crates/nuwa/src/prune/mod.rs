@@ -29,6 +29,11 @@ use candle_core::Tensor;
 pub trait Pruner {
     /// The budget the method was asked for.
     fn budget(&self) -> Option<usize>;
+    /// The keep ratio it runs with on a model of `family`, for methods set by one there (then the token
+    /// budget does not apply).
+    fn keep_ratio(&self, _family: &str) -> Option<f64> {
+        None
+    }
     /// Rejects values no model could run with (layer bounds are checked against the model later).
     fn validate(&self) -> Result<()> {
         match self.budget() {
@@ -169,6 +174,10 @@ impl Method {
 
     pub fn budget(&self) -> Option<usize> {
         self.pruner().budget()
+    }
+
+    pub fn keep_ratio(&self, family: &str) -> Option<f64> {
+        self.pruner().keep_ratio(family)
     }
 
     pub fn validate(&self) -> Result<()> {

@@ -623,6 +623,16 @@ impl Pruner for NuwaConfig {
         self.keep.is_none().then_some(self.budget)
     }
 
+    fn keep_ratio(&self, family: &str) -> Option<f64> {
+        match self.keep {
+            Some(Keep::Ratio(r)) => Some(r),
+            Some(Keep::Explicit(_)) => None,
+            // The merged-grid family's default preset.
+            None if family == MERGED_GRID_FAMILY && self.budget == NuwaConfig::default().budget => Some(0.5),
+            None => None,
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         NuwaConfig::validate(self)
     }

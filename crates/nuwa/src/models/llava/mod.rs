@@ -73,6 +73,12 @@ impl Llava {
 
     /// Loads the networks of a checkpoint whose configuration a family has already read (and adjusted).
     pub fn load_with(ckpt: &Checkpoint, mut config: Config, opts: &LoadOptions) -> Result<Self> {
+        if opts.max_pixels.is_some() {
+            return Err(Error::invalid(
+                "max_pixels",
+                "applies to models that resize images freely (Qwen2.5-VL); LLaVA's views are fixed 336-pixel squares",
+            ));
+        }
         config.trim(opts.llm_layers, opts.vision_layers)?;
         let prefixes = WeightPrefixes::detect(ckpt.tensor_names.iter().map(String::as_str))
             .map_err(|m| Error::checkpoint(&ckpt.dir, m))?;

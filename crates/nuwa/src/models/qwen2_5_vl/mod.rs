@@ -47,6 +47,10 @@ impl Qwen25Vl {
             Some(p) => PreprocessConfig::from_file(p)?,
             None => PreprocessConfig::default(),
         };
+        let processor = match opts.max_pixels {
+            Some(max) => processor.with_max_pixels(max)?,
+            None => processor,
+        };
         let vb = ckpt.var_builder(opts.dtype, &opts.device)?;
         let build = || -> candle_core::Result<(vision::VisionTower, decoder::Decoder)> {
             Ok((
