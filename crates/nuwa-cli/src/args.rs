@@ -63,6 +63,28 @@ pub struct ModelArgs {
     /// [default: preprocessor_config.json's max_pixels]. The released grounding scripts use 1003520.
     #[arg(long)]
     pub max_pixels: Option<u64>,
+    /// Quantise the decoder's linears and LM head (and LLaVA's projector) at load, one layer at a time:
+    /// q8_0 (8.5 bits a weight) or q4_k (4.5), llama.cpp's formats; a layer whose input width does not
+    /// fill q4_k's 256-blocks takes q8_0, one that does not fill 32-blocks stays dense.
+    #[arg(long, value_enum)]
+    pub quantize: Option<QuantizeArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum QuantizeArg {
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_k")]
+    Q4K,
+}
+
+impl QuantizeArg {
+    pub fn format(self) -> nuwa::models::linear::Quantize {
+        match self {
+            QuantizeArg::Q8_0 => nuwa::models::linear::Quantize::Q8_0,
+            QuantizeArg::Q4K => nuwa::models::linear::Quantize::Q4K,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -207,7 +229,7 @@ pub enum Budget {
     Percent(f64),
 }
 
-fn parse_budget(s: &str) -> Result<Budget, String> {
+pub fn parse_budget(s: &str) -> Result<Budget, String> {
     match s.trim().strip_suffix('%') {
         Some(p) => match p.trim().parse::<f64>() {
             Ok(v) if v > 0.0 && v <= 100.0 => Ok(Budget::Percent(v)),

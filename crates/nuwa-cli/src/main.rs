@@ -23,6 +23,7 @@ const FIELD_FLAGS: &[(&str, &str)] = &[
     ("data", "--data"),
     ("distance", "--distance"),
     ("dtype", "--dtype"),
+    ("image_size", "--image-size"),
     ("keep", "--keep-file"),
     ("llm_layers", "--llm-layers"),
     ("max_new_tokens", "--max-new-tokens"),

@@ -156,3 +156,133 @@ fn every_budgeted_method_can_be_measured() {
     let err = fails(&["bench", "--preset", "tiny", "--flops-only", "--prune", "pdrop", "--budgets", "100"]);
     assert!(err.contains("100") || err.contains("pdrop") || err.contains("budget"), "{err}");
 }
+
+/// (K1, K2) of Nüwa's keep ratio on an `h`×`w` merged grid, by the spec's rules (grid padded to even sides).
+fn keep_counts(ratio: f64, (h, w): (usize, usize)) -> (u64, Option<u64>) {
+    use nuwa::prune::nuwa::Keep;
+    let r = Keep::Ratio(ratio).ratios().unwrap();
+    let k1 = Keep::k1(&r, h * w, h.div_ceil(2) * w.div_ceil(2));
+    (k1 as u64, Keep::k2(&r, k1).map(|k| k as u64))
+}
+
+fn per_layer(r: &serde_json::Value) -> Vec<u64> {
+    r["vision_tokens_per_layer"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect()
+}
+
+const KEEP_RATIOS: [(&str, f64); 3] = [("nuwa-25%", 0.25), ("nuwa-50%", 0.5), ("nuwa-75%", 0.75)];
+
+#[test]
+fn qwen_preset_schedules_the_keep_ratios_of_its_image() {
+    // Defaults: a 1000×750 image (27×36 merged tokens) and the 25/50/75 % keep ratios.
+    let v = json_of(&["bench", "--preset", "qwen2.5-vl-7b", "--flops-only", "--json"]);
+    let m = &v["model"];
+    assert_eq!((m["family"].as_str(), m["image_tokens"].as_u64()), (Some("qwen2.5-vl"), Some(972)));
+    assert_eq!((m["grid"].to_string(), m["image_size"].to_string()), ("[27,36]".into(), "[1008,756]".into()));
+    assert_eq!(
+        (m["llm_layers"].as_u64(), m["kv_heads"].as_u64(), m["parameters"].as_u64()),
+        (Some(28), Some(4), Some(8_292_166_656))
+    );
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(
+        results.iter().map(|r| r["label"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["none", "nuwa-25%", "nuwa-50%", "nuwa-75%"]
+    );
+    assert_eq!(per_layer(&results[0]), vec![972; 28]);
+    for (r, (label, ratio)) in results[1..].iter().zip(KEEP_RATIOS) {
+        let (k1, k2) = keep_counts(ratio, (27, 36));
+        assert_eq!((r["keep_ratio"].as_f64(), r["budget"].as_u64()), (Some(ratio), None), "{label}");
+        assert_eq!(
+            (r["k1"].as_u64(), r["k2"].as_u64(), r["stage2_layer"].as_u64()),
+            (Some(k1), k2, Some(15)),
+            "{label}"
+        );
+        assert_eq!(per_layer(r), [vec![k1; 15], vec![k2.unwrap(); 13]].concat(), "{label}");
+        let ratio = r["flops"]["vision_only_ratio"].as_f64().unwrap();
+        assert!(ratio > 0.0 && ratio < 1.0, "{label}: {ratio}");
+    }
+
+    // Another image size changes N; a shorter decoder moves the cut to one layer after its middle.
+    let v = json_of(&[
+        "bench",
+        "--preset",
+        "qwen2.5-vl-7b",
+        "--image-size",
+        "448x448",
+        "--llm-layers",
+        "4",
+        "--budgets",
+        "50%",
+        "--flops-only",
+        "--json",
+    ]);
+    assert_eq!(v["model"]["image_tokens"].as_u64(), Some(256));
+    let (k1, k2) = keep_counts(0.5, (16, 16));
+    assert_eq!(per_layer(&v["results"][1]), [k1, k1, k1, k2.unwrap()]);
+}
+
+#[test]
+fn qwen_checkpoint_measures_keep_ratios_against_unpruned_in_one_run() {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-qwen2.5-vl");
+    let v = json_of(&[
+        "bench",
+        "--model",
+        fixture,
+        "--llm-layers",
+        "2",
+        "--vision-layers",
+        "2",
+        "--image-size",
+        "224x224",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--decode-tokens",
+        "1",
+        "--prune",
+        "none,nuwa",
+        "--budgets",
+        "25%,50%,75%",
+        "--json",
+    ]);
+    assert_eq!((v["model"]["image_tokens"].as_u64(), v["model"]["kv_heads"].as_u64()), (Some(64), Some(2)));
+    // The checkpoint's tokenizer writes the chat template around the question.
+    let text = v["settings"]["prefix_tokens"].as_u64().unwrap() + v["settings"]["suffix_tokens"].as_u64().unwrap();
+    // K and V of 2 heads × 16 per cached position and layer, f32.
+    let kv_bytes = |per_layer: &[u64]| per_layer.iter().map(|t| (t + text) * 2 * 2 * 16 * 4).sum::<u64>();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4);
+    let none = &results[0];
+    assert_eq!(per_layer(none), [64, 64]);
+    assert_eq!(none["kv_cache_prefill_bytes"].as_u64(), Some(kv_bytes(&[64, 64])));
+    for (r, (label, ratio)) in results[1..].iter().zip(KEEP_RATIOS) {
+        let (k1, k2) = keep_counts(ratio, (8, 8));
+        assert_eq!(r["label"].as_str(), Some(label));
+        // Two layers: stage 2 cuts before layer 1; the pipeline kept what the schedule says.
+        assert_eq!(per_layer(r), [k1, k2.unwrap()], "{label}");
+        assert_eq!((r["measured_k1"].as_u64(), r["measured_k2"].as_u64()), (Some(k1), k2), "{label}");
+        assert_eq!(r["kv_cache_prefill_bytes"].as_u64(), Some(kv_bytes(&per_layer(r))), "{label}");
+        for key in ["vision", "llm_prefill", "prefill", "ttft", "kv_cache"] {
+            assert!(r["ratio_to_unpruned"][key].as_f64().is_some(), "{label}: ratio_to_unpruned.{key}");
+        }
+        assert!(r["ratio_to_unpruned"]["kv_cache"].as_f64().unwrap() < 1.0, "{label}");
+    }
+}
+
+#[test]
+fn keep_ratios_and_image_sizes_are_refused_where_they_do_not_apply() {
+    // A percentage on LLaVA is Nüwa's keep ratio: 25 % of 576 patches → budget 144 (K1 252, K2 36).
+    let v = json_of(&["bench", "--preset", "tiny", "--budgets", "25%", "--flops-only", "--json"]);
+    let r = &v["results"][1];
+    assert_eq!((r["label"].as_str(), r["k1"].as_u64(), r["k2"].as_u64()), (Some("nuwa-25%"), Some(252), Some(36)));
+    let err = fails(&["bench", "--preset", "tiny", "--flops-only", "--prune", "fastv", "--budgets", "25%"]);
+    assert!(err.contains("--budgets") && err.contains("25%") && err.contains("fastv"), "{err}");
+    let err = fails(&["bench", "--preset", "qwen2.5-vl-7b", "--flops-only", "--budgets", "64"]);
+    assert!(err.contains("--budgets") && err.contains("keep ratio"), "{err}");
+    let err = fails(&["bench", "--preset", "qwen2.5-vl-7b", "--flops-only", "--budgets", "30%"]);
+    assert!(err.contains("30%") && err.contains("25%"), "{err}");
+    let err = fails(&["bench", "--preset", "llava-1.5-7b", "--flops-only", "--image-size", "1000x750"]);
+    assert!(err.contains("--image-size") && err.contains("Qwen2.5-VL"), "{err}");
+    let out = nuwa(&["bench", "--preset", "qwen2.5-vl-7b", "--flops-only", "--image-size", "1000"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--image-size"));
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 fn bench_layer(c: &mut Criterion) {
     let dev = Device::Cpu;
-    let mut cfg = Preset::Llava15_7b.config().text_config;
+    let mut cfg = Preset::Llava15_7b.config().decoder().clone();
     cfg.num_hidden_layers = 1;
     cfg.vocab_size = Some(256);
     let vb = RandomWeights::default().var_builder(DType::F32, &dev);
@@ -25,7 +25,7 @@ fn bench_layer(c: &mut Criterion) {
         let x = Tensor::from_vec(RandomWeights { seed: 2, std: 1.0 }.values("x", tokens * 4096), (tokens, 4096), &dev)
             .unwrap();
         let positions = Positions::Linear((0..tokens as u32).collect());
-        g.throughput(Throughput::Elements(layer_flops(tokens, 4096, 11008) as u64));
+        g.throughput(Throughput::Elements(layer_flops(tokens, &cfg) as u64));
         g.bench_with_input(BenchmarkId::new("prefill tokens", tokens), &tokens, |b, _| {
             b.iter(|| {
                 let mut cache = llm.new_cache(0);

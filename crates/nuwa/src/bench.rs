@@ -10,11 +10,14 @@
 //! The paper prints 5.973 and 0.6476: the second matches to every printed digit, the first is 0.014 %
 //! above what the formula gives (no token count, layer split or unit makes both round to the paper's
 //! digits; see docs/PERFORMANCE.md). [`llm_flops`] also gives a total that counts the text tokens
-//! (`S` = prefix + vision + suffix in every layer).
+//! (`S` = prefix + vision + suffix in every layer). With grouped-query attention (Qwen2.5-VL: 4 KV heads
+//! of 28) the K and V projections are narrower, see [`layer_flops`]. The vision encoder's FLOPs are not
+//! counted: pruning happens after it, so they are the same in every configuration.
 
+use crate::checkpoint::Checkpoint;
 use crate::engine::{Engine, SessionOptions};
 use crate::layout::VisualLayout;
-use crate::models::{decoder, llava, llava_next};
+use crate::models::{clip, decoder, llava, llava_next, qwen2_5_vl, VisionLanguageModel};
 use crate::prompt::PromptTokens;
 use crate::prune::Method;
 use crate::{Error, Result, Sampling};
@@ -26,10 +29,14 @@ use std::time::Instant;
 // FLOP model
 // ---------------------------------------------------------------------------------------------------
 
-/// Prefill FLOPs of one decoder layer over `s` tokens: `8·S·H² + 4·S²·H + 4·S·H·I`.
-pub fn layer_flops(s: usize, hidden: usize, intermediate: usize) -> f64 {
-    let (s, h, i) = (s as u128, hidden as u128, intermediate as u128);
-    (8 * s * h * h + 4 * s * s * h + 4 * s * h * i) as f64
+/// Prefill FLOPs of one decoder layer of `cfg` over `s` tokens: `4·S·H·(Q + KV) + 4·S²·Q + 4·S·H·I` with
+/// Q = heads · head_dim and KV = KV heads · head_dim (the Q/O and the K/V projections, scores and
+/// weighted sum, the MLP). Without grouped-query attention Q = KV = H: the paper's
+/// `8·S·H² + 4·S²·H + 4·S·H·I`.
+pub fn layer_flops(s: usize, cfg: &decoder::Config) -> f64 {
+    let (s, h, i, hd) = (s as u128, cfg.hidden_size as u128, cfg.intermediate_size as u128, cfg.head_dim() as u128);
+    let (q, kv) = (cfg.num_attention_heads as u128 * hd, cfg.num_key_value_heads() as u128 * hd);
+    (4 * s * h * (q + kv) + 4 * s * s * q + 4 * s * h * i) as f64
 }
 
 /// How many vision tokens each decoder layer sees under a method.
@@ -48,11 +55,12 @@ pub struct TokenSchedule {
 }
 
 impl TokenSchedule {
-    /// Resolves `method` for `cfg` exactly as the pipeline does (budget rule, stage-2 layer, no cut when
-    /// K2 ≥ K1); errors for values the pipeline would reject.
-    pub fn new(cfg: &llava::Config, layout: &VisualLayout, method: &Method) -> Result<Self> {
+    /// Resolves `method` for `cfg`'s image laid out as `layout` exactly as the pipeline does (budget or
+    /// keep-ratio rule of the family, stage-2 layer, no cut when K2 ≥ K1); errors for values the
+    /// pipeline would reject.
+    pub fn new(cfg: &BenchConfig, layout: &VisualLayout, method: &Method) -> Result<Self> {
         method.validate()?;
-        let per_layer = method.vision_tokens_per_layer(layout, cfg.text_config.num_hidden_layers)?;
+        let per_layer = method.vision_tokens_per_layer(cfg.family(), layout, cfg.decoder().num_hidden_layers)?;
         let k1 = per_layer.first().copied().unwrap_or(0);
         let cut_layer = per_layer.iter().position(|&t| t != k1);
         Ok(Self {
@@ -101,12 +109,11 @@ impl Flops {
 /// Prefill FLOPs of the decoder under `schedule`, with `text_tokens` text tokens (prefix + suffix)
 /// for the total.
 pub fn llm_flops(cfg: &decoder::Config, schedule: &TokenSchedule, text_tokens: usize) -> Flops {
-    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
     let mut f = Flops { vision_only: 0.0, total: 0.0 };
     for l in 0..schedule.layers {
         let s = schedule.tokens_at(l);
-        f.vision_only += layer_flops(s, h, i);
-        f.total += layer_flops(s + text_tokens, h, i);
+        f.vision_only += layer_flops(s, cfg);
+        f.total += layer_flops(s + text_tokens, cfg);
     }
     f
 }
@@ -124,22 +131,20 @@ pub enum Preset {
     Llava15_7b,
     /// The same networks with LLaVA-NeXT's anyres views and newline tokens (llava-v1.6-vicuna-7b).
     LlavaNext7b,
+    /// Qwen2.5-VL-7B-Instruct: the windowed ViT (32 × 1280) and the Qwen2 decoder (28 × 3584, GQA 28/4).
+    Qwen25Vl7b,
 }
 
 impl Preset {
-    pub const ALL: [Preset; 3] = [Preset::Tiny, Preset::Llava15_7b, Preset::LlavaNext7b];
+    pub const ALL: [Preset; 4] = [Preset::Tiny, Preset::Llava15_7b, Preset::LlavaNext7b, Preset::Qwen25Vl7b];
 
     pub fn name(self) -> &'static str {
         match self {
             Preset::Tiny => "tiny",
             Preset::Llava15_7b => "llava-1.5-7b",
             Preset::LlavaNext7b => "llava-next-7b",
+            Preset::Qwen25Vl7b => "qwen2.5-vl-7b",
         }
-    }
-
-    /// LLaVA-NeXT's pinpoints for anyres presets.
-    pub fn pinpoints(self) -> Option<Vec<[u32; 2]>> {
-        (self == Preset::LlavaNext7b).then(|| llava_next::config::DEFAULT_PINPOINTS.to_vec())
     }
 
     pub fn from_name(name: &str) -> Result<Self> {
@@ -149,59 +154,201 @@ impl Preset {
         })
     }
 
-    /// The model configuration (the llava-hf `config.json` this preset stands for).
-    pub fn config(self) -> llava::Config {
-        let json = match self {
-            Preset::Tiny => serde_json::json!({
+    /// The model (the hub `config.json` this preset stands for) with the image it encodes by default.
+    pub fn config(self) -> BenchConfig {
+        // (hidden, intermediate, heads, layers) of the decoder, then of the CLIP tower.
+        let llava = |text: [usize; 4], vision: [usize; 4]| {
+            let json = serde_json::json!({
                 "image_token_index": 32000, "projector_hidden_act": "gelu", "vocab_size": 32064,
                 "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
                 "text_config": {
-                    "hidden_size": 64, "intermediate_size": 172, "num_attention_heads": 4,
-                    "num_key_value_heads": 4, "num_hidden_layers": 32, "max_position_embeddings": 4096,
+                    "hidden_size": text[0], "intermediate_size": text[1], "num_attention_heads": text[2],
+                    "num_key_value_heads": text[2], "num_hidden_layers": text[3], "max_position_embeddings": 4096,
                     "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu", "vocab_size": 32064
                 },
                 "vision_config": {
-                    "hidden_size": 32, "image_size": 336, "intermediate_size": 64, "num_attention_heads": 4,
-                    "num_hidden_layers": 24, "patch_size": 14, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5
+                    "hidden_size": vision[0], "image_size": 336, "intermediate_size": vision[1],
+                    "num_attention_heads": vision[2], "num_hidden_layers": vision[3], "patch_size": 14,
+                    "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5
                 }
-            }),
-            Preset::Llava15_7b | Preset::LlavaNext7b => serde_json::json!({
-                "image_token_index": 32000, "projector_hidden_act": "gelu", "vocab_size": 32064,
-                "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
-                "text_config": {
-                    "hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32,
-                    "num_key_value_heads": 32, "num_hidden_layers": 32, "max_position_embeddings": 4096,
-                    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu", "vocab_size": 32064
-                },
-                "vision_config": {
-                    "hidden_size": 1024, "image_size": 336, "intermediate_size": 4096, "num_attention_heads": 16,
-                    "num_hidden_layers": 24, "patch_size": 14, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5
-                }
-            }),
+            });
+            llava::Config::from_json(&json.to_string()).expect("preset configs are valid")
         };
-        llava::Config::from_json(&json.to_string()).expect("preset configs are valid")
+        match self {
+            Preset::Tiny => BenchConfig::Llava { config: llava([64, 172, 4, 32], [32, 64, 4, 24]), pinpoints: None },
+            Preset::Llava15_7b | Preset::LlavaNext7b => BenchConfig::Llava {
+                config: llava([4096, 11008, 32, 32], [1024, 4096, 16, 24]),
+                pinpoints: (self == Preset::LlavaNext7b).then(|| llava_next::config::DEFAULT_PINPOINTS.to_vec()),
+            },
+            Preset::Qwen25Vl7b => BenchConfig::Qwen {
+                config: qwen2_5_vl::Config::from_json(
+                    &serde_json::json!({
+                        "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                        "num_attention_heads": 28, "num_key_value_heads": 4, "max_position_embeddings": 128000,
+                        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "vocab_size": 152064,
+                        "tie_word_embeddings": false, "hidden_act": "silu", "use_sliding_window": false,
+                        "rope_scaling": { "type": "mrope", "mrope_section": [16, 24, 24] },
+                        "vision_config": {
+                            "depth": 32, "hidden_size": 1280, "num_heads": 16, "intermediate_size": 3420,
+                            "out_hidden_size": 3584, "patch_size": 14, "temporal_patch_size": 2,
+                            "spatial_merge_size": 2, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
+                            "hidden_act": "silu", "in_chans": 3
+                        }
+                    })
+                    .to_string(),
+                )
+                .expect("preset configs are valid"),
+                processor: qwen2_5_vl::PreprocessConfig::default(),
+                image: QWEN_BENCH_IMAGE,
+            },
+        }
     }
 }
 
-/// Parameters of the whole model (vision tower, projector, decoder with embeddings and LM head).
-pub fn parameter_count(cfg: &llava::Config) -> usize {
-    let v = &cfg.vision_config;
+/// The image (width, height) a Qwen2.5-VL benchmark encodes unless told otherwise: smart-resized to
+/// 1008×756, 54×72 patches, 27×36 = 972 merged tokens.
+pub const QWEN_BENCH_IMAGE: (u32, u32) = (1000, 750);
+
+/// What a benchmark builds or loads: a family's configuration and the image it encodes.
+#[derive(Debug, Clone)]
+pub enum BenchConfig {
+    /// LLaVA-1.5 on one 336×336 view; with `pinpoints`, LLaVA-NeXT over the same networks on a
+    /// [`ANYRES_BENCH_SIDE`]-pixel square image.
+    Llava { config: llava::Config, pinpoints: Option<Vec<[u32; 2]>> },
+    /// Qwen2.5-VL on an `image` = (width, height) image, smart-resized as `processor` says.
+    Qwen { config: qwen2_5_vl::Config, processor: qwen2_5_vl::PreprocessConfig, image: (u32, u32) },
+}
+
+impl BenchConfig {
+    /// The configuration of a checkpoint of any supported family (Qwen2.5-VL on [`QWEN_BENCH_IMAGE`]).
+    pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Self> {
+        let family = crate::models::detect(ckpt)?.name;
+        if family == qwen2_5_vl::FAMILY.name {
+            return Ok(BenchConfig::Qwen {
+                config: qwen2_5_vl::Config::from_checkpoint(ckpt)?,
+                processor: qwen2_5_vl::checkpoint_processor(ckpt)?,
+                image: QWEN_BENCH_IMAGE,
+            });
+        }
+        let pinpoints = (family == llava_next::FAMILY.name)
+            .then(|| llava_next::Config::from_json(&ckpt.config_text).map(|c| c.pinpoints))
+            .transpose()
+            .map_err(|m| Error::config(&ckpt.config_path, m))?;
+        Ok(BenchConfig::Llava { config: llava::Config::from_checkpoint(ckpt)?, pinpoints })
+    }
+
+    /// The same model on a `width`×`height` image; only Qwen2.5-VL takes images of any size.
+    pub fn with_image_size(self, width: u32, height: u32) -> Result<Self> {
+        match self {
+            BenchConfig::Qwen { config, processor, .. } => {
+                let cfg = BenchConfig::Qwen { config, processor, image: (width, height) };
+                bench_layout(&cfg)?;
+                Ok(cfg)
+            }
+            BenchConfig::Llava { .. } => Err(Error::invalid(
+                "image_size",
+                "applies to Qwen2.5-VL, which resizes images freely; LLaVA encodes fixed 336-pixel views \
+                 (LLaVA-NeXT: a 672×672 image)",
+            )),
+        }
+    }
+
+    /// The model family's name, as [`crate::models::VisionLanguageModel::family`] gives it.
+    pub fn family(&self) -> &'static str {
+        match self {
+            BenchConfig::Llava { pinpoints: None, .. } => llava::FAMILY.name,
+            BenchConfig::Llava { pinpoints: Some(_), .. } => llava_next::FAMILY.name,
+            BenchConfig::Qwen { .. } => qwen2_5_vl::FAMILY.name,
+        }
+    }
+
+    pub fn decoder(&self) -> &decoder::Config {
+        match self {
+            BenchConfig::Llava { config, .. } => &config.text_config,
+            BenchConfig::Qwen { config, .. } => &config.text,
+        }
+    }
+
+    /// (decoder layers, vision-encoder layers).
+    pub fn depths(&self) -> (usize, usize) {
+        match self {
+            BenchConfig::Llava { config, .. } => {
+                (config.text_config.num_hidden_layers, config.vision_config.num_hidden_layers)
+            }
+            BenchConfig::Qwen { config, .. } => (config.text.num_hidden_layers, config.vision.depth),
+        }
+    }
+
+    pub fn vision_hidden_size(&self) -> usize {
+        match self {
+            BenchConfig::Llava { config, .. } => config.vision_config.hidden_size,
+            BenchConfig::Qwen { config, .. } => config.vision.hidden_size,
+        }
+    }
+
+    /// Keeps only the first `llm_layers` decoder and `vision_layers` encoder layers.
+    pub fn trim(&mut self, llm_layers: Option<usize>, vision_layers: Option<usize>) -> Result<()> {
+        match self {
+            BenchConfig::Llava { config, .. } => config.trim(llm_layers, vision_layers),
+            BenchConfig::Qwen { config, .. } => config.trim(llm_layers, vision_layers),
+        }
+    }
+
+    /// The (width, height) the model is told its image has: the anyres image, or Qwen2.5-VL's
+    /// smart-resized one (which resizes to itself); none for LLaVA-1.5's single view.
+    pub fn encoded_size(&self) -> Result<Option<(u32, u32)>> {
+        Ok(match self {
+            BenchConfig::Llava { pinpoints, .. } => pinpoints.as_ref().map(|_| (ANYRES_BENCH_SIDE, ANYRES_BENCH_SIDE)),
+            BenchConfig::Qwen { processor, image, .. } => {
+                let (gh, gw) = qwen2_5_vl::patch_grid(processor, image.0, image.1)?;
+                let side = |patches: usize| patches as u32 * processor.patch_size;
+                Some((side(gw), side(gh)))
+            }
+        })
+    }
+}
+
+/// Parameters of the whole model (vision tower, projector or merger, decoder with embeddings and LM head).
+pub fn parameter_count(cfg: &BenchConfig) -> usize {
+    match cfg {
+        BenchConfig::Llava { config, .. } => {
+            let (vh, h) = (config.vision_config.hidden_size, config.text_config.hidden_size);
+            let projector = vh * h + h * h + 2 * h;
+            clip_parameters(&config.vision_config) + projector + decoder_parameters(&config.text_config)
+        }
+        BenchConfig::Qwen { config, .. } => qwen_vision_parameters(&config.vision) + decoder_parameters(&config.text),
+    }
+}
+
+fn clip_parameters(v: &clip::Config) -> usize {
     let (vh, vi) = (v.hidden_size, v.intermediate_size);
-    let vision_layer = 4 * (vh * vh + vh) + (vh * vi + vi) + (vi * vh + vh) + 4 * vh;
-    let vision = v.num_hidden_layers * vision_layer
+    let layer = 4 * (vh * vh + vh) + (vh * vi + vi) + (vi * vh + vh) + 4 * vh;
+    v.num_hidden_layers * layer
         + vh * v.num_channels * v.patch_size * v.patch_size
         + vh
         + (v.num_patches() + 1) * vh
-        + 2 * vh;
-    let t = &cfg.text_config;
+        + 2 * vh
+}
+
+/// Qwen2.5-VL's tower: the patch embedding (no bias), blocks of two RMSNorms, qkv and proj, and a gated
+/// MLP (all with biases), and the merger (RMSNorm, 4·D → 4·D → out).
+fn qwen_vision_parameters(v: &qwen2_5_vl::config::VisionConfig) -> usize {
+    let (d, i) = (v.hidden_size, v.intermediate_size);
+    let block = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * (d * i + i) + (i * d + d);
+    let wide = d * v.spatial_merge_size * v.spatial_merge_size;
+    let merger = d + (wide * wide + wide) + (wide * v.out_hidden_size + v.out_hidden_size);
+    v.depth * block + d * v.patch_values() + merger
+}
+
+fn decoder_parameters(t: &decoder::Config) -> usize {
     let (h, i, hd) = (t.hidden_size, t.intermediate_size, t.head_dim());
-    let kv = t.num_key_value_heads() * hd;
-    let attn = h * t.num_attention_heads * hd * 2 + 2 * h * kv;
-    let text_layer = attn + 3 * h * i + 2 * h;
+    let (q, kv) = (t.num_attention_heads * hd, t.num_key_value_heads() * hd);
+    let qkv_bias = if t.attention_bias || t.qkv_bias { q + 2 * kv } else { 0 };
+    let o_bias = if t.attention_bias { h } else { 0 };
+    let mlp_bias = if t.mlp_bias { 2 * i + h } else { 0 };
+    let layer = 2 * h * q + 2 * h * kv + qkv_bias + o_bias + 3 * h * i + mlp_bias + 2 * h;
     let embeddings = t.vocab_size() * h * if t.tie_word_embeddings { 1 } else { 2 };
-    let text = t.num_hidden_layers * text_layer + embeddings + h;
-    let projector = vh * h + h * h + 2 * h;
-    vision + text + projector
+    t.num_hidden_layers * layer + embeddings + h
 }
 
 /// Where a llava-hf checkpoint keeps each part (the layout random-weight models are built with).
@@ -311,8 +458,8 @@ const WORKSPACE_BYTES: u64 = 1 << 30;
 /// Bytes a benchmark of `cfg` in `dtype` with `vision_tokens` unpruned image tokens needs at its peak,
 /// roughly: the weights, one weight matrix in f32 while it is made or converted, a full KV cache, and a
 /// workspace for activations.
-pub fn memory_estimate(cfg: &llava::Config, vision_tokens: usize, dtype: DType) -> u64 {
-    let t = &cfg.text_config;
+pub fn memory_estimate(cfg: &BenchConfig, vision_tokens: usize, dtype: DType) -> u64 {
+    let t = cfg.decoder();
     let bytes = dtype.size_in_bytes() as u64;
     let weights = parameter_count(cfg) as u64 * bytes;
     let largest = (t.vocab_size() * t.hidden_size) as u64 * 4;
@@ -323,18 +470,17 @@ pub fn memory_estimate(cfg: &llava::Config, vision_tokens: usize, dtype: DType) 
 
 /// Refuses a benchmark that would not fit in `available` bytes, saying what would: fewer decoder layers
 /// (the most that fit) or a half-precision dtype.
-pub fn check_memory(cfg: &llava::Config, vision_tokens: usize, dtype: DType, available: u64) -> Result<()> {
-    let estimate = |c: &llava::Config, dtype| memory_estimate(c, vision_tokens, dtype);
+pub fn check_memory(cfg: &BenchConfig, vision_tokens: usize, dtype: DType, available: u64) -> Result<()> {
+    let estimate = |c: &BenchConfig, dtype| memory_estimate(c, vision_tokens, dtype);
     let need = estimate(cfg, dtype);
     if need <= available {
         return Ok(());
     }
     let gb = |b: u64| format!("{:.1} GB", b as f64 / 1e9);
-    let layers = cfg.text_config.num_hidden_layers;
+    let layers = cfg.decoder().num_hidden_layers;
     let fits_at = (2..layers).rev().find(|&n| {
         let mut c = cfg.clone();
-        c.text_config.num_hidden_layers = n;
-        estimate(&c, dtype) <= available
+        c.trim(Some(n), None).is_ok() && estimate(&c, dtype) <= available
     });
     let mut ways = Vec::new();
     if let Some(n) = fits_at {
@@ -357,35 +503,28 @@ pub fn check_memory(cfg: &llava::Config, vision_tokens: usize, dtype: DType, ava
     ))
 }
 
-/// A LLaVA model with random weights and the shapes of `cfg`.
-pub fn random_model(
-    cfg: &llava::Config,
-    weights: RandomWeights,
-    dtype: DType,
-    device: &Device,
-) -> Result<llava::Llava> {
-    llava::Llava::new(cfg, &llava_hf_prefixes(), llava::PreprocessConfig::default(), weights.var_builder(dtype, device))
-}
-
-/// An engine over a random-weight model, without a tokenizer (feed it token ids: [`bench_prompt`]); with
-/// `pinpoints`, LLaVA-NeXT over the same networks.
-pub fn random_engine(
-    cfg: &llava::Config,
-    pinpoints: Option<&[[u32; 2]]>,
-    weights: RandomWeights,
-    dtype: DType,
-    device: &Device,
-) -> Result<Engine> {
-    let base = random_model(cfg, weights, dtype, device)?;
-    let model: Box<dyn crate::models::VisionLanguageModel> = match pinpoints {
-        None => Box::new(base),
-        Some(p) => Box::new(llava_next::LlavaNext::new(
-            base,
-            &llava_hf_prefixes(),
-            p.to_vec(),
-            llava_next::config::Template::VicunaV1,
-            weights.var_builder(dtype, device),
-        )?),
+/// An engine over a random-weight model with the shapes of `cfg`, without a tokenizer (feed it token
+/// ids: [`bench_prompt`]).
+pub fn random_engine(cfg: &BenchConfig, weights: RandomWeights, dtype: DType, device: &Device) -> Result<Engine> {
+    let vb = weights.var_builder(dtype, device);
+    let model: Box<dyn VisionLanguageModel> = match cfg {
+        BenchConfig::Llava { config, pinpoints } => {
+            let prefixes = llava_hf_prefixes();
+            let base = llava::Llava::new(config, &prefixes, llava::PreprocessConfig::default(), vb.clone())?;
+            match pinpoints {
+                None => Box::new(base),
+                Some(p) => Box::new(llava_next::LlavaNext::new(
+                    base,
+                    &prefixes,
+                    p.clone(),
+                    llava_next::config::Template::VicunaV1,
+                    vb,
+                )?),
+            }
+        }
+        BenchConfig::Qwen { config, processor, .. } => {
+            Box::new(qwen2_5_vl::Qwen25Vl::new(config.clone(), processor.clone(), vb)?)
+        }
     };
     Ok(Engine::from_parts(model, None, vec![], device.clone()))
 }
@@ -393,12 +532,22 @@ pub fn random_engine(
 /// The side of the square image an anyres benchmark encodes: 2×2 crops, the paper's 2880-patch setting.
 pub const ANYRES_BENCH_SIDE: u32 = 672;
 
-/// The layout of the benchmark's image: the encoder's grid, or for anyres the 672×672 image's views.
-pub fn bench_layout(cfg: &llava::Config, pinpoints: Option<&[[u32; 2]]>) -> Result<VisualLayout> {
-    let v = &cfg.vision_config;
-    Ok(match pinpoints {
-        None => VisualLayout::grid(v.grid_side(), v.grid_side()),
-        Some(p) => llava_next::layout(v, &llava_next::plan(v, p, ANYRES_BENCH_SIDE, ANYRES_BENCH_SIDE)?),
+/// The layout of the benchmark's image: the encoder's grid, for anyres the 672×672 image's views, for
+/// Qwen2.5-VL the merged grid of the smart-resized image.
+pub fn bench_layout(cfg: &BenchConfig) -> Result<VisualLayout> {
+    Ok(match cfg {
+        BenchConfig::Llava { config, pinpoints: None } => {
+            let side = config.vision_config.grid_side();
+            VisualLayout::grid(side, side)
+        }
+        BenchConfig::Llava { config, pinpoints: Some(p) } => {
+            let v = &config.vision_config;
+            llava_next::layout(v, &llava_next::plan(v, p, ANYRES_BENCH_SIDE, ANYRES_BENCH_SIDE)?)
+        }
+        BenchConfig::Qwen { config, processor, image } => {
+            let (gh, gw) = qwen2_5_vl::patch_grid(processor, image.0, image.1)?;
+            qwen2_5_vl::merged_layout(&config.vision, gh, gw)
+        }
     })
 }
 
@@ -430,25 +579,26 @@ pub fn bench_prompt(seed: u64, vocab: usize) -> PromptTokens {
     PromptTokens { prefix, suffix }
 }
 
-/// Seeded pixel values (3, S, S) in the range CLIP's normalisation produces (about ±2); for anyres,
-/// one such view per view of the 672×672 image.
-pub fn random_image(
-    cfg: &llava::Config,
-    pinpoints: Option<&[[u32; 2]]>,
-    seed: u64,
-    device: &Device,
-) -> Result<BenchImage> {
-    let v = &cfg.vision_config;
-    let (s, c) = (v.image_size, v.num_channels);
-    let views = bench_layout(cfg, pinpoints)?.views;
-    let values = uniform(mix(seed ^ 0x9e1_5e15), views * c * s * s, 1.8);
-    Ok(match pinpoints {
-        None => BenchImage { pixels: Tensor::from_vec(values, (c, s, s), device)?, size: None },
-        Some(_) => BenchImage {
-            pixels: Tensor::from_vec(values, (views, c, s, s), device)?,
-            size: Some((ANYRES_BENCH_SIDE, ANYRES_BENCH_SIDE)),
-        },
-    })
+/// Seeded pixel values in the range CLIP's normalisation produces (about ±2), in the encoder's input
+/// shape: (3, S, S); for anyres one such view per view of the 672×672 image; for Qwen2.5-VL one row of
+/// 3 · 2 · 14 · 14 values per patch of the resized image.
+pub fn random_image(cfg: &BenchConfig, seed: u64, device: &Device) -> Result<BenchImage> {
+    let shape = match cfg {
+        BenchConfig::Llava { config, pinpoints } => {
+            let v = &config.vision_config;
+            let view = vec![v.num_channels, v.image_size, v.image_size];
+            match pinpoints {
+                None => view,
+                Some(_) => [vec![bench_layout(cfg)?.views], view].concat(),
+            }
+        }
+        BenchConfig::Qwen { config, processor, image } => {
+            let (gh, gw) = qwen2_5_vl::patch_grid(processor, image.0, image.1)?;
+            vec![gh * gw, config.vision.patch_values()]
+        }
+    };
+    let values = uniform(mix(seed ^ 0x9e1_5e15), shape.iter().product(), 1.8);
+    Ok(BenchImage { pixels: Tensor::from_vec(values, shape, device)?, size: cfg.encoded_size()? })
 }
 
 // ---------------------------------------------------------------------------------------------------

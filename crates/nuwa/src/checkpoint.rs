@@ -64,15 +64,149 @@ impl Checkpoint {
         })
     }
 
-    /// A memory map of the weights in `dtype` on `device`.
+    /// The weights in `dtype` on `device`, each tensor read from its file when a layer asks for it.
+    ///
+    /// Read, not memory-mapped: a mapped file's pages stay resident next to the converted copies (an f16
+    /// checkpoint run in f32 would peak at 1.5× its weights, a bf16 one run in bf16 at 2×); read tensor
+    /// by tensor, the process holds each weight once plus one tensor in flight.
     pub fn var_builder(
         &self,
         dtype: candle_core::DType,
         device: &candle_core::Device,
     ) -> Result<candle_nn::VarBuilder<'static>> {
-        // SAFETY: the files were validated by `open`; mapping them is how candle avoids a copy.
-        unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&self.weight_files, dtype, device) }
-            .map_err(|e| Error::checkpoint(&self.dir, e.to_string()))
+        let mut tensors = BTreeMap::new();
+        for (file, path) in self.weight_files.iter().enumerate() {
+            for (name, info) in tensor_infos(path)? {
+                tensors.insert(name, (file, info));
+            }
+        }
+        let backend = ReadBackend { files: self.weight_files.clone(), tensors };
+        Ok(candle_nn::VarBuilder::from_backend(Box::new(backend), dtype, device.clone()))
+    }
+}
+
+/// Where one tensor's bytes are.
+#[derive(Debug, Clone)]
+struct TensorInfo {
+    dtype: candle_core::DType,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    start: u64,
+    end: u64,
+}
+
+/// The tensors of a safetensors file, from its header (checked by [`Checkpoint::open`] already).
+fn tensor_infos(path: &Path) -> Result<Vec<(String, TensorInfo)>> {
+    use std::io::Read;
+    let bad = |msg: String| Error::checkpoint(path, msg);
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut prefix = [0u8; 8];
+    f.read_exact(&mut prefix).map_err(|e| Error::io(path, e))?;
+    let header_len = declared_header_len(&prefix, file_len, path)?;
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        dtype: String,
+        shape: Vec<usize>,
+        data_offsets: (u64, u64),
+    }
+    let mut entries: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("corrupt safetensors header: {e}")))?;
+    entries.remove("__metadata__");
+    let data_start = 8 + header_len;
+    entries
+        .into_iter()
+        .map(|(name, v)| {
+            let e: Entry = serde_json::from_value(v).map_err(|e| bad(format!("tensor {name}: {e}")))?;
+            let dtype = match e.dtype.as_str() {
+                "F32" => candle_core::DType::F32,
+                "F16" => candle_core::DType::F16,
+                "BF16" => candle_core::DType::BF16,
+                "F64" => candle_core::DType::F64,
+                "I64" => candle_core::DType::I64,
+                "U32" => candle_core::DType::U32,
+                "U8" | "BOOL" => candle_core::DType::U8,
+                other => return Err(bad(format!("tensor {name} has unsupported dtype {other}"))),
+            };
+            let elems = e.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+            let (start, end) = (data_start + e.data_offsets.0, data_start + e.data_offsets.1);
+            if elems.and_then(|n| n.checked_mul(dtype.size_in_bytes() as u64)) != Some(end.saturating_sub(start))
+                || end > file_len
+            {
+                return Err(bad(format!(
+                    "tensor {name}: shape {:?} does not match its {} bytes",
+                    e.shape,
+                    end - start
+                )));
+            }
+            Ok((name, TensorInfo { dtype, shape: e.shape, start, end }))
+        })
+        .collect()
+}
+
+/// A [`candle_nn::var_builder::SimpleBackend`] reading each tensor from its file on request.
+struct ReadBackend {
+    files: Vec<PathBuf>,
+    tensors: BTreeMap<String, (usize, TensorInfo)>,
+}
+
+impl ReadBackend {
+    fn read(
+        &self,
+        name: &str,
+        dtype: candle_core::DType,
+        dev: &candle_core::Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        use std::io::{Read, Seek, SeekFrom};
+        let (file, info) = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.to_string() }.bt())?;
+        let path = &self.files[*file];
+        let mut bytes = vec![0u8; (info.end - info.start) as usize];
+        std::fs::File::open(path)
+            .and_then(|mut f| f.seek(SeekFrom::Start(info.start)).and_then(|_| f.read_exact(&mut bytes)))
+            .map_err(|e| candle_core::Error::Msg(format!("{}: cannot read tensor {name}: {e}", path.display())))?;
+        let t = candle_core::Tensor::from_raw_buffer(&bytes, info.dtype, &info.shape, &candle_core::Device::Cpu)?;
+        drop(bytes);
+        t.to_dtype(dtype)?.to_device(dev)
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for ReadBackend {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: candle_core::DType,
+        dev: &candle_core::Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        let t = self.read(name, dtype, dev)?;
+        if t.shape() != &s {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: s,
+                got: t.shape().clone(),
+            }
+            .bt());
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: candle_core::DType,
+        dev: &candle_core::Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        self.read(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
     }
 }
 

@@ -364,7 +364,7 @@ fn methods_through_the_request_path() {
         assert!(max_abs_diff(&pre.logits, b(&format!("{name}.logits_last"))) <= 2e-3, "{name}: logits");
         check_cuts(&name, &pre);
         let report = pre.vision.as_ref().unwrap();
-        let schedule = method.vision_tokens_per_layer(&VisualLayout::grid(24, 24), 32).unwrap();
+        let schedule = method.vision_tokens_per_layer("llava-1.5", &VisualLayout::grid(24, 24), 32).unwrap();
         assert_eq!(
             schedule,
             config(&name)["visual_tokens_per_layer"]

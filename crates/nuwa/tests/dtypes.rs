@@ -2,7 +2,7 @@
 mod common;
 use candle_core::{DType, Device};
 use common::*;
-use nuwa::{Engine, GenerateRequest, ImageInput, LoadOptions, Method, NuwaConfig, Sampling};
+use nuwa::{Engine, LoadOptions, Method, NuwaConfig};
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
@@ -20,15 +20,7 @@ fn f16_and_bf16_track_f32() {
             (Method::NONE, "unpruned.logits_last"),
             (Method::Nuwa(NuwaConfig { budget: 64, ..NuwaConfig::default() }), "nuwa64.logits_last"),
         ] {
-            let req = GenerateRequest {
-                prompt: QUESTION.into(),
-                image: Some(ImageInput::Pixels(g("pixel_values").clone())),
-                method,
-                positions: None,
-                sampling: Sampling::default(),
-                max_new_tokens: 1,
-                stop: vec![],
-            };
+            let req = pixel_request(method, 1);
             let pre = e.prefill(&req).unwrap();
             let got = pre.logits.to_vec1::<f32>().unwrap();
             let want = g(golden).to_vec1::<f32>().unwrap();
@@ -40,4 +32,66 @@ fn f16_and_bf16_track_f32() {
             assert!(cos > 0.99, "{dtype:?} {golden}: cosine {cos}");
         }
     }
+}
+
+/// Logit cosine, max |Δ| and greedy agreement of `e` against `reference` on the fixture's request.
+fn against(e: &Engine, reference: &Engine) -> (f32, f32, usize) {
+    let req = pixel_request(Method::NONE, 8);
+    let (a, b) = (e.prefill(&req).unwrap().logits, reference.prefill(&req).unwrap().logits);
+    let cos = cosine(&a.to_vec1::<f32>().unwrap(), &b.to_vec1::<f32>().unwrap());
+    let (ga, gb) =
+        (e.generate(&req, &mut |_| {}).unwrap().tokens, reference.generate(&req, &mut |_| {}).unwrap().tokens);
+    let agree = ga.iter().zip(&gb).take_while(|(x, y)| x == y).count();
+    (cos, max_abs_diff(&a, &b), agree)
+}
+
+#[test]
+fn quantized_weights_track_f32() {
+    use nuwa::models::linear::Quantize;
+    let f32_engine = Engine::load(&tiny_dir(), &LoadOptions::default()).unwrap();
+    // The fixture's widths (64, 172) fill q8_0's 32-blocks except the MLP's down projection, and no
+    // q4_k 256-block: there q4_k falls back to q8_0 (as llama.cpp does), so both run the q8_0 kernels.
+    for q in [Quantize::Q8_0, Quantize::Q4K] {
+        let e = Engine::load(&tiny_dir(), &LoadOptions { quantize: Some(q), ..LoadOptions::default() }).unwrap();
+        let (cos, d, agree) = against(&e, &f32_engine);
+        println!("{} on the fixture: logit cosine {cos:.6}, max |Δ| {d:.4}, greedy agrees for {agree}/8", q.name());
+        assert!(cos > 0.995, "{}: cosine {cos}", q.name());
+        assert!(agree >= 1, "{}: the first greedy token differs", q.name());
+    }
+    // q4_k's own kernels: a random-weight LLaVA whose decoder widths fill 256-blocks.
+    let nuwa::bench::BenchConfig::Llava { mut config, .. } = nuwa::bench::Preset::Tiny.config() else {
+        panic!("the tiny preset is a LLaVA")
+    };
+    config.text_config.hidden_size = 256;
+    config.text_config.intermediate_size = 512;
+    config.text_config.num_hidden_layers = 2;
+    let run = |quantize: Option<Quantize>| {
+        let mut c = config.clone();
+        c.text_config.quantize = quantize;
+        let cfg = nuwa::bench::BenchConfig::Llava { config: c, pinpoints: None };
+        let e = nuwa::bench::random_engine(
+            &cfg,
+            nuwa::bench::RandomWeights { seed: 7, std: 0.05 },
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let prompt = nuwa::bench::bench_prompt(3, 32000);
+        e.prefill_image(&prompt, None, &Method::NONE, None).unwrap().logits.to_vec1::<f32>().unwrap()
+    };
+    let dense = run(None);
+    let mut cosines = Vec::new();
+    for q in [Quantize::Q8_0, Quantize::Q4K] {
+        let got = run(Some(q));
+        let cos = cosine(&got, &dense);
+        let d = got.iter().zip(&dense).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        println!("{}, 256-wide random decoder: logit cosine {cos:.6}, max |Δ| {d:.4}", q.name());
+        cosines.push(cos);
+    }
+    // Random Gaussian weights are 4-bit quantisation's hard case (≈ 11 % error per weight).
+    assert!(cosines[0] > 0.999 && cosines[1] > 0.95, "cosines {cosines:?}");
+    assert!(
+        1.0 - cosines[1] > 4.0 * (1.0 - cosines[0]),
+        "q4_k must be coarser than q8_0 (its kernels ran): {cosines:?}"
+    );
 }

@@ -2,7 +2,7 @@
 mod common;
 use common::*;
 use nuwa::models::clip::{cls_saliency, VisionRequest};
-use nuwa::{GenerateRequest, ImageInput, Method, Sampling};
+use nuwa::Method;
 
 #[test]
 fn prompt_chunks_match_reference_tokens() {
@@ -34,15 +34,7 @@ fn clip_hidden_states_and_cls_attention_match() {
 #[test]
 fn unpruned_logits_and_greedy_tokens_match() {
     let e = engine();
-    let req = GenerateRequest {
-        prompt: QUESTION.into(),
-        image: Some(ImageInput::Pixels(g("pixel_values").clone())),
-        method: Method::NONE,
-        positions: None,
-        sampling: Sampling::default(),
-        max_new_tokens: 8,
-        stop: vec![],
-    };
+    let req = pixel_request(Method::NONE, 8);
     let pre = e.prefill(&req).unwrap();
     let d = max_abs_diff(&pre.logits, g("unpruned.logits_last"));
     println!("unpruned last-position logits max |Δ| {d:e}");

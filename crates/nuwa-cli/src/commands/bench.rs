@@ -3,11 +3,11 @@
 //! same process, and the paper's FLOP model. Runs a checkpoint or a random-weight preset.
 
 use super::{device, dtype};
-use crate::args::{DTypeArg, DeviceArg, PruneArg, StagesArg};
+use crate::args::{parse_budget, Budget, DTypeArg, DeviceArg, PruneArg, StagesArg};
 use anyhow::{bail, Context, Result};
-use nuwa::bench::{self, memory, Flops, Preset, RandomWeights, Sample, Summary, TokenSchedule};
-use nuwa::models::llava;
-use nuwa::prune::nuwa::{NuwaConfig, Stages};
+use nuwa::bench::{self, memory, BenchConfig, Flops, Preset, RandomWeights, Sample, Summary, TokenSchedule};
+use nuwa::prune::nuwa::{Stages, MERGED_GRID_FAMILY};
+use nuwa::prune::PruneSpec;
 use nuwa::{Engine, LoadOptions, Method};
 use serde_json::{json, Value};
 use std::time::Instant;
@@ -18,11 +18,17 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR", conflicts_with = "preset", required_unless_present = "preset")]
     pub model: Option<String>,
     /// Random weights (seeded) with a known model's shapes: `tiny` (the test fixture's shapes),
-    /// `llava-1.5-7b` (CLIP ViT-L/14-336 + Vicuna-7B) or `llava-next-7b` (the same networks over LLaVA-NeXT's
-    /// anyres views of a 672×672 image: 2928 image tokens).
+    /// `llava-1.5-7b` (CLIP ViT-L/14-336 + Vicuna-7B), `llava-next-7b` (the same networks over LLaVA-NeXT's
+    /// anyres views of a 672×672 image: 2928 image tokens) or `qwen2.5-vl-7b` (Qwen2.5-VL-7B: windowed ViT
+    /// 32 × 1280, decoder 28 × 3584 with 4 KV heads; image tokens from --image-size).
     #[arg(long, value_name = "NAME")]
     pub preset: Option<String>,
-    /// Keep only the first N decoder layers (the stage-2 layer, half the depth, follows).
+    /// Qwen2.5-VL only: the size of the image it encodes, before smart resizing [default: 1000x750, resized
+    /// to 1008×756: 972 merged tokens].
+    #[arg(long, value_name = "WxH", value_parser = parse_image_size)]
+    pub image_size: Option<(u32, u32)>,
+    /// Keep only the first N decoder layers (the stage-2 layer follows: half the depth, on Qwen2.5-VL one
+    /// layer later).
     #[arg(long, value_name = "N")]
     pub llm_layers: Option<usize>,
     /// Keep only the first N vision-encoder layers.
@@ -39,9 +45,10 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "none,nuwa")]
     pub prune: Vec<PruneArg>,
     /// Budgets, comma-separated: mean vision tokens over the decoder's layers (pdrop and sparsevlm
-    /// take 64, 96, 128 or 192).
-    #[arg(long, value_delimiter = ',', default_value = "64,128,192", allow_negative_numbers = true)]
-    pub budgets: Vec<i64>,
+    /// take 64, 96, 128 or 192), or for nuwa keep ratios such as 25% (the share of the image's tokens; on
+    /// Qwen2.5-VL the only setting: 25%, 50%, 75%) [default: 64,128,192; Qwen2.5-VL: 25%,50%,75%].
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    pub budgets: Option<Vec<String>>,
     /// Which Nüwa stages run: both, 1 (K1 = budget, no cut) or 2 (all patches in, budget survive).
     #[arg(long, value_enum, default_value_t = StagesArg::Both)]
     pub stages: StagesArg,
@@ -108,35 +115,43 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.prune.is_empty() {
         bail!("--prune needs at least one method (none, nuwa)");
     }
-    let budgets = args.budgets.iter().map(|&b| positive("--budgets", b)).collect::<Result<Vec<_>>>()?;
-    if args.prune.iter().any(|&p| p != PruneArg::None) && budgets.is_empty() {
-        bail!("--budgets needs at least one budget for a pruning method");
-    }
 
-    let (mut cfg, pinpoints, source) = match (&args.preset, &args.model) {
+    let (cfg, source) = match (&args.preset, &args.model) {
         (Some(name), _) => {
             let preset = Preset::from_name(name)?;
-            (preset.config(), preset.pinpoints(), Source::Preset(preset))
+            (preset.config(), Source::Preset(preset))
         }
         (None, Some(model)) => {
             let dir = nuwa::checkpoint::resolve(model)?;
             let ckpt = nuwa::checkpoint::Checkpoint::open(&dir)?;
-            let family = nuwa::models::detect(&ckpt)?;
-            let pinpoints = (family.name == nuwa::models::llava_next::FAMILY.name)
-                .then(|| nuwa::models::llava_next::Config::from_json(&ckpt.config_text).map(|c| c.pinpoints))
-                .transpose()
-                .map_err(|m| anyhow::anyhow!("{}: {m}", ckpt.config_path.display()))?;
-            (nuwa::models::llava::Config::from_checkpoint(&ckpt)?, pinpoints, Source::Checkpoint(dir))
+            (BenchConfig::from_checkpoint(&ckpt)?, Source::Checkpoint(dir))
         }
-        (None, None) => bail!("pass --model DIR or --preset NAME (tiny, llava-1.5-7b, llava-next-7b)"),
+        (None, None) => bail!("pass --model DIR or --preset NAME (tiny, llava-1.5-7b, llava-next-7b, qwen2.5-vl-7b)"),
     };
-    let full_depth = (cfg.text_config.num_hidden_layers, cfg.vision_config.num_hidden_layers);
+    let mut cfg = match args.image_size {
+        Some((w, h)) => cfg.with_image_size(w, h)?,
+        None => cfg,
+    };
+    let full_depth = cfg.depths();
     cfg.trim(args.llm_layers, args.vision_layers)?;
-    let layout = bench::bench_layout(&cfg, pinpoints.as_deref())?;
+    let layout = bench::bench_layout(&cfg)?;
+    let budgets = parse_budgets(&args, &cfg)?;
+    if args.prune.iter().any(|&p| p != PruneArg::None) && budgets.is_empty() {
+        bail!("--budgets needs at least one budget for a pruning method");
+    }
 
     let configs = configurations(&args, &budgets, &cfg, &layout)?;
-    let describe =
-        Description { source: &source, cfg: &cfg, image_tokens: layout.len(), full_depth, args: &args, runs, warmup };
+    let describe = Description {
+        source: &source,
+        cfg: &cfg,
+        image_tokens: layout.len(),
+        grid: layout.grids.first().map(|g| [g.rows, g.cols]),
+        image_size: cfg.encoded_size()?,
+        full_depth,
+        args: &args,
+        runs,
+        warmup,
+    };
 
     if args.flops_only {
         let report = flops_json(&describe, &configs);
@@ -162,16 +177,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         dt
     );
     let engine = match &source {
-        Source::Preset(_) => {
-            bench::random_engine(&cfg, pinpoints.as_deref(), RandomWeights { seed: args.seed, std: 0.02 }, dt, &dev)?
-        }
+        Source::Preset(_) => bench::random_engine(&cfg, RandomWeights { seed: args.seed, std: 0.02 }, dt, &dev)?,
         Source::Checkpoint(dir) => {
             let opts = LoadOptions {
                 dtype: dt,
                 device: dev.clone(),
                 llm_layers: args.llm_layers,
                 vision_layers: args.vision_layers,
-                max_pixels: None,
+                ..LoadOptions::default()
             };
             Engine::load(dir, &opts)?
         }
@@ -183,9 +196,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     let prompt = match &engine.tokenizer {
         Some(_) => engine.prompt(bench::BENCH_QUESTION, true)?,
-        None => bench::bench_prompt(args.seed, cfg.text_config.vocab_size()),
+        None => bench::bench_prompt(args.seed, cfg.decoder().vocab_size()),
     };
-    let pixels = bench::random_image(&cfg, pinpoints.as_deref(), args.seed, &dev)?;
+    let pixels = bench::random_image(&cfg, args.seed, &dev)?;
 
     let measured = measure_all(&engine, &prompt, &pixels, &configs, runs, warmup, args.decode_tokens)?;
     let report = report_json(&describe, &configs, &measured, prompt.prefix.len(), prompt.suffix.len());
@@ -229,6 +242,36 @@ fn positive(flag: &str, v: i64) -> Result<usize> {
     Ok(v as usize)
 }
 
+/// `--image-size`: `WxH` in pixels, e.g. 1000x750.
+fn parse_image_size(s: &str) -> Result<(u32, u32), String> {
+    let parsed =
+        s.split_once(['x', 'X', '×']).and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)));
+    match parsed {
+        Some((w, h)) if w > 0 && h > 0 => Ok((w, h)),
+        _ => Err(format!("expected WIDTHxHEIGHT in pixels like 1000x750, got {s:?}")),
+    }
+}
+
+/// `--budgets` parsed, or the family's default: keep ratios on Qwen2.5-VL (its Nüwa has no token budget),
+/// the paper's token budgets elsewhere.
+fn parse_budgets(args: &BenchArgs, cfg: &BenchConfig) -> Result<Vec<Budget>> {
+    let merged = cfg.family() == MERGED_GRID_FAMILY;
+    let Some(given) = &args.budgets else {
+        let default = if merged { "25%,50%,75%" } else { "64,128,192" };
+        return Ok(default.split(',').map(|b| parse_budget(b).expect("valid defaults")).collect());
+    };
+    given
+        .iter()
+        .map(|b| {
+            let budget = parse_budget(b).map_err(|e| anyhow::anyhow!("--budgets: {e}"))?;
+            if budget == Budget::Tokens(0) {
+                bail!("--budgets must be at least 1, got {b}");
+            }
+            Ok(budget)
+        })
+        .collect()
+}
+
 enum Source {
     Preset(Preset),
     Checkpoint(std::path::PathBuf),
@@ -236,9 +279,13 @@ enum Source {
 
 struct Description<'a> {
     source: &'a Source,
-    cfg: &'a llava::Config,
+    cfg: &'a BenchConfig,
     /// Image tokens of the unpruned sequence.
     image_tokens: usize,
+    /// The first (or only) patch grid of the image's layout, rows × cols.
+    grid: Option<[usize; 2]>,
+    /// The (width, height) the model is told its image has, where it is told one.
+    image_size: Option<(u32, u32)>,
     full_depth: (usize, usize),
     args: &'a BenchArgs,
     runs: usize,
@@ -254,13 +301,8 @@ impl Description<'_> {
     }
 
     fn depth(&self) -> String {
-        format!(
-            "decoder {}/{} layers, vision encoder {}/{} layers",
-            self.cfg.text_config.num_hidden_layers,
-            self.full_depth.0,
-            self.cfg.vision_config.num_hidden_layers,
-            self.full_depth.1
-        )
+        let (llm, vision) = self.cfg.depths();
+        format!("decoder {llm}/{} layers, vision encoder {vision}/{} layers", self.full_depth.0, self.full_depth.1)
     }
 
     fn model_json(&self) -> Value {
@@ -268,21 +310,27 @@ impl Description<'_> {
             Source::Preset(p) => ("preset", p.name().to_string()),
             Source::Checkpoint(dir) => ("checkpoint", dir.display().to_string()),
         };
-        let (t, v) = (&self.cfg.text_config, &self.cfg.vision_config);
+        let t = self.cfg.decoder();
+        let (llm_layers, vision_layers) = self.cfg.depths();
         json!({
             "source": kind,
             "name": name,
+            "family": self.cfg.family(),
             "seed": matches!(self.source, Source::Preset(_)).then_some(self.args.seed),
             "dtype": format!("{:?}", self.args.dtype).to_lowercase(),
             "device": format!("{:?}", self.args.device).to_lowercase(),
-            "llm_layers": t.num_hidden_layers,
+            "llm_layers": llm_layers,
             "llm_layers_full": self.full_depth.0,
-            "vision_layers": v.num_hidden_layers,
+            "vision_layers": vision_layers,
             "vision_layers_full": self.full_depth.1,
             "hidden_size": t.hidden_size,
             "intermediate_size": t.intermediate_size,
-            "vision_hidden_size": v.hidden_size,
-            "grid": [v.grid_side(), v.grid_side()],
+            "attention_heads": t.num_attention_heads,
+            "kv_heads": t.num_key_value_heads(),
+            "vision_hidden_size": self.cfg.vision_hidden_size(),
+            "grid": self.grid,
+            "image_size": self.image_size,
+            "image_tokens": self.image_tokens,
             "parameters": bench::parameter_count(self.cfg),
         })
     }
@@ -290,8 +338,8 @@ impl Description<'_> {
 
 fn configurations(
     args: &BenchArgs,
-    budgets: &[usize],
-    cfg: &llava::Config,
+    budgets: &[Budget],
+    cfg: &BenchConfig,
     layout: &nuwa::layout::VisualLayout,
 ) -> Result<Vec<Config>> {
     use clap::ValueEnum;
@@ -313,31 +361,38 @@ fn configurations(
                 continue;
             }
             seen.push(budget);
-            let method = match p {
-                PruneArg::Nuwa => {
-                    let c = NuwaConfig {
-                        budget,
-                        stages: match args.stages {
-                            StagesArg::Both => Stages::Both,
-                            StagesArg::One => Stages::One,
-                            StagesArg::Two => Stages::Two,
-                        },
-                        stage2_layer: args.stage2_layer,
-                        seed: args.seed,
-                        ..NuwaConfig::default()
-                    };
-                    Method::Nuwa(c)
+            let (label, spec) = match budget {
+                Budget::Tokens(n) if p == PruneArg::Nuwa && cfg.family() == MERGED_GRID_FAMILY => bail!(
+                    "--budgets {n}: Nüwa on {MERGED_GRID_FAMILY} is set by a keep ratio (25%, 50% or 75%), not a \
+                     token count"
+                ),
+                Budget::Tokens(n) => (format!("{name}-{n}"), PruneSpec { budget: n, ..PruneSpec::default() }),
+                Budget::Percent(pct) if p == PruneArg::Nuwa => {
+                    (format!("{name}-{pct}%"), PruneSpec { keep_ratio: Some(pct / 100.0), ..PruneSpec::default() })
                 }
-                _ => Method::from_name(&name, budget, args.seed)?,
+                Budget::Percent(pct) => {
+                    bail!("--budgets {pct}%: a keep ratio applies to nuwa only; {name} takes a token count such as 64")
+                }
             };
-            methods.push((format!("{name}-{budget}"), method));
+            let spec = PruneSpec {
+                method: name.clone(),
+                stages: match args.stages {
+                    StagesArg::Both => Stages::Both,
+                    StagesArg::One => Stages::One,
+                    StagesArg::Two => Stages::Two,
+                },
+                stage2_layer: args.stage2_layer,
+                seed: args.seed,
+                ..spec
+            };
+            methods.push((label, spec.method()?));
         }
     }
     methods
         .into_iter()
         .map(|(label, method)| {
             let schedule = TokenSchedule::new(cfg, layout, &method)?;
-            let flops = bench::llm_flops(&cfg.text_config, &schedule, text);
+            let flops = bench::llm_flops(cfg.decoder(), &schedule, text);
             Ok(Config { label, method, schedule, flops })
         })
         .collect()
@@ -402,16 +457,17 @@ fn flops_entry(c: &Config, baseline: &Flops) -> Value {
     })
 }
 
-fn config_json(c: &Config) -> Value {
-    let budget = c.method.budget();
+fn config_json(d: &Description, c: &Config) -> Value {
     json!({
         "label": c.label,
         "prune": c.method.name(),
-        "budget": budget,
+        "budget": c.method.budget(),
+        "keep_ratio": c.method.keep_ratio(d.cfg.family()),
         "k1": c.schedule.k1,
         "k2": c.schedule.k2,
         "stage2_layer": c.schedule.cut_layer,
         "mean_vision_tokens": c.schedule.mean_tokens(),
+        "vision_tokens_per_layer": c.schedule.per_layer,
     })
 }
 
@@ -420,7 +476,7 @@ fn flops_json(d: &Description, configs: &[Config]) -> Value {
     let results: Vec<Value> = configs
         .iter()
         .map(|c| {
-            let mut v = config_json(c);
+            let mut v = config_json(d, c);
             v["flops"] = flops_entry(c, &baseline);
             v
         })
@@ -433,14 +489,24 @@ fn flops_json(d: &Description, configs: &[Config]) -> Value {
     })
 }
 
+/// The widths of the FLOP model: H, I, Q = heads · head_dim, KV = KV heads · head_dim.
+fn flop_widths(d: &Description) -> [usize; 4] {
+    let t = d.cfg.decoder();
+    [t.hidden_size, t.intermediate_size, t.num_attention_heads * t.head_dim(), t.num_key_value_heads() * t.head_dim()]
+}
+
 fn flop_model_json(d: &Description) -> Value {
+    let [h, i, q, kv] = flop_widths(d);
     json!({
-        "per_layer": "8*S*H^2 + 4*S^2*H + 4*S*H*I, summed over decoder layers, 1 TFLOP = 1e12",
+        "per_layer": "4*S*H*(Q+KV) + 4*S^2*Q + 4*S*H*I (8*S*H^2 + 4*S^2*H + 4*S*H*I when Q = KV = H), summed over \
+                      decoder layers, 1 TFLOP = 1e12",
         "vision_only": "S = vision tokens entering the layer",
         "total": format!("S = {} prefix + vision + {} suffix tokens", bench::PREFIX_TOKENS, bench::SUFFIX_TOKENS),
-        "H": d.cfg.text_config.hidden_size,
-        "I": d.cfg.text_config.intermediate_size,
-        "layers": d.cfg.text_config.num_hidden_layers,
+        "H": h,
+        "I": i,
+        "Q": q,
+        "KV": kv,
+        "layers": d.cfg.decoder().num_hidden_layers,
     })
 }
 
@@ -479,8 +545,11 @@ fn report_json(d: &Description, configs: &[Config], measured: &[Measured], prefi
             ratio.insert("kv_cache".into(), json!(bench::ratio(kv, base_kv)));
             ratio.insert("kv_cache_prefill".into(), json!(bench::ratio(kv_prefill, base_kv_prefill)));
             let stage1_share = bench::ratio(stat(m, |s| s.stage1_ms).median, stat(m, |s| s.vision_ms).median);
-            let mut v = config_json(c);
+            let mut v = config_json(d, c);
             let o = v.as_object_mut().expect("object");
+            // What the pipeline kept, next to the schedule the FLOPs are computed from.
+            o.insert("measured_k1".into(), json!(m.samples[0].k1));
+            o.insert("measured_k2".into(), json!(m.samples[0].k2));
             o.insert("runs".into(), json!(m.samples.len()));
             o.insert("median_ms".into(), Value::Object(median));
             o.insert("min_ms".into(), Value::Object(min));
@@ -522,11 +591,12 @@ fn report_json(d: &Description, configs: &[Config], measured: &[Measured], prefi
 // ---------------------------------------------------------------------------------------------------
 
 fn print_flops(d: &Description, configs: &[Config]) {
-    let t = &d.cfg.text_config;
+    let [h, i, q, kv] = flop_widths(d);
     println!("{} — {}", d.model_name(), d.depth());
     println!(
-        "FLOP model of the decoder's prefill, per layer 8·S·H² + 4·S²·H + 4·S·H·I (H = {}, I = {}), summed over {} layers",
-        t.hidden_size, t.intermediate_size, t.num_hidden_layers
+        "FLOP model of the decoder's prefill, per layer 4·S·H·(Q + KV) + 4·S²·Q + 4·S·H·I (H = {h}, I = {i}, Q = {q}, \
+         KV = {kv}; 8·S·H² + 4·S²·H + 4·S·H·I when Q = KV = H), summed over {} layers",
+        d.cfg.decoder().num_hidden_layers
     );
     println!(
         "  vision-only: S = vision tokens in the layer; total: S = {} prefix + vision + {} suffix tokens\n",
@@ -557,7 +627,7 @@ fn print_flops(d: &Description, configs: &[Config]) {
 /// For the full-depth LLaVA-1.5-7B shapes, what the paper printed next to what the formula gives.
 fn paper_note(d: &Description, configs: &[Config]) {
     let full = matches!(d.source, Source::Preset(Preset::Llava15_7b))
-        && d.cfg.text_config.num_hidden_layers == d.full_depth.0
+        && d.cfg.depths().0 == d.full_depth.0
         && matches!(d.args.stages, StagesArg::Both)
         && d.args.stage2_layer.is_none();
     if !full {
@@ -575,6 +645,9 @@ fn paper_note(d: &Description, configs: &[Config]) {
 fn print_report(d: &Description, report: &Value) {
     let results = report["results"].as_array().expect("results");
     println!("{} — {}, {:?}, {:?}", d.model_name(), d.depth(), d.args.dtype, d.args.device);
+    if let Some((w, h)) = d.image_size {
+        println!("image: {w}×{h} pixels as the model encodes it");
+    }
     println!(
         "prompt: {} tokens + {} image positions + {} tokens; {} run(s) after {} warm-up(s); {} decode step(s)\n",
         report["settings"]["prefix_tokens"],

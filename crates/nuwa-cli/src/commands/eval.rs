@@ -20,6 +20,9 @@ pub struct EvalArgs {
     /// Qwen2.5-VL: resize images to at most this many pixels [default: preprocessor_config.json's].
     #[arg(long)]
     pub max_pixels: Option<u64>,
+    /// Quantise the decoder at load: q8_0 or q4_k (see `nuwa generate --help`).
+    #[arg(long, value_enum)]
+    pub quantize: Option<crate::args::QuantizeArg>,
     /// Weight and activation dtype.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
@@ -155,8 +158,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
             OnErrorArg::Fail => OnError::Fail,
         },
     };
-    let engine =
-        super::load_engine(&ModelArgs { model, dtype: args.dtype, device: args.device, max_pixels: args.max_pixels })?;
+    let engine = super::load_engine(&ModelArgs {
+        model,
+        dtype: args.dtype,
+        device: args.device,
+        max_pixels: args.max_pixels,
+        quantize: args.quantize,
+    })?;
 
     let bar = ProgressBar::hidden();
     let mut on_event = |e: Event<'_>| {

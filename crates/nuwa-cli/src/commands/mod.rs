@@ -53,6 +53,7 @@ pub fn load_engine(args: &ModelArgs) -> Result<Engine> {
         dtype: dtype(args.dtype),
         device: device(args.device)?,
         max_pixels: args.max_pixels,
+        quantize: args.quantize.map(|q| q.format()),
         ..LoadOptions::default()
     };
     let dir = nuwa::checkpoint::resolve(&args.model)?;

@@ -6,7 +6,9 @@
 //! or renumber tokens before chosen layers after probing the decoder ([`DecoderProbe`]).
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_nn::{embedding, kv_cache::KvCache, linear_b, rms_norm, Embedding, Linear, RmsNorm, VarBuilder};
+use candle_nn::{embedding, kv_cache::KvCache, rms_norm, Embedding, RmsNorm, VarBuilder};
+
+use super::linear::{Linear, Quantize};
 use serde::Deserialize;
 
 use crate::hooks::{DecoderProbe, TokenDropper};
@@ -50,6 +52,9 @@ pub struct Config {
     /// (Qwen2-VL's `mrope_section`); `None` for 1-D RoPE.
     #[serde(skip)]
     pub mrope_section: Option<[usize; 3]>,
+    /// Weight format of the layers' linears and the LM head, chosen at load (`--quantize`), not read.
+    #[serde(skip)]
+    pub quantize: Option<Quantize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -218,10 +223,10 @@ impl Attention {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads());
         Ok(Self {
-            q_proj: linear_b(h, nh * hd, cfg.attention_bias || cfg.qkv_bias, vb.pp("q_proj"))?,
-            k_proj: linear_b(h, nkv * hd, cfg.attention_bias || cfg.qkv_bias, vb.pp("k_proj"))?,
-            v_proj: linear_b(h, nkv * hd, cfg.attention_bias || cfg.qkv_bias, vb.pp("v_proj"))?,
-            o_proj: linear_b(nh * hd, h, cfg.attention_bias, vb.pp("o_proj"))?,
+            q_proj: Linear::load(h, nh * hd, cfg.attention_bias || cfg.qkv_bias, cfg.quantize, vb.pp("q_proj"))?,
+            k_proj: Linear::load(h, nkv * hd, cfg.attention_bias || cfg.qkv_bias, cfg.quantize, vb.pp("k_proj"))?,
+            v_proj: Linear::load(h, nkv * hd, cfg.attention_bias || cfg.qkv_bias, cfg.quantize, vb.pp("v_proj"))?,
+            o_proj: Linear::load(nh * hd, h, cfg.attention_bias, cfg.quantize, vb.pp("o_proj"))?,
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: hd,
@@ -327,9 +332,9 @@ impl Mlp {
     fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: linear_b(h, i, cfg.mlp_bias, vb.pp("gate_proj"))?,
-            up_proj: linear_b(h, i, cfg.mlp_bias, vb.pp("up_proj"))?,
-            down_proj: linear_b(i, h, cfg.mlp_bias, vb.pp("down_proj"))?,
+            gate_proj: Linear::load(h, i, cfg.mlp_bias, cfg.quantize, vb.pp("gate_proj"))?,
+            up_proj: Linear::load(h, i, cfg.mlp_bias, cfg.quantize, vb.pp("up_proj"))?,
+            down_proj: Linear::load(i, h, cfg.mlp_bias, cfg.quantize, vb.pp("down_proj"))?,
         })
     }
 
@@ -429,9 +434,13 @@ impl Decoder {
             .collect::<candle_core::Result<Vec<_>>>()?;
         let norm = rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb_model.pp("norm"))?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed_tokens.embeddings().clone(), None)
+            let tied = candle_nn::Linear::new(embed_tokens.embeddings().clone(), None);
+            match cfg.quantize {
+                Some(q) => Linear::quantized(tied, q)?,
+                None => Linear::Dense(tied),
+            }
         } else {
-            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size(), vb_lm_head)?
+            Linear::load(cfg.hidden_size, cfg.vocab_size(), false, cfg.quantize, vb_lm_head)?
         };
         let rotary = RotaryTable::new(cfg, vb_model.dtype(), vb_model.device())?;
         Ok(Self {

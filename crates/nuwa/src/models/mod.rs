@@ -5,6 +5,7 @@
 //! Adding a family is a folder here implementing [`VisionLanguageModel`] plus one line in [`FAMILIES`].
 pub mod clip;
 pub mod decoder;
+pub mod linear;
 pub mod llava;
 pub mod llava_next;
 pub mod qwen2_5_vl;
@@ -28,11 +29,20 @@ pub struct LoadOptions {
     /// Qwen2.5-VL: the most pixels an image is resized to (lowers `preprocessor_config.json`'s
     /// `max_pixels`, so fewer vision tokens); families with a fixed input size refuse it.
     pub max_pixels: Option<u64>,
+    /// Quantise the decoder's linears and LM head (and LLaVA's projector) at load.
+    pub quantize: Option<linear::Quantize>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: DType::F32, device: Device::Cpu, llm_layers: None, vision_layers: None, max_pixels: None }
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+            llm_layers: None,
+            vision_layers: None,
+            max_pixels: None,
+            quantize: None,
+        }
     }
 }
 

@@ -127,7 +127,7 @@ impl Pruner for DartConfig {
     fn default_positions(&self) -> PositionPolicy {
         PositionPolicy::Original
     }
-    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+    fn vision_tokens_per_layer(&self, _family: &str, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
         let n = layout.len();
         Ok(schedule_steps(n, &[(LAYER, (IMAGE_PIVOTS + 8 * (self.budget / 8).max(1)).min(n))], depth))
     }

@@ -107,7 +107,7 @@ impl Pruner for FastV {
     fn default_positions(&self) -> PositionPolicy {
         PositionPolicy::Original
     }
-    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+    fn vision_tokens_per_layer(&self, _family: &str, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
         let n = layout.len();
         Ok(schedule_steps(n, &[(LAYER, keep_count(self.budget, self.count, n, depth))], depth))
     }

@@ -49,9 +49,10 @@ pub trait Pruner {
     fn needs(&self) -> Needs {
         Needs::default()
     }
-    /// Vision tokens entering each of `depth` decoder layers for an image laid out as `layout`; by
-    /// default the budget (every slot without one) in every layer, as a vision-side selection keeps.
-    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+    /// Vision tokens entering each of `depth` decoder layers for an image laid out as `layout` on a model
+    /// of `family`; by default the budget (every slot without one) in every layer, as a vision-side
+    /// selection keeps.
+    fn vision_tokens_per_layer(&self, _family: &str, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
         Ok(vec![self.budget().map_or(layout.len(), |b| b.min(layout.len())); depth])
     }
     /// The vision-side reduction, if the method has one.
@@ -192,10 +193,10 @@ impl Method {
         self.pruner().needs()
     }
 
-    /// Vision tokens entering each of `depth` decoder layers, as the method schedules them (the count a
-    /// budget is measured by).
-    pub fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
-        self.pruner().vision_tokens_per_layer(layout, depth).map_err(|e| self.named(e))
+    /// Vision tokens entering each of `depth` decoder layers of a `family` model, as the method schedules
+    /// them (the count a budget is measured by).
+    pub fn vision_tokens_per_layer(&self, family: &str, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+        self.pruner().vision_tokens_per_layer(family, layout, depth).map_err(|e| self.named(e))
     }
 
     /// An unsupported-layout error with the method's name in front.

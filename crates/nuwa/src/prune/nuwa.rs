@@ -551,14 +551,10 @@ impl Stage2 {
     /// `None` when there is nothing to do (stage 1 only, or K2 ≥ the tokens in `span`).
     pub fn new(cfg: &NuwaConfig, span: Span, depth: usize) -> Result<Option<Self>> {
         let merged = span.family == MERGED_GRID_FAMILY;
-        let layer = match cfg.stage2_layer {
-            // Released Qwen: the scores of layer depth/2 cut before the next one.
-            None if merged => cfg.stage2_layer(depth).map(|l| (l + 1).min(depth - 1))?,
-            _ => cfg.stage2_layer(depth)?,
-        };
+        let layer = cfg.cut_layer(merged, depth)?;
         let k2 = match (cfg.stages, span.layout.anyres()) {
+            _ if merged => cfg.merged_k2(span.len(), span.n_slots())?,
             (Stages::One, _) => None,
-            (Stages::Both, _) if merged => Keep::k2(&cfg.merged_ratios()?, span.len()),
             (Stages::Both, Some(_)) => Some(anyres_k2(span.len())),
             _ => counts(cfg.budget_on(span.n_slots()), cfg.stages, span.n_slots()).1,
         }
@@ -645,7 +641,10 @@ impl Pruner for NuwaConfig {
         Needs { similarity: self.stages != Stages::Two }
     }
 
-    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+    fn vision_tokens_per_layer(&self, family: &str, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+        if family == MERGED_GRID_FAMILY {
+            return self.merged_tokens_per_layer(layout, depth);
+        }
         if let (Some((base, local)), Stages::Both | Stages::One) = (layout.anyres(), self.stages) {
             let (k1, _) = self.anyres_split(layout);
             let k1 = k1.0.min(base.rows * base.cols) + k1.1.min(local.rows * local.cols);
@@ -721,6 +720,38 @@ impl NuwaConfig {
 }
 
 impl NuwaConfig {
+    /// The decoder layer before which stage 2 cuts: the one asked for, else half the depth; on the
+    /// merged-grid family one layer later, as released (the scores of layer depth/2 cut before the next).
+    fn cut_layer(&self, merged: bool, depth: usize) -> Result<usize> {
+        let layer = self.stage2_layer(depth)?;
+        Ok(if merged && self.stage2_layer.is_none() { (layer + 1).min(depth - 1) } else { layer })
+    }
+
+    /// Survivors of stage 2 on the merged-grid family for `k1` vision tokens in the decoder out of the
+    /// image's `n`: K2 = ⌊K1·r2⌋ with both stages, the keep ratio's share of `n` with stage 2 alone.
+    fn merged_k2(&self, k1: usize, n: usize) -> Result<Option<usize>> {
+        Ok(match self.stages {
+            Stages::One => None,
+            Stages::Both => Keep::k2(&self.merged_ratios()?, k1),
+            Stages::Two => counts(self.budget_on(n), Stages::Two, n).1,
+        })
+    }
+
+    /// The per-layer schedule on the merged-grid family: K1 = [`Keep::k1`] on the grid padded to even sides
+    /// (every token with stage 2 alone), then [`NuwaConfig::merged_k2`] from the stage-2 layer on.
+    fn merged_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+        let (h, w) = layout.raster_grid()?;
+        let n = h * w;
+        let k1 = match self.stages {
+            Stages::Two => n,
+            _ => Keep::k1(&self.merged_ratios()?, n, h.div_ceil(2) * w.div_ceil(2)),
+        };
+        Ok(match self.merged_k2(k1, n)?.filter(|&k2| k2 < k1) {
+            Some(k2) => schedule_steps(k1, &[(self.cut_layer(true, depth)?, k2)], depth),
+            None => vec![k1; depth],
+        })
+    }
+
     /// Stage 1 on a merged grid; `--as-released` reads the similarity features in the encoder's (window)
     /// order as if they were raster, as the released code does.
     fn reduce_merged(&self, ev: &VisionEvidence, grid: (usize, usize)) -> Result<Reduction> {

@@ -79,7 +79,7 @@ impl Pruner for PDrop {
     fn validate(&self) -> Result<()> {
         schedule(self.budget).map(|_| ())
     }
-    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+    fn vision_tokens_per_layer(&self, _family: &str, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
         let cuts: Vec<(usize, usize)> = CUT_LAYERS.iter().copied().zip(schedule(self.budget)?).collect();
         Ok(schedule_steps(layout.len(), &cuts, depth))
     }

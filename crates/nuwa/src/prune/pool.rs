@@ -61,7 +61,7 @@ impl Pruner for Pool {
     fn budget(&self) -> Option<usize> {
         Some(self.budget)
     }
-    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+    fn vision_tokens_per_layer(&self, _family: &str, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
         let (h, w) = layout.raster_grid()?;
         let (ho, wo) = output_grid(self.budget, h, w);
         Ok(vec![ho * wo; depth])

@@ -74,7 +74,7 @@ impl Pruner for Manual {
     fn budget(&self) -> Option<usize> {
         None
     }
-    fn vision_tokens_per_layer(&self, _layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+    fn vision_tokens_per_layer(&self, _family: &str, _layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
         Ok(vec![self.keep.len(); depth])
     }
     fn reducer(&self) -> Option<&dyn VisionReducer> {

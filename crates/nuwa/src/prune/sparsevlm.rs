@@ -148,7 +148,7 @@ impl Pruner for SparseVlmConfig {
     fn validate(&self) -> Result<()> {
         pdrop::schedule(self.budget).map(|_| ())
     }
-    fn vision_tokens_per_layer(&self, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
+    fn vision_tokens_per_layer(&self, _family: &str, layout: &VisualLayout, depth: usize) -> Result<Vec<usize>> {
         // Each cut keeps its count and recycles ⌊0.3·pruned⌋ + 1 tokens into ⌊m/10⌋ + 1 merged ones.
         let n = layout.len();
         let mut n_v = n;

@@ -38,6 +38,19 @@ pub fn usizes(name: &str) -> Vec<usize> {
     g(name).to_vec1::<i64>().unwrap().into_iter().map(|v| v as usize).collect()
 }
 
+/// The fixture's question about its golden pixel values, greedy, `max_new_tokens` long.
+pub fn pixel_request(method: nuwa::Method, max_new_tokens: usize) -> nuwa::GenerateRequest {
+    nuwa::GenerateRequest {
+        prompt: QUESTION.into(),
+        image: Some(nuwa::ImageInput::Pixels(g("pixel_values").clone())),
+        method,
+        positions: None,
+        sampling: nuwa::Sampling::default(),
+        max_new_tokens,
+        stop: vec![],
+    }
+}
+
 pub fn engine() -> &'static Engine {
     static E: OnceLock<Engine> = OnceLock::new();
     E.get_or_init(|| Engine::load(&tiny_dir(), &LoadOptions::default()).unwrap())

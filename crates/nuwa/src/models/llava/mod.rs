@@ -9,6 +9,7 @@ pub mod processor;
 pub use config::{Config, WeightPrefixes};
 pub use processor::PreprocessConfig;
 
+use super::linear::Linear;
 use super::{clip, decoder, Family, LoadOptions, VisionLanguageModel};
 use crate::checkpoint::Checkpoint;
 use crate::layout::{Needs, Saliency, SequenceLayout, VisionEvidence, VisualLayout};
@@ -16,7 +17,7 @@ use crate::preprocess::Geometry;
 use crate::prompt::{Conversation, PromptTokens, TextTokenizer};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{linear_b, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use std::time::Instant;
 
 pub const FAMILY: Family = Family { name: "llava-1.5", model_types: &["llava"], load };
@@ -33,9 +34,10 @@ pub struct Projector {
 impl Projector {
     fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
         let (v, t) = (cfg.vision_config.hidden_size, cfg.text_config.hidden_size);
+        let (bias, q) = (cfg.multimodal_projector_bias, cfg.text_config.quantize);
         Ok(Self {
-            linear_1: linear_b(v, t, cfg.multimodal_projector_bias, vb.pp("linear_1"))?,
-            linear_2: linear_b(t, t, cfg.multimodal_projector_bias, vb.pp("linear_2"))?,
+            linear_1: Linear::load(v, t, bias, q, vb.pp("linear_1"))?,
+            linear_2: Linear::load(t, t, bias, q, vb.pp("linear_2"))?,
         })
     }
 }
@@ -80,6 +82,7 @@ impl Llava {
             ));
         }
         config.trim(opts.llm_layers, opts.vision_layers)?;
+        config.text_config.quantize = opts.quantize;
         let prefixes = WeightPrefixes::detect(ckpt.tensor_names.iter().map(String::as_str))
             .map_err(|m| Error::checkpoint(&ckpt.dir, m))?;
         let processor = match &ckpt.preprocessor_file {

@@ -193,6 +193,7 @@ impl Config {
             tie_word_embeddings: raw.tie_word_embeddings,
             qkv_bias: true,
             mrope_section: Some(mrope_section),
+            quantize: None,
         };
         text.validate()?;
         Ok(Self {

@@ -43,38 +43,56 @@ impl Qwen25Vl {
     pub fn load(ckpt: &Checkpoint, opts: &LoadOptions) -> Result<Self> {
         let mut config = Config::from_checkpoint(ckpt)?;
         config.trim(opts.llm_layers, opts.vision_layers)?;
-        let processor = match &ckpt.preprocessor_file {
-            Some(p) => PreprocessConfig::from_file(p)?,
-            None => PreprocessConfig::default(),
-        };
+        config.text.quantize = opts.quantize;
+        let processor = checkpoint_processor(ckpt)?;
         let processor = match opts.max_pixels {
             Some(max) => processor.with_max_pixels(max)?,
             None => processor,
         };
         let vb = ckpt.var_builder(opts.dtype, &opts.device)?;
-        let build = || -> candle_core::Result<(vision::VisionTower, decoder::Decoder)> {
-            Ok((
-                vision::VisionTower::new(&config.vision, vb.pp("visual"))?,
-                decoder::Decoder::new(&config.text, vb.pp("model"), vb.pp("lm_head"))?,
-            ))
-        };
-        let (vision, llm) = build().map_err(|e| Error::checkpoint(&ckpt.dir, e.to_string()))?;
-        Ok(Self { vision, llm, config, processor })
+        Self::new(config, processor, vb).map_err(|e| Error::checkpoint(&ckpt.dir, e.to_string()))
+    }
+
+    /// The networks of `config` from `vb` (hub tensor names: `visual.*`, `model.*`, `lm_head.*`).
+    pub fn new(config: Config, processor: PreprocessConfig, vb: candle_nn::VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            vision: vision::VisionTower::new(&config.vision, vb.pp("visual"))?,
+            llm: decoder::Decoder::new(&config.text, vb.pp("model"), vb.pp("lm_head"))?,
+            config,
+            processor,
+        })
     }
 
     /// The patch grid (rows, cols) of a `width`×`height` image after smart resizing.
     pub fn patch_grid(&self, width: u32, height: u32) -> Result<(usize, usize)> {
-        let p = &self.processor;
-        let factor = p.patch_size.checked_mul(p.merge_size).ok_or_else(|| Error::invalid("patch_size", "overflows"))?;
-        let (h, w) = processor::smart_resize(height, width, factor, p.min_pixels, p.max_pixels)?;
-        Ok(((h / p.patch_size) as usize, (w / p.patch_size) as usize))
+        patch_grid(&self.processor, width, height)
     }
 
-    /// The merged-token layout of a `gh`×`gw` patch grid: one raster grid.
     fn layout(&self, gh: usize, gw: usize) -> VisualLayout {
-        let m = self.config.vision.spatial_merge_size;
-        VisualLayout::grid(gh / m, gw / m)
+        merged_layout(&self.config.vision, gh, gw)
     }
+}
+
+/// The checkpoint's `preprocessor_config.json`, or the release's values without one.
+pub fn checkpoint_processor(ckpt: &Checkpoint) -> Result<PreprocessConfig> {
+    match &ckpt.preprocessor_file {
+        Some(p) => PreprocessConfig::from_file(p),
+        None => Ok(PreprocessConfig::default()),
+    }
+}
+
+/// The patch grid (rows, cols) `processor` makes of a `width`×`height` image (smart resizing).
+pub fn patch_grid(processor: &PreprocessConfig, width: u32, height: u32) -> Result<(usize, usize)> {
+    let p = processor;
+    let factor = p.patch_size.checked_mul(p.merge_size).ok_or_else(|| Error::invalid("patch_size", "overflows"))?;
+    let (h, w) = processor::smart_resize(height, width, factor, p.min_pixels, p.max_pixels)?;
+    Ok(((h / p.patch_size) as usize, (w / p.patch_size) as usize))
+}
+
+/// The merged-token layout of a `gh`×`gw` patch grid: one raster grid.
+pub fn merged_layout(vision: &config::VisionConfig, gh: usize, gw: usize) -> VisualLayout {
+    let m = vision.spatial_merge_size;
+    VisualLayout::grid(gh / m, gw / m)
 }
 
 impl VisionLanguageModel for Qwen25Vl {
