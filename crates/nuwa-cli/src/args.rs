@@ -222,25 +222,11 @@ pub struct PruneArgs {
     pub positions: Option<PositionsArg>,
 }
 
-/// `--budget`: a token count, or a keep ratio as a percentage.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Budget {
-    Tokens(usize),
-    Percent(f64),
-}
+pub use nuwa::prune::Budget;
 
+/// `--budget` / `--budgets`: a token count, or a keep ratio as a percentage.
 pub fn parse_budget(s: &str) -> Result<Budget, String> {
-    match s.trim().strip_suffix('%') {
-        Some(p) => match p.trim().parse::<f64>() {
-            Ok(v) if v > 0.0 && v <= 100.0 => Ok(Budget::Percent(v)),
-            _ => Err(format!("expected a keep ratio in (0%, 100%] like 25%, got {s:?}")),
-        },
-        None => {
-            s.trim().parse::<usize>().map(Budget::Tokens).map_err(|_| {
-                format!("expected a number of vision tokens (e.g. 64) or a keep ratio (e.g. 25%), got {s:?}")
-            })
-        }
-    }
+    s.parse()
 }
 
 impl PruneArgs {

@@ -1125,19 +1125,29 @@ fn retention_is_relative_to_the_unpruned_run() {
 
 #[test]
 fn configuration_grid_and_shard_parsing() {
-    let g = EvalConfig::grid(&["nuwa".into(), "none".into()], &[192, 64, 64], 0).unwrap();
+    use nuwa::prune::Budget::{Percent, Tokens};
+    let g = EvalConfig::grid(&["nuwa".into(), "none".into()], &[Tokens(192), Tokens(64), Tokens(64)], 0).unwrap();
     assert_eq!(g.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["none", "nuwa@64", "nuwa@192"]);
-    let side_by_side =
-        EvalConfig::grid(&["none".into(), "nuwa".into(), "fastv".into(), "visionzip".into()], &[64, 128], 0).unwrap();
+    let side_by_side = EvalConfig::grid(
+        &["none".into(), "nuwa".into(), "fastv".into(), "visionzip".into()],
+        &[Tokens(64), Tokens(128)],
+        0,
+    )
+    .unwrap();
     assert_eq!(
         side_by_side.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
         ["none", "fastv@64", "fastv@128", "nuwa@64", "nuwa@128", "visionzip@64", "visionzip@128"]
     );
-    assert!(EvalConfig::grid(&["magic".into()], &[64], 0).unwrap_err().to_string().contains("magic"));
-    assert!(EvalConfig::grid(&["pdrop".into()], &[100], 0).is_err());
-    assert!(EvalConfig::grid(&["nuwa".into()], &[0], 0).is_err());
-    let manual = EvalConfig::grid(&["manual".into()], &[64], 0).unwrap_err();
+    assert!(EvalConfig::grid(&["magic".into()], &[Tokens(64)], 0).unwrap_err().to_string().contains("magic"));
+    assert!(EvalConfig::grid(&["pdrop".into()], &[Tokens(100)], 0).is_err());
+    assert!(EvalConfig::grid(&["nuwa".into()], &[Tokens(0)], 0).is_err());
+    let manual = EvalConfig::grid(&["manual".into()], &[Tokens(64)], 0).unwrap_err();
     assert!(manual.field() == Some("prune") && manual.to_string().contains("generate"), "{manual}");
+    // Keep ratios: Nüwa only, named with their percent sign, after the token budgets; names parse back.
+    let ratios = EvalConfig::grid(&["nuwa".into()], &[Percent(75.0), Tokens(64), Percent(25.0)], 0).unwrap();
+    assert_eq!(ratios.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["nuwa@64", "nuwa@25%", "nuwa@75%"]);
+    assert_eq!(EvalConfig::parse("nuwa@25%", 0).unwrap(), ratios[1]);
+    assert_eq!(EvalConfig::grid(&["fastv".into()], &[Percent(25.0)], 0).unwrap_err().field(), Some("budget"));
     assert_eq!("1/4".parse::<Shard>().unwrap(), Shard { index: 1, count: 4 });
     for bad in ["4/4", "1", "a/b", "0/0"] {
         assert_eq!(bad.parse::<Shard>().unwrap_err().field(), Some("shard"), "{bad}");

@@ -361,29 +361,25 @@ fn configurations(
                 continue;
             }
             seen.push(budget);
-            let (label, spec) = match budget {
+            match budget {
                 Budget::Tokens(n) if p == PruneArg::Nuwa && cfg.family() == MERGED_GRID_FAMILY => bail!(
                     "--budgets {n}: Nüwa on {MERGED_GRID_FAMILY} is set by a keep ratio (25%, 50% or 75%), not a \
                      token count"
                 ),
-                Budget::Tokens(n) => (format!("{name}-{n}"), PruneSpec { budget: n, ..PruneSpec::default() }),
-                Budget::Percent(pct) if p == PruneArg::Nuwa => {
-                    (format!("{name}-{pct}%"), PruneSpec { keep_ratio: Some(pct / 100.0), ..PruneSpec::default() })
-                }
-                Budget::Percent(pct) => {
+                Budget::Percent(pct) if p != PruneArg::Nuwa => {
                     bail!("--budgets {pct}%: a keep ratio applies to nuwa only; {name} takes a token count such as 64")
                 }
-            };
+                _ => {}
+            }
+            let label = format!("{name}-{budget}");
             let spec = PruneSpec {
-                method: name.clone(),
                 stages: match args.stages {
                     StagesArg::Both => Stages::Both,
                     StagesArg::One => Stages::One,
                     StagesArg::Two => Stages::Two,
                 },
                 stage2_layer: args.stage2_layer,
-                seed: args.seed,
-                ..spec
+                ..PruneSpec::at(&name, budget, args.seed)
             };
             methods.push((label, spec.method()?));
         }

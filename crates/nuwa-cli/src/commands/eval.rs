@@ -40,9 +40,9 @@ pub struct EvalArgs {
     /// sparsevlm, vispruner); `none` runs once, the others at every budget.
     #[arg(long, value_delimiter = ',', default_value = "none,nuwa")]
     pub prune: Vec<String>,
-    /// Vision-token budgets, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "64,128,192")]
-    pub budgets: Vec<usize>,
+    /// Vision-token budgets, comma-separated; a percentage is Nüwa's keep ratio (Qwen2.5-VL: 25%,50%,75%).
+    #[arg(long, value_delimiter = ',', default_value = "64,128,192", value_parser = crate::args::parse_budget)]
+    pub budgets: Vec<crate::args::Budget>,
     /// Output folder: run.json, predictions.jsonl, errors.jsonl, summary.json.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,

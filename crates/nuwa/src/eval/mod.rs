@@ -18,7 +18,7 @@ use crate::engine::Engine;
 use crate::layout::Needs;
 use crate::preprocess::Geometry;
 use crate::prompt::PromptTokens;
-use crate::prune::Method;
+use crate::prune::{Budget, Method, PruneSpec};
 use crate::score::{choice, rec, vqa, yesno};
 use crate::{Error, Fnv1a, Result, Sampling};
 use data::{Dataset, Row, Sample, Truth};
@@ -179,7 +179,7 @@ pub struct EvalConfig {
 
 impl EvalConfig {
     /// `prune` with `budget` (ignored by `none`); every method takes its defaults otherwise.
-    pub fn new(prune: &str, budget: Option<usize>, seed: u64) -> Result<Self> {
+    pub fn new(prune: &str, budget: Option<Budget>, seed: u64) -> Result<Self> {
         match (prune.trim(), budget) {
             ("none", _) => Ok(Self { name: "none".into(), method: Method::NONE }),
             ("manual", _) => Err(Error::invalid(
@@ -188,7 +188,7 @@ impl EvalConfig {
                  (use generate or ground with a keep list)",
             )),
             (name, Some(budget)) => {
-                Ok(Self { name: format!("{name}@{budget}"), method: Method::from_name(name, budget, seed)? })
+                Ok(Self { name: format!("{name}@{budget}"), method: PruneSpec::at(name, budget, seed).method()? })
             }
             (name, None) => Err(Error::invalid("budgets", format!("is empty: {name} needs at least one budget"))),
         }
@@ -211,7 +211,7 @@ impl EvalConfig {
     }
 
     /// Every method × every budget (`none` once), sorted, without duplicates.
-    pub fn grid(prune: &[String], budgets: &[usize], seed: u64) -> Result<Vec<Self>> {
+    pub fn grid(prune: &[String], budgets: &[Budget], seed: u64) -> Result<Vec<Self>> {
         if prune.is_empty() {
             return Err(Error::invalid("prune", "needs at least one method (none, nuwa, fastv, …)"));
         }
@@ -238,15 +238,23 @@ impl EvalConfig {
     }
 }
 
-/// Sort key of a configuration name: `none` first, then by method and budget.
-fn config_order(name: &str) -> (u8, String, usize) {
+/// Sort key of a configuration name: `none` first, then by method, token budgets before keep ratios,
+/// each ascending.
+fn config_order(name: &str) -> (u8, String, u8, u64) {
     let (method, budget) = match name.split_once('@') {
-        Some((m, b)) => (m, b.parse().unwrap_or(usize::MAX)),
-        None => (name, 0),
+        Some((m, b)) => (m, b.parse::<Budget>().ok()),
+        None => (name, None),
     };
-    (u8::from(method != "none"), method.to_owned(), budget)
+    let (kind, value) = match budget {
+        None if method == "none" => (0, 0),
+        Some(Budget::Tokens(n)) => (0, n as u64),
+        Some(Budget::Percent(p)) => (1, (p * 1e6) as u64),
+        None => (2, 0),
+    };
+    (u8::from(method != "none"), method.to_owned(), kind, value)
 }
 
+/// A configuration name's method and token budget (`None` for `none` and keep ratios).
 fn split_config(name: &str) -> (String, Option<usize>) {
     match name.split_once('@') {
         Some((m, b)) => (m.to_owned(), b.parse().ok()),

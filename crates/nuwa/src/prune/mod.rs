@@ -18,7 +18,7 @@ pub mod visionzip;
 pub mod vispruner;
 
 pub use positions::PositionPolicy;
-pub use spec::PruneSpec;
+pub use spec::{Budget, PruneSpec};
 
 use crate::hooks::Cut;
 use crate::layout::{Needs, Positions, SequenceLayout, VisionEvidence, VisualLayout};

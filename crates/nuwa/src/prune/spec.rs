@@ -61,7 +61,48 @@ impl Default for PruneSpec {
     }
 }
 
+/// A budget as a front end spells it: a token count (`64`) or a keep ratio in percent (`25%`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    Tokens(usize),
+    Percent(f64),
+}
+
+impl std::str::FromStr for Budget {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().strip_suffix('%') {
+            Some(p) => match p.trim().parse::<f64>() {
+                Ok(v) if v > 0.0 && v <= 100.0 => Ok(Budget::Percent(v)),
+                _ => Err(format!("expected a keep ratio in (0%, 100%] like 25%, got {s:?}")),
+            },
+            None => s.trim().parse::<usize>().map(Budget::Tokens).map_err(|_| {
+                format!("expected a number of vision tokens (e.g. 64) or a keep ratio (e.g. 25%), got {s:?}")
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Budget::Tokens(n) => write!(f, "{n}"),
+            Budget::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
 impl PruneSpec {
+    /// `method` at `budget`, every other knob at its default.
+    pub fn at(method: &str, budget: Budget, seed: u64) -> Self {
+        let (budget, keep_ratio) = match budget {
+            Budget::Tokens(n) => (n, None),
+            Budget::Percent(p) => (PruneSpec::default().budget, Some(p / 100.0)),
+        };
+        PruneSpec { method: method.to_owned(), budget, keep_ratio, seed, ..PruneSpec::default() }
+    }
+
     /// The method this spec asks for, validated. Knobs of other methods are ignored, except `keep`,
     /// which only `manual` reads and is refused elsewhere rather than silently dropped.
     pub fn method(&self) -> Result<Method> {
