@@ -269,6 +269,13 @@ impl BenchConfig {
         }
     }
 
+    pub fn decoder_mut(&mut self) -> &mut decoder::Config {
+        match self {
+            BenchConfig::Llava { config, .. } => &mut config.text_config,
+            BenchConfig::Qwen { config, .. } => &mut config.text,
+        }
+    }
+
     /// (decoder layers, vision-encoder layers).
     pub fn depths(&self) -> (usize, usize) {
         match self {
@@ -349,6 +356,13 @@ fn decoder_parameters(t: &decoder::Config) -> usize {
     let layer = 2 * h * q + 2 * h * kv + qkv_bias + o_bias + 3 * h * i + mlp_bias + 2 * h;
     let embeddings = t.vocab_size() * h * if t.tie_word_embeddings { 1 } else { 2 };
     t.num_hidden_layers * layer + embeddings + h
+}
+
+/// The decoder's weights that `--quantize` stores in its format: every layer's linears and the LM head.
+fn quantizable_parameters(t: &decoder::Config) -> usize {
+    let (h, i, hd) = (t.hidden_size, t.intermediate_size, t.head_dim());
+    let (q, kv) = (t.num_attention_heads * hd, t.num_key_value_heads() * hd);
+    t.num_hidden_layers * (2 * h * q + 2 * h * kv + 3 * h * i) + t.vocab_size() * h
 }
 
 /// Where a llava-hf checkpoint keeps each part (the layout random-weight models are built with).
@@ -461,7 +475,15 @@ const WORKSPACE_BYTES: u64 = 1 << 30;
 pub fn memory_estimate(cfg: &BenchConfig, vision_tokens: usize, dtype: DType) -> u64 {
     let t = cfg.decoder();
     let bytes = dtype.size_in_bytes() as u64;
-    let weights = parameter_count(cfg) as u64 * bytes;
+    let weights = match t.quantize {
+        None => parameter_count(cfg) as u64 * bytes,
+        Some(q) => {
+            let quantized = quantizable_parameters(t) as u64;
+            // A tied LM head is a quantised copy next to the embedding it shares.
+            let dense = parameter_count(cfg) as u64 - if t.tie_word_embeddings { 0 } else { quantized };
+            dense * bytes + (quantized as f64 * q.bits_per_weight() / 8.0) as u64
+        }
+    };
     let largest = (t.vocab_size() * t.hidden_size) as u64 * 4;
     let context = BENCH_TEXT + vision_tokens;
     let kv = (t.num_hidden_layers * 2 * context * t.num_key_value_heads() * t.head_dim()) as u64 * bytes;
@@ -488,6 +510,11 @@ pub fn check_memory(cfg: &BenchConfig, vision_tokens: usize, dtype: DType, avail
     }
     if dtype.size_in_bytes() > 2 && estimate(cfg, DType::BF16) <= available {
         ways.push(format!("use `dtype` bf16 (about {})", gb(estimate(cfg, DType::BF16))));
+    }
+    let mut q4 = cfg.clone();
+    q4.decoder_mut().quantize = Some(crate::models::linear::Quantize::Q4K);
+    if cfg.decoder().quantize.is_none() && estimate(&q4, dtype) <= available {
+        ways.push(format!("use `quantize` q4_k (about {})", gb(estimate(&q4, dtype))));
     }
     if ways.is_empty() {
         ways.push("trim the vision tower with `vision_layers` and the decoder with `llm_layers` 2".into());

@@ -37,6 +37,9 @@ pub struct BenchArgs {
     /// Weight and activation dtype.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
+    /// Quantise the decoder's linears and LM head at load: q8_0 or q4_k (see `nuwa generate --help`).
+    #[arg(long, value_enum)]
+    pub quantize: Option<crate::args::QuantizeArg>,
     /// Where to run: cpu, or cuda (needs a build with `--features cuda`).
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
@@ -134,6 +137,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let full_depth = cfg.depths();
     cfg.trim(args.llm_layers, args.vision_layers)?;
+    cfg.decoder_mut().quantize = args.quantize.map(|q| q.format());
     let layout = bench::bench_layout(&cfg)?;
     let budgets = parse_budgets(&args, &cfg)?;
     if args.prune.iter().any(|&p| p != PruneArg::None) && budgets.is_empty() {
@@ -184,6 +188,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 device: dev.clone(),
                 llm_layers: args.llm_layers,
                 vision_layers: args.vision_layers,
+                quantize: args.quantize.map(|q| q.format()),
                 ..LoadOptions::default()
             };
             Engine::load(dir, &opts)?
@@ -318,6 +323,7 @@ impl Description<'_> {
             "family": self.cfg.family(),
             "seed": matches!(self.source, Source::Preset(_)).then_some(self.args.seed),
             "dtype": format!("{:?}", self.args.dtype).to_lowercase(),
+            "quantize": t.quantize.map(|q| q.name()),
             "device": format!("{:?}", self.args.device).to_lowercase(),
             "llm_layers": llm_layers,
             "llm_layers_full": self.full_depth.0,

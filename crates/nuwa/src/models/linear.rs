@@ -15,6 +15,14 @@ pub enum Quantize {
 }
 
 impl Quantize {
+    /// Storage per weight, scales included.
+    pub fn bits_per_weight(self) -> f64 {
+        match self {
+            Quantize::Q8_0 => 8.5,
+            Quantize::Q4K => 4.5,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Quantize::Q8_0 => "q8_0",
