@@ -100,9 +100,6 @@ pub trait VisionLanguageModel: Send + Sync {
     /// How the unpruned sequence (prefix, the image's slots, suffix) is numbered.
     fn sequence_layout(&self, prompt: &PromptTokens, image: Option<&VisualLayout>) -> SequenceLayout;
 
-    /// The layout of one image at the encoder's native input (what budgets and schedules count on).
-    fn native_layout(&self) -> VisualLayout;
-
     /// End-of-sequence ids when the checkpoint names none.
     fn default_eos(&self, tokenizer: Option<&TextTokenizer>) -> Vec<u32>;
 }

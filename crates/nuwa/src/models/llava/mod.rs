@@ -220,11 +220,6 @@ impl VisionLanguageModel for Llava {
         SequenceLayout::linear(prompt.prefix.len(), image.map_or(0, VisualLayout::len), prompt.suffix.len())
     }
 
-    fn native_layout(&self) -> VisualLayout {
-        let (h, w) = self.grid();
-        VisualLayout::grid(h, w)
-    }
-
     fn default_eos(&self, tokenizer: Option<&TextTokenizer>) -> Vec<u32> {
         tokenizer.and_then(|t| t.token_id("</s>")).into_iter().collect()
     }

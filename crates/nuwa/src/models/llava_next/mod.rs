@@ -273,12 +273,6 @@ impl VisionLanguageModel for LlavaNext {
         self.base.sequence_layout(prompt, image)
     }
 
-    fn native_layout(&self) -> VisualLayout {
-        // A square image: the 2×2 crop grid, 2928 tokens for ViT-L/14-336.
-        let side = self.side().0 * 2;
-        self.plan(side, side).map_or_else(|_| self.base.native_layout(), |p| self.layout(&p))
-    }
-
     fn default_eos(&self, tokenizer: Option<&TextTokenizer>) -> Vec<u32> {
         self.base.default_eos(tokenizer)
     }

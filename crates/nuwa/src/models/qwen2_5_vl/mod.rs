@@ -244,12 +244,6 @@ impl VisionLanguageModel for Qwen25Vl {
         SequenceLayout { unpruned: Positions::MRope(axes), prefix_len: p, n_slots: n }
     }
 
-    fn native_layout(&self) -> VisualLayout {
-        // A 448×448 image: 32×32 patches, 16×16 merged tokens.
-        let side = 448 / self.config.vision.patch_size;
-        self.layout(side, side)
-    }
-
     fn default_eos(&self, tokenizer: Option<&TextTokenizer>) -> Vec<u32> {
         let t = tokenizer.map(|t| (t.token_id("<|im_end|>"), t.token_id("<|endoftext|>")));
         t.map_or(vec![], |(a, b)| a.into_iter().chain(b).collect())
