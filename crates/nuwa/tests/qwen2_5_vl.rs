@@ -203,6 +203,12 @@ fn nuwa_pipelines_match_at_every_keep_ratio_in_both_variants() {
             let report = pre.vision.as_ref().unwrap();
             assert_eq!(report.stage2, usizes(&format!("{run}.stage2_kept")), "{run}: stage-2 survivors");
             assert_eq!(report.k2.map(|k| k as u64), summary["k2"].as_u64(), "{run}: K2");
+            let scores = report.cuts[0].scores.as_ref().expect("stage 2 records its scores");
+            let d_scores = max_abs_diff(
+                &Tensor::new(scores.as_slice(), &Device::Cpu).unwrap(),
+                g(&format!("{run}.stage2_scores")),
+            );
+            assert!(d_scores <= 1e-5, "{run}: stage-2 scores max |Δ| {d_scores}");
             let d_top = top_logits_diff(&pre.logits, &run);
             assert!(d_top <= 2e-3, "{run}: top logits max |Δ| {d_top}");
             if !as_released {
@@ -216,7 +222,7 @@ fn nuwa_pipelines_match_at_every_keep_ratio_in_both_variants() {
             let pre1 = e.prefill(&request(golden_pixels(), Method::Nuwa(only1))).unwrap();
             assert!(pre1.vision.as_ref().unwrap().cuts.is_empty(), "{run}: stage 1 only has no cut");
             let d1 = top_logits_diff(&pre1.logits, &format!("{run}.stage1_only"));
-            println!("{run}: aggregated {d_agg:e}, top logits {d_top:e}, stage-1-only top logits {d1:e}");
+            println!("{run}: aggregated {d_agg:e}, stage-2 scores {d_scores:e}, top logits {d_top:e}, stage-1-only top logits {d1:e}");
             assert!(d1 <= 2e-3, "{run}: stage-1-only top logits max |Δ| {d1}");
         }
     }

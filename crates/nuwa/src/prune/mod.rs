@@ -244,6 +244,9 @@ pub struct CutRecord {
     /// Position ids of the whole sequence after the cut (kept out of JSON: long and derivable).
     #[serde(skip)]
     pub positions: Positions,
+    /// The scores the cut ranked the vision tokens by, for methods that rank (kept out of JSON too).
+    #[serde(skip)]
+    pub scores: Option<Vec<f32>>,
 }
 
 /// An in-decoder method that reports what it kept.
@@ -304,7 +307,7 @@ impl Span {
         });
         self.tokens = tokens;
         let positions = self.sequence.assign(self.policy, &representatives(&self.tokens))?;
-        let record = CutRecord { layer, kept: self.tokens.clone(), positions: positions.clone() };
+        let record = CutRecord { layer, kept: self.tokens.clone(), positions: positions.clone(), scores: None };
         Ok((Cut { keep, insert, positions: Some(positions) }, record))
     }
 }

@@ -594,9 +594,10 @@ impl TokenDropper for Stage2 {
             attn.squeeze(0)?.to_vec1::<f32>()?
         };
         let k2 = self.k2.expect("a cut is asked for only with K2");
-        let chosen = stage2_keep(&row[self.span.slots()], k2, self.rule, self.seed);
+        let scores = &row[self.span.slots()];
+        let chosen = stage2_keep(scores, k2, self.rule, self.seed);
         let (cut, record) = self.span.cut(self.layer, row.len(), &chosen, None)?;
-        self.records.push(record);
+        self.records.push(CutRecord { scores: Some(scores.to_vec()), ..record });
         Ok(cut)
     }
 }
