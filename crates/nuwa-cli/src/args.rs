@@ -187,24 +187,27 @@ pub struct PruneArgs {
     pub top_n: Option<usize>,
     /// Nüwa as its authors released it where that differs from the paper. Qwen2.5-VL: the similarity
     /// features stay in the vision tower's window order, and the stage-2 layer attends without the causal
-    /// mask during prefill. LLaVA-1.5 and LLaVA-NeXT: no difference (their fixed behaviours are not bugs of
-    /// the method's release but of its NeXT port, which is not reproduced).
+    /// mask during prefill. LLaVA-1.5: no difference. LLaVA-NeXT: no difference either (the released NeXT
+    /// code's bugs — positions scrambled after the first newline, crop grids stitched on the wrong axis —
+    /// would make a different model, and are not reproduced).
     #[arg(long)]
     pub as_released: bool,
     /// Which Nüwa stages run: both, 1 (K1 = budget, no cut) or 2 (all patches in, budget survive the cut).
     #[arg(long, value_enum, default_value_t = StagesArg::Both)]
     pub stages: StagesArg,
-    /// Squared radius (patches²) of the similarity fall-off in stage 1.
+    /// Squared radius (patches²) of the similarity fall-off in stage 1 (Qwen2.5-VL: not read; 0.8 of the
+    /// merged grid's diagonal).
     #[arg(long, default_value_t = 280.0, allow_negative_numbers = true)]
     pub distance: f64,
     /// Anchors at or above this quantile of anchor saliency are pillars (kept unchanged) [default: 0.55;
-    /// 0.5 on LLaVA-NeXT, as its released launch script sets].
+    /// 0.5 on LLaVA-NeXT, as its released launch script sets; 0.1 on Qwen2.5-VL, as its release does].
     #[arg(long, allow_negative_numbers = true)]
     pub pillar_quantile: Option<f64>,
     /// Select anchors by global saliency only, without the 2×2 cell grouping (ablation).
     #[arg(long)]
     pub no_cells: bool,
-    /// Decoder layer before which stage 2 cuts [default: half the decoder depth].
+    /// Decoder layer before which stage 2 cuts [default: half the decoder depth; on Qwen2.5-VL one layer
+    /// later, as its release scores layer 14 of 28 and cuts after it].
     #[arg(long)]
     pub stage2_layer: Option<usize>,
     /// How stage 2 ranks vision tokens: the last prompt token's attention, or a seeded random subset.
