@@ -1,8 +1,8 @@
 //! Qwen2.5-VL's vision tower (SPEC-qwen2.5-vl §5): patch embedding as one matmul, rows permuted once into
 //! window order, 2-D RoPE, RMSNorm blocks with gated MLPs attending within 4×4-merged-token windows (full
 //! attention in the listed blocks), and the 2×2 patch merger. Attention is computed per window, and for a
-//! full-attention block in chunks of query rows, so no patches×patches matrix is ever held; the chunks'
-//! column sums give the saliency of the block that asks for it.
+//! full-attention block in chunks of query rows (at most 256 MiB of probabilities), so no patches×patches
+//! matrix is ever held; the chunks' column sums give the saliency of the block that asks for it.
 
 use super::config::VisionConfig;
 use candle_core::{DType, Module, Tensor};
@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 
 /// The tower's RMSNorm epsilon (fixed in the model, not configurable).
 const EPS: f64 = 1e-6;
-/// Query rows per chunk of a full-attention block: bounds the probabilities held at once.
-const QUERY_CHUNK: usize = 1024;
+/// Attention probabilities held at once in a full-attention block, in f32 values (256 MiB): the query
+/// rows per chunk follow from the heads and keys.
+const PROBS_PER_CHUNK: usize = 64 << 20;
 
 /// Window order of an `hm`×`wm` merged grid with windows of `side` merged tokens: the raster index of
 /// each merged token in window order, and the window boundaries in patch rows (`merge²` per token).
@@ -106,9 +107,10 @@ impl Block {
         for &(s, e) in segments {
             let (ks, vs) = (k.narrow(1, s, e - s)?, v.narrow(1, s, e - s)?);
             let kt = ks.t()?.contiguous()?;
+            let chunk = (PROBS_PER_CHUNK / (self.heads * (e - s))).max(1);
             let mut start = s;
             while start < e {
-                let len = QUERY_CHUNK.min(e - start);
+                let len = chunk.min(e - start);
                 let qs = q.narrow(1, start, len)?;
                 let scores = (qs.matmul(&kt)? * scale)?.to_dtype(DType::F32)?;
                 let probs = candle_nn::ops::softmax_last_dim(&scores)?;
