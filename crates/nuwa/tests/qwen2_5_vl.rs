@@ -97,14 +97,27 @@ fn vision_tower_matches_block_by_block() {
     let pixels = g("pixel_values");
     let d = max_abs_diff(&m.vision.patch_embed(pixels).unwrap(), g("vision.patch_embed"));
     assert!(d <= 1e-4, "patch embedding max |Δ| {d}");
-    let req =
-        vision::TowerRequest { block_outputs: vec![0, 7, 15, 23, 31], mean_of: Some(7..=23), saliency_block: Some(31) };
+    let req = vision::TowerRequest {
+        block_outputs: vec![0, 7, 15, 23, 31],
+        mean_of: Some(7..=23),
+        saliency_block: Some(31),
+        probs_per_chunk: None,
+    };
     let out = m.vision.forward(pixels, 18, 28, &req).unwrap();
     for (b, t) in &out.blocks {
         let d = max_abs_diff(t, g(&format!("vision.block_out.{b}")));
         println!("block {b}: max |Δ| {d:e}");
         assert!(d <= 1e-3, "block {b} output max |Δ| {d}");
     }
+    // Full attention in chunks of 37 query rows (the 504 rows do not divide evenly): the same blocks and
+    // the same column sums as in one piece.
+    let chunked = m
+        .vision
+        .forward(pixels, 18, 28, &vision::TowerRequest { probs_per_chunk: Some(4 * 504 * 37), ..req.clone() })
+        .unwrap();
+    assert!(max_abs_diff(&chunked.merged, &out.merged) <= 1e-5, "chunked attention changes the output");
+    let (a, b) = (chunked.saliency.as_ref().unwrap(), out.saliency.as_ref().unwrap());
+    assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5), "chunked column sums differ");
     let mean = out.mean.as_ref().unwrap();
     assert!(max_abs_diff(mean, g("vision.sim_mean_7_23")) <= 1e-3);
     let merged_mean = m.vision.merger.forward(mean).unwrap();

@@ -170,7 +170,7 @@ impl VisionLanguageModel for Qwen25Vl {
             let last = depth - 1;
             (*SIMILARITY_BLOCKS.start()).min(last)..=(*SIMILARITY_BLOCKS.end()).min(last)
         });
-        let req = vision::TowerRequest { block_outputs: vec![], mean_of, saliency_block: Some(depth - 1) };
+        let req = vision::TowerRequest { mean_of, saliency_block: Some(depth - 1), ..Default::default() };
         let pixels = pixels.to_device(self.llm.device())?.to_dtype(self.llm.dtype())?;
         let t0 = Instant::now();
         let out = self.vision.forward(&pixels, gh, gw, &req)?;

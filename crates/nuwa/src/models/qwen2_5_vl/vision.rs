@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 const EPS: f64 = 1e-6;
 /// Attention probabilities held at once in a full-attention block, in f32 values (256 MiB): the query
 /// rows per chunk follow from the heads and keys.
-const PROBS_PER_CHUNK: usize = 64 << 20;
+pub const PROBS_PER_CHUNK: usize = 64 << 20;
 
 /// Window order of an `hm`×`wm` merged grid with windows of `side` merged tokens: the raster index of
 /// each merged token in window order, and the window boundaries in patch rows (`merge²` per token).
@@ -40,6 +40,8 @@ pub struct TowerRequest {
     pub mean_of: Option<std::ops::RangeInclusive<usize>>,
     /// The block whose attention column sums (head-averaged, summed over queries) to return.
     pub saliency_block: Option<usize>,
+    /// Attention probabilities held at once; `None`: [`PROBS_PER_CHUNK`].
+    pub probs_per_chunk: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +92,7 @@ impl Block {
         sin: &Tensor,
         segments: &[(usize, usize)],
         saliency: bool,
+        probs_per_chunk: usize,
     ) -> candle_core::Result<(Tensor, Option<Vec<f32>>)> {
         let (n, d) = x.dims2()?;
         let hd = d / self.heads;
@@ -107,7 +110,7 @@ impl Block {
         for &(s, e) in segments {
             let (ks, vs) = (k.narrow(1, s, e - s)?, v.narrow(1, s, e - s)?);
             let kt = ks.t()?.contiguous()?;
-            let chunk = (PROBS_PER_CHUNK / (self.heads * (e - s))).max(1);
+            let chunk = (probs_per_chunk / (self.heads * (e - s))).max(1);
             let mut start = s;
             while start < e {
                 let len = chunk.min(e - start);
@@ -250,7 +253,8 @@ impl VisionTower {
         for (i, block) in self.blocks.iter().enumerate() {
             let segments: &[(usize, usize)] =
                 if self.cfg.fullatt_block_indexes.contains(&i) { &whole } else { &windows };
-            let (next, sal) = block.forward(&x, &cos, &sin, segments, req.saliency_block == Some(i))?;
+            let chunk = req.probs_per_chunk.unwrap_or(PROBS_PER_CHUNK);
+            let (next, sal) = block.forward(&x, &cos, &sin, segments, req.saliency_block == Some(i), chunk)?;
             x = next;
             if sal.is_some() {
                 out.saliency = sal;
