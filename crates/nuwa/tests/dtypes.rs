@@ -95,3 +95,29 @@ fn quantized_weights_track_f32() {
         "q4_k must be coarser than q8_0 (its kernels ran): {cosines:?}"
     );
 }
+
+#[test]
+fn bf16_rows_against_bf16_weights_match_the_f32_product() {
+    use candle_core::{Module, Tensor};
+    use nuwa::models::linear::Linear;
+    // Odd sizes: a tail after the 16-wide chunks, rows that do not split evenly over the threads.
+    for (n, k) in [(1, 1), (67, 45), (300, 1000)] {
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+        let b = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 1, k), &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+        let layer = Linear::Dense(candle_nn::Linear::new(w.clone(), Some(b.clone())));
+        let got = layer.forward(&x).unwrap();
+        assert_eq!(got.dims(), [1, 1, n]);
+        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let want = f(&x).reshape((1, k)).unwrap().matmul(&f(&w).t().unwrap()).unwrap().broadcast_add(&f(&b)).unwrap();
+        let want = want.reshape((1, 1, n)).unwrap();
+        // Accumulated in f32, then rounded to bf16 twice (the product, then the sum with the bias): each
+        // rounding within bf16's 2⁻⁹ relative half-ulp of what it rounds.
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (got, want, bias) = (flat(&f(&got)), flat(&want), flat(&f(&b)));
+        for ((g, w), b) in got.iter().zip(&want).zip(&bias) {
+            let bound = ((w - b).abs() + w.abs()) / 256.0 + 1e-4;
+            assert!((g - w).abs() <= bound, "{n}×{k}: {g} vs {w} (bound {bound})");
+        }
+    }
+}

@@ -80,6 +80,20 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
+            // One row against bf16 weights (decoding): candle's bf16 CPU matmul is far from the memory
+            // bandwidth this needs; the weights are streamed once, widened to f32 on the fly.
+            Self::Dense(l) if is_bf16_gemv(l.weight(), x) => {
+                let (n, k) = l.weight().dims2()?;
+                let y = l.weight().apply_op2_no_bwd(&x.flatten_all()?, &Bf16Gemv)?.to_dtype(x.dtype())?;
+                let mut dims = x.dims().to_vec();
+                *dims.last_mut().expect("x has rows of k values") = n;
+                debug_assert_eq!(x.elem_count(), k);
+                let y = y.reshape(dims)?;
+                match l.bias() {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
             Self::Dense(l) => l.forward(x),
             Self::Quantized { weight, bias } => {
                 let y = weight.forward(&x.contiguous()?)?;
@@ -90,4 +104,90 @@ impl Module for Linear {
             }
         }
     }
+}
+
+fn is_bf16_gemv(w: &Tensor, x: &Tensor) -> bool {
+    w.dtype() == candle_core::DType::BF16
+        && w.device().is_cpu()
+        && w.is_contiguous()
+        && w.dims2().is_ok_and(|(_, k)| x.elem_count() == k && x.dims().last() == Some(&k))
+}
+
+/// `W·x` for bf16 `W` (n, k) and one row `x` (k), accumulated in f32, rows split over the cores.
+struct Bf16Gemv;
+
+impl candle_core::CustomOp2 for Bf16Gemv {
+    fn name(&self) -> &'static str {
+        "bf16-gemv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        w: &candle_core::CpuStorage,
+        wl: &candle_core::Layout,
+        x: &candle_core::CpuStorage,
+        xl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage;
+        let (n, k) = wl.shape().dims2()?;
+        let (Some((w0, w1)), Some((x0, x1))) = (wl.contiguous_offsets(), xl.contiguous_offsets()) else {
+            candle_core::bail!("bf16 gemv needs contiguous operands")
+        };
+        let CpuStorage::BF16(w) = w else { candle_core::bail!("bf16 gemv: the weight is not bf16") };
+        let x: Vec<f32> = match x {
+            CpuStorage::BF16(v) => v[x0..x1].iter().map(|v| v.to_f32()).collect(),
+            CpuStorage::F32(v) => v[x0..x1].to_vec(),
+            _ => candle_core::bail!("bf16 gemv: activations must be bf16 or f32"),
+        };
+        let mut out = vec![0f32; n];
+        gemv(&w[w0..w1], &x, k, &mut out);
+        Ok((CpuStorage::F32(out), candle_core::Shape::from(n)))
+    }
+}
+
+/// `out[r] = Σ_j w[r·k + j] · x[j]`, rows split over the available cores.
+pub fn gemv(w: &[half::bf16], x: &[f32], k: usize, out: &mut [f32]) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(out.len().div_ceil(64)).max(1);
+    let rows = out.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        for (chunk, o) in out.chunks_mut(rows).enumerate() {
+            let w = &w[chunk * rows * k..];
+            s.spawn(move || {
+                for (r, y) in o.iter_mut().enumerate() {
+                    *y = dot(&w[r * k..(r + 1) * k], x);
+                }
+            });
+        }
+    });
+}
+
+fn dot(w: &[half::bf16], x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the feature the function is compiled for.
+        return unsafe { dot_avx512(w, x) };
+    }
+    dot_portable(w, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_avx512(w: &[half::bf16], x: &[f32]) -> f32 {
+    dot_portable(w, x)
+}
+
+/// Sixteen independent accumulators, so the compiler turns the loop into vector FMAs; a bf16 widens to
+/// f32 by a shift.
+#[inline(always)]
+fn dot_portable(w: &[half::bf16], x: &[f32]) -> f32 {
+    let widen = |v: half::bf16| f32::from_bits(u32::from(v.to_bits()) << 16);
+    let mut acc = [0f32; 16];
+    let (wc, xc) = (w.chunks_exact(16), x.chunks_exact(16));
+    let tail: f32 = wc.remainder().iter().zip(xc.remainder()).map(|(&a, &b)| widen(a) * b).sum();
+    for (a, b) in wc.zip(xc) {
+        for i in 0..16 {
+            acc[i] += widen(a[i]) * b[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
