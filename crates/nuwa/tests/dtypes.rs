@@ -97,14 +97,15 @@ fn quantized_weights_track_f32() {
 }
 
 #[test]
-fn bf16_rows_against_bf16_weights_match_the_f32_product() {
+fn single_rows_match_the_f32_product_in_bf16_and_f32() {
     use candle_core::{Module, Tensor};
     use nuwa::models::linear::Linear;
     // Odd sizes: a tail after the 16-wide chunks, rows that do not split evenly over the threads.
-    for (n, k) in [(1, 1), (67, 45), (300, 1000)] {
-        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
-        let b = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (1, 1, k), &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+    for (n, k, dtype) in [(1, 1, DType::BF16), (67, 45, DType::BF16), (300, 1000, DType::BF16), (300, 1000, DType::F32)]
+    {
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+        let b = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 1, k), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
         let layer = Linear::Dense(candle_nn::Linear::new(w.clone(), Some(b.clone())));
         let got = layer.forward(&x).unwrap();
         assert_eq!(got.dims(), [1, 1, n]);

@@ -80,11 +80,11 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            // One row against bf16 weights (decoding): candle's bf16 CPU matmul is far from the memory
-            // bandwidth this needs; the weights are streamed once, widened to f32 on the fly.
-            Self::Dense(l) if is_bf16_gemv(l.weight(), x) => {
+            // One row (decoding): candle's CPU matmul is far from the memory bandwidth this needs (in bf16
+            // by an order of magnitude); the weights are streamed once, widened to f32 on the fly.
+            Self::Dense(l) if is_gemv(l.weight(), x) => {
                 let (n, k) = l.weight().dims2()?;
-                let y = l.weight().apply_op2_no_bwd(&x.flatten_all()?, &Bf16Gemv)?.to_dtype(x.dtype())?;
+                let y = l.weight().apply_op2_no_bwd(&x.flatten_all()?, &Gemv)?.to_dtype(x.dtype())?;
                 let mut dims = x.dims().to_vec();
                 *dims.last_mut().expect("x has rows of k values") = n;
                 debug_assert_eq!(x.elem_count(), k);
@@ -106,19 +106,19 @@ impl Module for Linear {
     }
 }
 
-fn is_bf16_gemv(w: &Tensor, x: &Tensor) -> bool {
-    w.dtype() == candle_core::DType::BF16
+fn is_gemv(w: &Tensor, x: &Tensor) -> bool {
+    matches!(w.dtype(), candle_core::DType::BF16 | candle_core::DType::F32)
         && w.device().is_cpu()
         && w.is_contiguous()
         && w.dims2().is_ok_and(|(_, k)| x.elem_count() == k && x.dims().last() == Some(&k))
 }
 
-/// `W·x` for bf16 `W` (n, k) and one row `x` (k), accumulated in f32, rows split over the cores.
-struct Bf16Gemv;
+/// `W·x` for bf16 or f32 `W` (n, k) and one row `x` (k), accumulated in f32, rows split over the cores.
+struct Gemv;
 
-impl candle_core::CustomOp2 for Bf16Gemv {
+impl candle_core::CustomOp2 for Gemv {
     fn name(&self) -> &'static str {
-        "bf16-gemv"
+        "gemv"
     }
 
     fn cpu_fwd(
@@ -131,22 +131,45 @@ impl candle_core::CustomOp2 for Bf16Gemv {
         use candle_core::CpuStorage;
         let (n, k) = wl.shape().dims2()?;
         let (Some((w0, w1)), Some((x0, x1))) = (wl.contiguous_offsets(), xl.contiguous_offsets()) else {
-            candle_core::bail!("bf16 gemv needs contiguous operands")
+            candle_core::bail!("gemv needs contiguous operands")
         };
-        let CpuStorage::BF16(w) = w else { candle_core::bail!("bf16 gemv: the weight is not bf16") };
         let x: Vec<f32> = match x {
             CpuStorage::BF16(v) => v[x0..x1].iter().map(|v| v.to_f32()).collect(),
             CpuStorage::F32(v) => v[x0..x1].to_vec(),
-            _ => candle_core::bail!("bf16 gemv: activations must be bf16 or f32"),
+            _ => candle_core::bail!("gemv: activations must be bf16 or f32"),
         };
         let mut out = vec![0f32; n];
-        gemv(&w[w0..w1], &x, k, &mut out);
+        match w {
+            CpuStorage::BF16(w) => gemv(&w[w0..w1], &x, k, &mut out),
+            CpuStorage::F32(w) => gemv(&w[w0..w1], &x, k, &mut out),
+            _ => candle_core::bail!("gemv: the weight must be bf16 or f32"),
+        }
         Ok((CpuStorage::F32(out), candle_core::Shape::from(n)))
     }
 }
 
+/// A weight element that widens to f32 exactly.
+pub trait Widen: Copy + Send + Sync {
+    fn widen(self) -> f32;
+}
+
+impl Widen for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl Widen for half::bf16 {
+    /// The upper half of an f32: a shift.
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f32::from_bits(u32::from(self.to_bits()) << 16)
+    }
+}
+
 /// `out[r] = Σ_j w[r·k + j] · x[j]`, rows split over the available cores.
-pub fn gemv(w: &[half::bf16], x: &[f32], k: usize, out: &mut [f32]) {
+pub fn gemv<W: Widen>(w: &[W], x: &[f32], k: usize, out: &mut [f32]) {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(out.len().div_ceil(64)).max(1);
     let rows = out.len().div_ceil(threads);
     std::thread::scope(|s| {
@@ -161,7 +184,7 @@ pub fn gemv(w: &[half::bf16], x: &[f32], k: usize, out: &mut [f32]) {
     });
 }
 
-fn dot(w: &[half::bf16], x: &[f32]) -> f32 {
+fn dot<W: Widen>(w: &[W], x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has the feature the function is compiled for.
@@ -172,21 +195,19 @@ fn dot(w: &[half::bf16], x: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn dot_avx512(w: &[half::bf16], x: &[f32]) -> f32 {
+unsafe fn dot_avx512<W: Widen>(w: &[W], x: &[f32]) -> f32 {
     dot_portable(w, x)
 }
 
-/// Sixteen independent accumulators, so the compiler turns the loop into vector FMAs; a bf16 widens to
-/// f32 by a shift.
+/// Sixteen independent accumulators, so the compiler turns the loop into vector FMAs.
 #[inline(always)]
-fn dot_portable(w: &[half::bf16], x: &[f32]) -> f32 {
-    let widen = |v: half::bf16| f32::from_bits(u32::from(v.to_bits()) << 16);
+fn dot_portable<W: Widen>(w: &[W], x: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (wc, xc) = (w.chunks_exact(16), x.chunks_exact(16));
-    let tail: f32 = wc.remainder().iter().zip(xc.remainder()).map(|(&a, &b)| widen(a) * b).sum();
+    let tail: f32 = wc.remainder().iter().zip(xc.remainder()).map(|(&a, &b)| a.widen() * b).sum();
     for (a, b) in wc.zip(xc) {
         for i in 0..16 {
-            acc[i] += widen(a[i]) * b[i];
+            acc[i] += a[i].widen() * b[i];
         }
     }
     acc.iter().sum::<f32>() + tail
