@@ -104,6 +104,15 @@ pub trait VisionLanguageModel: Send + Sync {
     fn default_eos(&self, tokenizer: Option<&TextTokenizer>) -> Vec<u32>;
 }
 
+/// Pixel values in f32, refused when any is NaN or infinite (every family's last check on supplied pixels).
+fn finite_pixels(p: &Tensor) -> Result<Tensor> {
+    let p = p.to_dtype(DType::F32)?;
+    if p.flatten_all()?.to_vec1::<f32>()?.iter().any(|v| !v.is_finite()) {
+        return Err(Error::invalid("pixel_values", "hold NaN or infinite values"));
+    }
+    Ok(p)
+}
+
 /// A family the loader knows: whether a `config.json` is one of its own, and how to load it.
 pub struct Family {
     pub name: &'static str,

@@ -150,11 +150,7 @@ impl VisionLanguageModel for Llava {
                 format!("has shape {:?}; this model expects [{c}, {s}, {s}] or [1, {c}, {s}, {s}]", p.dims()),
             ));
         }
-        let p = p.to_dtype(DType::F32)?;
-        if p.flatten_all()?.to_vec1::<f32>()?.iter().any(|v| !v.is_finite()) {
-            return Err(Error::invalid("pixel_values", "hold NaN or infinite values"));
-        }
-        Ok(p)
+        super::finite_pixels(&p)
     }
 
     /// One CLIP pass keeping the projector's input layer, the [CLS] saliency row at the layer before

@@ -21,7 +21,7 @@ use crate::layout::{Grid, Needs, Saliency, SequenceLayout, Slot, VisionEvidence,
 use crate::preprocess::Geometry;
 use crate::prompt::{Conversation, PromptTokens, TextTokenizer};
 use crate::{Error, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use std::time::Instant;
 
 pub const FAMILY: Family = Family { name: "llava-next", model_types: &["llava_next"], load };
@@ -162,11 +162,7 @@ impl VisionLanguageModel for LlavaNext {
                 ),
             ));
         }
-        let p = p.to_dtype(DType::F32)?;
-        if p.flatten_all()?.to_vec1::<f32>()?.iter().any(|v| !v.is_finite()) {
-            return Err(Error::invalid("pixel_values", "hold NaN or infinite values"));
-        }
-        Ok(p)
+        super::finite_pixels(&p)
     }
 
     /// One CLIP pass per view, then the views' patches laid out as the decoder sees them (§4 of the

@@ -17,7 +17,7 @@ use crate::layout::{Needs, Positions, Saliency, SequenceLayout, Slot, VisionEvid
 use crate::preprocess::{Frame, Geometry};
 use crate::prompt::{Conversation, Part, PromptTokens, Role, TextTokenizer};
 use crate::{Error, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use std::time::Instant;
 
 pub const FAMILY: Family = Family { name: "qwen2.5-vl", model_types: &["qwen2_5_vl"], load };
@@ -141,11 +141,7 @@ impl VisionLanguageModel for Qwen25Vl {
                 ),
             ));
         }
-        let p = p.to_dtype(DType::F32)?;
-        if p.flatten_all()?.to_vec1::<f32>()?.iter().any(|v| !v.is_finite()) {
-            return Err(Error::invalid("pixel_values", "hold NaN or infinite values"));
-        }
-        Ok(p)
+        super::finite_pixels(p)
     }
 
     /// One tower pass: merged tokens in raster order as the features (they are already in the decoder's
