@@ -207,6 +207,22 @@ fn a_budget_above_the_patch_count_reports_what_ran() {
     assert_eq!(v["vision"]["budget_requested"], 5000);
 }
 
+/// `generate --json` with 8 tokens on the fixture model in `dir`, the image given as `input` (a flag and
+/// its path), plus `extra`; the output, after checking the command succeeded.
+fn fixture_json(
+    dir: &std::path::Path,
+    input: (&str, &std::path::Path),
+    prompt: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut args = vec!["generate", "--model", dir.to_str().unwrap(), input.0, input.1.to_str().unwrap()];
+    args.extend_from_slice(&["--prompt", prompt, "--max-new-tokens", "8", "--json"]);
+    args.extend_from_slice(extra);
+    let out = nuwa(&args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn llava_next_from_the_image_file_and_from_pixel_values_matches_the_reference() {
     let dir = fixture("tiny-llava-next");
@@ -218,22 +234,7 @@ fn llava_next_from_the_image_file_and_from_pixel_values_matches_the_reference() 
         for (run, prune) in
             [("unpruned", &["--prune", "none"][..]), ("nuwa160", &["--prune", "nuwa", "--budget", "160"])]
         {
-            let mut args = vec![
-                "generate",
-                "--model",
-                dir.to_str().unwrap(),
-                input_flag,
-                input.to_str().unwrap(),
-                "--prompt",
-                "What is shown in this image?",
-                "--max-new-tokens",
-                "8",
-                "--json",
-            ];
-            args.extend_from_slice(prune);
-            let out = nuwa(&args);
-            assert!(out.status.success(), "{input_flag} {run}: {}", String::from_utf8_lossy(&out.stderr));
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let v = fixture_json(&dir, (input_flag, &input), "What is shown in this image?", prune);
             assert_eq!(v["tokens"], golden["runs"][run]["greedy"], "{input_flag} {run}");
             assert_eq!(v["vision"]["grids"], serde_json::json!([[24, 24], [24, 38]]));
             assert_eq!(v["vision"]["newlines"], 24, "every row's newline enters the decoder");
@@ -256,22 +257,7 @@ fn qwen_from_the_image_file_and_from_pixel_values_matches_the_reference() {
         ("--pixel-values", &pixels, "nuwa0.75_released", &["--budget", "75%", "--as-released"]),
     ];
     for (input_flag, input, run, extra) in runs {
-        let mut args = vec![
-            "generate",
-            "--model",
-            dir.to_str().unwrap(),
-            input_flag,
-            input.to_str().unwrap(),
-            "--prompt",
-            "Describe this image.",
-            "--max-new-tokens",
-            "8",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let out = nuwa(&args);
-        assert!(out.status.success(), "{input_flag} {run}: {}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = fixture_json(&dir, (input_flag, input), "Describe this image.", extra);
         assert_eq!(v["tokens"], golden["runs"][run]["greedy"], "{input_flag} {run}");
         assert_eq!(v["vision"]["grids"], serde_json::json!([[9, 14]]), "{run}");
         if let Some(k2) = golden["runs"][run]["k2"].as_u64() {
