@@ -234,7 +234,7 @@ fn llava_next_from_the_image_file_and_from_pixel_values_matches_the_reference() 
         for (run, prune) in
             [("unpruned", &["--prune", "none"][..]), ("nuwa160", &["--prune", "nuwa", "--budget", "160"])]
         {
-            let v = fixture_json(&dir, (input_flag, &input), "What is shown in this image?", prune);
+            let v = fixture_json(&dir, (input_flag, input), "What is shown in this image?", prune);
             assert_eq!(v["tokens"], golden["runs"][run]["greedy"], "{input_flag} {run}");
             assert_eq!(v["vision"]["grids"], serde_json::json!([[24, 24], [24, 38]]));
             assert_eq!(v["vision"]["newlines"], 24, "every row's newline enters the decoder");
