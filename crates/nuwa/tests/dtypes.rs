@@ -97,28 +97,37 @@ fn quantized_weights_track_f32() {
 }
 
 #[test]
-fn single_rows_match_the_f32_product_in_bf16_and_f32() {
+fn packed_linears_match_the_f32_product_in_every_dtype() {
     use candle_core::{Module, Tensor};
     use nuwa::models::linear::Linear;
-    // Odd sizes: a tail after the 16-wide chunks, rows that do not split evenly over the threads.
-    for (n, k, dtype) in [(1, 1, DType::BF16), (67, 45, DType::BF16), (300, 1000, DType::BF16), (300, 1000, DType::F32)]
-    {
-        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
-        let b = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (1, 1, k), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
-        let layer = Linear::Dense(candle_nn::Linear::new(w.clone(), Some(b.clone())));
-        let got = layer.forward(&x).unwrap();
-        assert_eq!(got.dims(), [1, 1, n]);
-        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
-        let want = f(&x).reshape((1, k)).unwrap().matmul(&f(&w).t().unwrap()).unwrap().broadcast_add(&f(&b)).unwrap();
-        let want = want.reshape((1, 1, n)).unwrap();
-        // Accumulated in f32, then rounded to bf16 twice (the product, then the sum with the bias): each
-        // rounding within bf16's 2⁻⁹ relative half-ulp of what it rounds.
-        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let (got, want, bias) = (flat(&f(&got)), flat(&want), flat(&f(&b)));
-        for ((g, w), b) in got.iter().zip(&want).zip(&bias) {
-            let bound = ((w - b).abs() + w.abs()) / 256.0 + 1e-4;
-            assert!((g - w).abs() <= bound, "{n}×{k}: {g} vs {w} (bound {bound})");
+    // Odd sizes: narrow last panels, input tails, row blocks that do not fill a tile, rows that do not
+    // split evenly over the threads; 64 and 96 rows with 32-multiple inputs take the bf16 tile path
+    // where the CPU has one. One row is the decode path.
+    let shapes = [(1, 1, 1), (1, 67, 45), (3, 300, 1000), (15, 33, 70), (64, 40, 64), (96, 100, 128), (70, 32, 96)];
+    for (m, n, k) in shapes {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let b = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (1, m, k), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let layer = Linear::new(w.clone(), Some(b.clone())).unwrap();
+            assert!(matches!(layer, Linear::Packed { .. }), "{dtype:?} weights on the CPU are packed");
+            let got = layer.forward(&x).unwrap();
+            assert_eq!((got.dims(), got.dtype()), ([1, m, n].as_slice(), dtype));
+            let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let want = f(&x).reshape((m, k)).unwrap().matmul(&f(&w).t().unwrap()).unwrap();
+            let want = want.broadcast_add(&f(&b)).unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            // Accumulated in f32 from the stored values, rounded once to the output dtype.
+            let ulp = match dtype {
+                DType::BF16 => 1.0 / 256.0,
+                DType::F16 => 1.0 / 2048.0,
+                _ => 0.0,
+            };
+            let scale = (k as f32).sqrt();
+            for (g, w) in flat(&f(&got)).iter().zip(flat(&want)) {
+                let bound = w.abs() * ulp + 1e-5 * scale;
+                assert!((g - w).abs() <= bound, "{dtype:?} {m}×{n}×{k}: {g} vs {w} (bound {bound})");
+            }
         }
     }
 }

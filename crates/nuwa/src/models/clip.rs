@@ -5,7 +5,9 @@
 //! hidden states, and never builds more than the one attention matrix it is computing.
 
 use candle_core::{DType, IndexOp, Module, Tensor, D};
-use candle_nn::{layer_norm, linear, LayerNorm, Linear, VarBuilder};
+use candle_nn::{layer_norm, LayerNorm, VarBuilder};
+
+use super::linear::Linear;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -165,10 +167,10 @@ impl Attention {
     fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            q_proj: linear(h, h, vb.pp("q_proj"))?,
-            k_proj: linear(h, h, vb.pp("k_proj"))?,
-            v_proj: linear(h, h, vb.pp("v_proj"))?,
-            out_proj: linear(h, h, vb.pp("out_proj"))?,
+            q_proj: Linear::load(h, h, true, None, vb.pp("q_proj"))?,
+            k_proj: Linear::load(h, h, true, None, vb.pp("k_proj"))?,
+            v_proj: Linear::load(h, h, true, None, vb.pp("v_proj"))?,
+            out_proj: Linear::load(h, h, true, None, vb.pp("out_proj"))?,
             num_heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
         })
@@ -209,8 +211,8 @@ impl EncoderLayer {
             layer_norm1: layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
             self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
             layer_norm2: layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
-            fc1: linear(h, i, vb.pp("mlp").pp("fc1"))?,
-            fc2: linear(i, h, vb.pp("mlp").pp("fc2"))?,
+            fc1: Linear::load(h, i, true, None, vb.pp("mlp").pp("fc1"))?,
+            fc2: Linear::load(i, h, true, None, vb.pp("mlp").pp("fc2"))?,
             act: Activation::parse(&cfg.hidden_act).map_err(candle_core::Error::msg)?,
         })
     }

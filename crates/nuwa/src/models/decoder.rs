@@ -434,10 +434,11 @@ impl Decoder {
             .collect::<candle_core::Result<Vec<_>>>()?;
         let norm = rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb_model.pp("norm"))?;
         let lm_head = if cfg.tie_word_embeddings {
-            let tied = candle_nn::Linear::new(embed_tokens.embeddings().clone(), None);
+            // The head is a packed (or quantised) copy of the table the lookup reads.
+            let tied = embed_tokens.embeddings().clone();
             match cfg.quantize {
-                Some(q) => Linear::quantized(tied, q)?,
-                None => Linear::Dense(tied),
+                Some(q) => Linear::quantized(tied, None, q)?,
+                None => Linear::new(tied, None)?,
             }
         } else {
             Linear::load(cfg.hidden_size, cfg.vocab_size(), false, cfg.quantize, vb_lm_head)?

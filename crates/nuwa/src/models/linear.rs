@@ -1,9 +1,14 @@
-//! Linear layers whose weights may be quantised at load into llama.cpp's block formats (candle's
-//! quantised matmul), one layer at a time, so a model never holds its dense weights whole.
+//! Linear layers: dense weights packed at load for our own kernels ([`super::gemm`]), or quantised at
+//! load into llama.cpp's block formats (candle's quantised matmul). Either way one layer is converted at
+//! a time, so a model never holds a second copy of its weights.
+
+use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Module, Tensor};
+use candle_core::{CpuStorage, DType, Layout, Module, Shape, Tensor};
 use candle_nn::VarBuilder;
+
+use super::gemm::{Format, Packed, Rows};
 
 /// A weight format for the decoder's and projector's linears (`--quantize`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -42,14 +47,56 @@ impl Quantize {
     }
 }
 
-/// `y = x·Wᵀ + b`, with `W` dense or quantised.
+/// `y = x·Wᵀ + b`, with `W` packed for our CPU kernels, dense for candle, or quantised.
 #[derive(Debug, Clone)]
 pub enum Linear {
+    /// f32, bf16 or f16 weights on the CPU, packed once (see [`gemm`]); the bias in f32.
+    Packed {
+        weight: Arc<Packed>,
+        bias: Option<Arc<[f32]>>,
+    },
+    /// Any other device or dtype: candle's matmul.
     Dense(candle_nn::Linear),
-    Quantized { weight: QMatMul, bias: Option<Tensor> },
+    Quantized {
+        weight: QMatMul,
+        bias: Option<Tensor>,
+    },
 }
 
 impl Linear {
+    /// `weight` (out × in) and `bias`, packed where the device and dtype allow. The tensors are
+    /// dropped once packed, so a weight is held once.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
+        let format = match weight.dtype() {
+            DType::F32 => Format::F32,
+            DType::BF16 => Format::Bf16Pairs,
+            DType::F16 => Format::F16,
+            _ => return Ok(Self::Dense(candle_nn::Linear::new(weight, bias))),
+        };
+        if !weight.device().is_cpu() {
+            return Ok(Self::Dense(candle_nn::Linear::new(weight, bias)));
+        }
+        let (n, k) = weight.dims2()?;
+        let weight = weight.contiguous()?;
+        let packed = {
+            let (storage, layout) = weight.storage_and_layout();
+            let candle_core::Storage::Cpu(storage) = &*storage else { unreachable!("checked: a CPU tensor") };
+            let (o0, o1) = layout.contiguous_offsets().expect("made contiguous");
+            let rows = match storage {
+                CpuStorage::F32(v) => Rows::F32(&v[o0..o1]),
+                CpuStorage::BF16(v) => Rows::Bf16(&v[o0..o1]),
+                CpuStorage::F16(v) => Rows::F16(&v[o0..o1]),
+                _ => unreachable!("dtype checked above"),
+            };
+            Packed::new(rows, n, k, format)
+        };
+        let bias = match bias {
+            Some(b) => Some(Arc::from(b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)),
+            None => None,
+        };
+        Ok(Self::Packed { weight: Arc::new(packed), bias })
+    }
+
     /// The layer `vb` names (`weight`, and `bias` when `bias`), quantised as `quantize` says.
     pub fn load(
         in_dim: usize,
@@ -58,18 +105,19 @@ impl Linear {
         quantize: Option<Quantize>,
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
-        let dense = candle_nn::linear_b(in_dim, out_dim, bias, vb)?;
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
         match quantize {
-            Some(q) => Self::quantized(dense, q),
-            None => Ok(Self::Dense(dense)),
+            Some(q) => Self::quantized(weight, bias, q),
+            None => Self::new(weight, bias),
         }
     }
 
-    /// `dense` in format `q` where its shape allows (see [`Quantize`]); dense otherwise.
-    pub fn quantized(dense: candle_nn::Linear, q: Quantize) -> candle_core::Result<Self> {
-        let Some(format) = q.for_inputs(dense.weight().dim(1)?) else { return Ok(Self::Dense(dense)) };
-        let weight = QMatMul::from_qtensor(QTensor::quantize(dense.weight(), format)?)?;
-        Ok(Self::Quantized { weight, bias: dense.bias().cloned() })
+    /// `weight` in format `q` where its shape allows (see [`Quantize`]); dense otherwise.
+    pub fn quantized(weight: Tensor, bias: Option<Tensor>, q: Quantize) -> candle_core::Result<Self> {
+        let Some(format) = q.for_inputs(weight.dim(1)?) else { return Self::new(weight, bias) };
+        let weight = QMatMul::from_qtensor(QTensor::quantize(&weight, format)?)?;
+        Ok(Self::Quantized { weight, bias })
     }
 
     pub fn is_quantized(&self) -> bool {
@@ -80,19 +128,8 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            // One row (decoding): candle's CPU matmul is far from the memory bandwidth this needs (in bf16
-            // by an order of magnitude); the weights are streamed once, widened to f32 on the fly.
-            Self::Dense(l) if is_gemv(l.weight(), x) => {
-                let (n, k) = l.weight().dims2()?;
-                let y = l.weight().apply_op2_no_bwd(&x.flatten_all()?, &Gemv)?.to_dtype(x.dtype())?;
-                let mut dims = x.dims().to_vec();
-                *dims.last_mut().expect("x has rows of k values") = n;
-                debug_assert_eq!(x.elem_count(), k);
-                let y = y.reshape(dims)?;
-                match l.bias() {
-                    Some(b) => y.broadcast_add(b),
-                    None => Ok(y),
-                }
+            Self::Packed { weight, bias } => {
+                x.contiguous()?.apply_op1_no_bwd(&PackedMatmul { weight, bias: bias.as_deref() })
             }
             Self::Dense(l) => l.forward(x),
             Self::Quantized { weight, bias } => {
@@ -106,109 +143,55 @@ impl Module for Linear {
     }
 }
 
-fn is_gemv(w: &Tensor, x: &Tensor) -> bool {
-    matches!(w.dtype(), candle_core::DType::BF16 | candle_core::DType::F32)
-        && w.device().is_cpu()
-        && w.is_contiguous()
-        && w.dims2().is_ok_and(|(_, k)| x.elem_count() == k && x.dims().last() == Some(&k))
+/// `x·Wᵀ + b` on the packed kernels: f32 accumulation, the result in `x`'s dtype.
+struct PackedMatmul<'a> {
+    weight: &'a Packed,
+    bias: Option<&'a [f32]>,
 }
 
-/// `W·x` for bf16 or f32 `W` (n, k) and one row `x` (k), accumulated in f32, rows split over the cores.
-struct Gemv;
-
-impl candle_core::CustomOp2 for Gemv {
+impl candle_core::CustomOp1 for PackedMatmul<'_> {
     fn name(&self) -> &'static str {
-        "gemv"
+        "packed-matmul"
     }
 
-    fn cpu_fwd(
-        &self,
-        w: &candle_core::CpuStorage,
-        wl: &candle_core::Layout,
-        x: &candle_core::CpuStorage,
-        xl: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::CpuStorage;
-        let (n, k) = wl.shape().dims2()?;
-        let (Some((w0, w1)), Some((x0, x1))) = (wl.contiguous_offsets(), xl.contiguous_offsets()) else {
-            candle_core::bail!("gemv needs contiguous operands")
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, k) = self.weight.dims();
+        let Some((o0, o1)) = layout.contiguous_offsets() else {
+            candle_core::bail!("packed-matmul: x is not contiguous")
         };
-        let x: Vec<f32> = match x {
-            CpuStorage::BF16(v) => v[x0..x1].iter().map(|v| v.to_f32()).collect(),
-            CpuStorage::F32(v) => v[x0..x1].to_vec(),
-            _ => candle_core::bail!("gemv: activations must be bf16 or f32"),
+        let mut dims = layout.shape().dims().to_vec();
+        match dims.last_mut() {
+            Some(last) if *last == k => *last = n,
+            _ => candle_core::bail!("packed-matmul: x of shape {:?} has no last dimension of {k}", layout.shape()),
+        }
+        let m = (o1 - o0) / k.max(1);
+        let mut y = vec![0f32; m * n];
+        let threads = candle_core::utils::get_num_threads();
+        let rows = match x {
+            CpuStorage::F32(v) => Rows::F32(&v[o0..o1]),
+            CpuStorage::BF16(v) => Rows::Bf16(&v[o0..o1]),
+            CpuStorage::F16(v) => Rows::F16(&v[o0..o1]),
+            _ => candle_core::bail!(
+                "packed-matmul: activations must be f32, bf16 or f16, not {:?}",
+                candle_core::backend::BackendStorage::dtype(x)
+            ),
         };
-        let mut out = vec![0f32; n];
-        match w {
-            CpuStorage::BF16(w) => gemv(&w[w0..w1], &x, k, &mut out),
-            CpuStorage::F32(w) => gemv(&w[w0..w1], &x, k, &mut out),
-            _ => candle_core::bail!("gemv: the weight must be bf16 or f32"),
-        }
-        Ok((CpuStorage::F32(out), candle_core::Shape::from(n)))
+        self.weight.matmul(rows, m, self.bias, &mut y, threads);
+        let y = match x {
+            CpuStorage::BF16(_) => CpuStorage::BF16(narrow(&y, half::bf16::from_f32)),
+            CpuStorage::F16(_) => CpuStorage::F16(narrow(&y, half::f16::from_f32)),
+            _ => CpuStorage::F32(y),
+        };
+        Ok((y, Shape::from(dims)))
     }
 }
 
-/// A weight element that widens to f32 exactly.
-pub trait Widen: Copy + Send + Sync {
-    fn widen(self) -> f32;
-}
-
-impl Widen for f32 {
-    #[inline(always)]
-    fn widen(self) -> f32 {
-        self
-    }
-}
-
-impl Widen for half::bf16 {
-    /// The upper half of an f32: a shift.
-    #[inline(always)]
-    fn widen(self) -> f32 {
-        f32::from_bits(u32::from(self.to_bits()) << 16)
-    }
-}
-
-/// `out[r] = Σ_j w[r·k + j] · x[j]`, rows split over the available cores.
-pub fn gemv<W: Widen>(w: &[W], x: &[f32], k: usize, out: &mut [f32]) {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(out.len().div_ceil(64)).max(1);
-    let rows = out.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        for (chunk, o) in out.chunks_mut(rows).enumerate() {
-            let w = &w[chunk * rows * k..];
-            s.spawn(move || {
-                for (r, y) in o.iter_mut().enumerate() {
-                    *y = dot(&w[r * k..(r + 1) * k], x);
-                }
-            });
-        }
+/// f32 results rounded to a half-precision dtype, spread over the cores when there are many.
+fn narrow<T: Send + Copy + Default>(y: &[f32], f: impl Fn(f32) -> T + Sync) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut out = vec![T::default(); y.len()];
+    out.par_chunks_mut(1 << 16).zip(y.par_chunks(1 << 16)).for_each(|(o, y)| {
+        o.iter_mut().zip(y).for_each(|(o, &y)| *o = f(y));
     });
-}
-
-fn dot<W: Widen>(w: &[W], x: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has the feature the function is compiled for.
-        return unsafe { dot_avx512(w, x) };
-    }
-    dot_portable(w, x)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dot_avx512<W: Widen>(w: &[W], x: &[f32]) -> f32 {
-    dot_portable(w, x)
-}
-
-/// Sixteen independent accumulators, so the compiler turns the loop into vector FMAs.
-#[inline(always)]
-fn dot_portable<W: Widen>(w: &[W], x: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (wc, xc) = (w.chunks_exact(16), x.chunks_exact(16));
-    let tail: f32 = wc.remainder().iter().zip(xc.remainder()).map(|(&a, &b)| a.widen() * b).sum();
-    for (a, b) in wc.zip(xc) {
-        for i in 0..16 {
-            acc[i] += a[i].widen() * b[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+    out
 }

@@ -5,6 +5,7 @@
 //! Adding a family is a folder here implementing [`VisionLanguageModel`] plus one line in [`FAMILIES`].
 pub mod clip;
 pub mod decoder;
+pub mod gemm;
 pub mod linear;
 pub mod llava;
 pub mod llava_next;

@@ -6,7 +6,9 @@
 
 use super::config::VisionConfig;
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{linear_b, rms_norm, Linear, RmsNorm, VarBuilder};
+use candle_nn::{rms_norm, RmsNorm, VarBuilder};
+
+use crate::models::linear::Linear;
 use std::collections::BTreeMap;
 
 /// The tower's RMSNorm epsilon (fixed in the model, not configurable).
@@ -74,11 +76,11 @@ impl Block {
         Ok(Self {
             norm1: rms_norm(d, EPS, vb.pp("norm1"))?,
             norm2: rms_norm(d, EPS, vb.pp("norm2"))?,
-            qkv: linear_b(d, 3 * d, true, vb.pp("attn").pp("qkv"))?,
-            proj: linear_b(d, d, true, vb.pp("attn").pp("proj"))?,
-            gate: linear_b(d, i, true, vb.pp("mlp").pp("gate_proj"))?,
-            up: linear_b(d, i, true, vb.pp("mlp").pp("up_proj"))?,
-            down: linear_b(i, d, true, vb.pp("mlp").pp("down_proj"))?,
+            qkv: Linear::load(d, 3 * d, true, None, vb.pp("attn").pp("qkv"))?,
+            proj: Linear::load(d, d, true, None, vb.pp("attn").pp("proj"))?,
+            gate: Linear::load(d, i, true, None, vb.pp("mlp").pp("gate_proj"))?,
+            up: Linear::load(d, i, true, None, vb.pp("mlp").pp("up_proj"))?,
+            down: Linear::load(i, d, true, None, vb.pp("mlp").pp("down_proj"))?,
             heads: cfg.num_heads,
         })
     }
@@ -151,8 +153,8 @@ impl Merger {
         let wide = cfg.hidden_size * group;
         Ok(Self {
             ln_q: rms_norm(cfg.hidden_size, EPS, vb.pp("ln_q"))?,
-            mlp0: linear_b(wide, wide, true, vb.pp("mlp").pp("0"))?,
-            mlp2: linear_b(wide, cfg.out_hidden_size, true, vb.pp("mlp").pp("2"))?,
+            mlp0: Linear::load(wide, wide, true, None, vb.pp("mlp").pp("0"))?,
+            mlp2: Linear::load(wide, cfg.out_hidden_size, true, None, vb.pp("mlp").pp("2"))?,
             group,
         })
     }
@@ -181,7 +183,7 @@ impl VisionTower {
             "weight",
         )?;
         // Kernel = stride: the Conv3d is a matmul over the flattened patch row.
-        let patch_embed = Linear::new(w.reshape((cfg.hidden_size, values))?, None);
+        let patch_embed = Linear::new(w.reshape((cfg.hidden_size, values))?, None)?;
         let blocks =
             (0..cfg.depth).map(|i| Block::new(cfg, vb.pp("blocks").pp(i))).collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self { patch_embed, blocks, merger: Merger::new(cfg, vb.pp("merger"))?, cfg: cfg.clone() })

@@ -1,0 +1,765 @@
+//! Dense weights packed once at load for our own CPU matrix kernels: `C = A·Wᵀ (+ b)` for any number
+//! of rows, prefill (hundreds to thousands of rows) and decode (one) alike.
+//!
+//! `W` (n outputs × k inputs) is stored as panels of [`NR`] outputs: panel `p` holds, for every input
+//! `j`, the 32 weights of outputs `32p … 32p+31` side by side, so a kernel reads each panel front to
+//! back with aligned vector loads. f32 and f16 panels hold one input per row; bf16 panels hold two
+//! (an input pair per 32-bit lane), the operand layout of AVX-512 BF16's pairwise dot product.
+//! The rows of `A` are packed per call into blocks of [`MR`] rows the same way. Outputs are computed
+//! in f32; each `MR × NR` tile of `C` lives in registers for [`KC`] inputs at a time.
+
+use half::{bf16, f16};
+
+/// Outputs per panel: two 16-lane vectors.
+pub const NR: usize = 32;
+/// Rows of `A` per register tile (MR × 2 accumulators + 2 loaded weight vectors fit in 32 registers).
+const MR: usize = 14;
+/// Inputs per pass over a tile: the tile's row block (14 × 256 f32) stays in L1.
+const KC: usize = 256;
+/// Panels visited per pass over the row blocks: 8 × 32 × 256 f32 = 256 KiB of weights stay in L2.
+const NC_PANELS: usize = 8;
+
+/// One 64-byte line: the unit of every packed buffer, so vector loads are aligned.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Line([u32; 16]);
+
+/// A weight matrix packed for [`Packed::matmul`].
+pub struct Packed {
+    n: usize,
+    k: usize,
+    format: Format,
+    /// 32-bit words per panel (a whole number of lines).
+    panel_words: usize,
+    lines: Vec<Line>,
+}
+
+/// How the panels store a weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    F32,
+    /// Input pairs: a 32-bit lane holds the weights of inputs `2j` (low half) and `2j + 1`.
+    Bf16Pairs,
+    F16,
+}
+
+/// Rows of `A`, row-major, in the activations' dtype.
+#[derive(Clone, Copy)]
+pub enum Rows<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+    F16(&'a [f16]),
+}
+
+impl Rows<'_> {
+    #[inline(always)]
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            Rows::F32(v) => v[i],
+            Rows::Bf16(v) => v[i].to_f32(),
+            Rows::F16(v) => v[i].to_f32(),
+        }
+    }
+
+    #[inline(always)]
+    fn get_bf16_bits(&self, i: usize) -> u32 {
+        match self {
+            Rows::Bf16(v) => u32::from(v[i].to_bits()),
+            _ => u32::from(bf16::from_f32(self.get(i)).to_bits()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Rows::F32(v) => v.len(),
+            Rows::Bf16(v) => v.len(),
+            Rows::F16(v) => v.len(),
+        }
+    }
+}
+
+impl Format {
+    /// 32-bit words per panel row (per input, or per input pair for bf16).
+    fn words_per_step(self) -> usize {
+        match self {
+            Format::F32 | Format::Bf16Pairs => NR,
+            Format::F16 => NR / 2,
+        }
+    }
+
+    /// Steps of the inner loop for `k` inputs.
+    fn steps(self, k: usize) -> usize {
+        match self {
+            Format::Bf16Pairs => k.div_ceil(2),
+            Format::F32 | Format::F16 => k,
+        }
+    }
+}
+
+impl Packed {
+    /// Packs the row-major `n × k` weight `w` (`w.len() == n·k`) in `format`.
+    pub fn new(w: Rows<'_>, n: usize, k: usize, format: Format) -> Self {
+        assert_eq!(w.len(), n * k, "weight of {n}×{k} has {} values", w.len());
+        let panels = n.div_ceil(NR);
+        let words_per_panel = format.steps(k) * format.words_per_step();
+        let lines_per_panel = words_per_panel.div_ceil(16);
+        let mut lines = vec![Line::default(); panels * lines_per_panel];
+        let pack_panel = |(p, dst): (usize, &mut [Line])| {
+            // SAFETY: `Line` is 16 plain u32s; the slice covers exactly the panel's lines.
+            let words = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u32>(), dst.len() * 16) };
+            let cols = (n - p * NR).min(NR);
+            for c in 0..cols {
+                let row = (p * NR + c) * k;
+                match format {
+                    Format::F32 => (0..k).for_each(|j| words[j * NR + c] = w.get(row + j).to_bits()),
+                    Format::Bf16Pairs => (0..k).for_each(|j| {
+                        words[(j / 2) * NR + c] |= w.get_bf16_bits(row + j) << (16 * (j % 2));
+                    }),
+                    Format::F16 => (0..k).for_each(|j| {
+                        let bits = u32::from(f16::from_f32(w.get(row + j)).to_bits());
+                        words[j * (NR / 2) + c / 2] |= bits << (16 * (c % 2));
+                    }),
+                }
+            }
+        };
+        use rayon::prelude::*;
+        lines.par_chunks_mut(lines_per_panel.max(1)).enumerate().for_each(pack_panel);
+        Self { n, k, format, panel_words: lines_per_panel * 16, lines }
+    }
+
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// Bytes held by the panels.
+    pub fn bytes(&self) -> usize {
+        self.lines.len() * 64
+    }
+
+    /// `c[m × n] = a[m × k] · Wᵀ (+ bias)`, output panels split over `threads`.
+    pub fn matmul(&self, a: Rows<'_>, m: usize, bias: Option<&[f32]>, c: &mut [f32], threads: usize) {
+        self.matmul_on(Kernel::for_format(self.format), a, m, bias, c, threads);
+    }
+
+    fn matmul_on(&self, kernel: Kernel, a: Rows<'_>, m: usize, bias: Option<&[f32]>, c: &mut [f32], threads: usize) {
+        let (n, k) = (self.n, self.k);
+        assert_eq!(a.len(), m * k, "{m} rows of {k} inputs");
+        assert_eq!(c.len(), m * n, "{m} rows of {n} outputs");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), n, "bias of {n} outputs");
+        }
+        if m == 0 || n == 0 {
+            return;
+        }
+        let a = RowWords::new(a, m, k, kernel.a_format());
+        let panels = n.div_ceil(NR);
+        let threads = threads.clamp(1, panels);
+        let per_thread = panels.div_ceil(threads);
+        let out = SendPtr(c.as_mut_ptr());
+        #[cfg(target_arch = "x86_64")]
+        let amx_rows = if amx::usable(kernel, k, m) { m / amx::ROWS * amx::ROWS } else { 0 };
+        #[cfg(target_arch = "x86_64")]
+        let blocks = amx::pack_rows(&a, amx_rows);
+        let job = |t: usize| {
+            let range = t * per_thread..((t + 1) * per_thread).min(panels);
+            // SAFETY: threads write disjoint output columns; every pointer stays inside its buffer
+            // (see `tile`).
+            #[cfg(target_arch = "x86_64")]
+            if amx_rows > 0 {
+                unsafe {
+                    self.amx_columns(&blocks, a.lda, range.clone(), bias, out);
+                    self.columns(kernel, &a, amx_rows..m, range, bias, out);
+                }
+                return;
+            }
+            unsafe { self.columns(kernel, &a, 0..m, range, bias, out) };
+        };
+        if threads == 1 {
+            job(0);
+        } else {
+            use rayon::prelude::*;
+            (0..threads).into_par_iter().for_each(job);
+        }
+    }
+
+    /// The output panels `panels` of the rows `rows`.
+    unsafe fn columns(
+        &self,
+        kernel: Kernel,
+        a: &RowWords,
+        rows: std::ops::Range<usize>,
+        panels: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        c: SendPtr,
+    ) {
+        let steps = self.format.steps(self.k);
+        let b = self.lines.as_ptr().cast::<u32>();
+        let (panel_words, step_words) = (self.panel_words, self.format.words_per_step());
+        let mut nc = panels.start;
+        while nc < panels.end {
+            let nc_end = (nc + NC_PANELS).min(panels.end);
+            let mut s0 = 0;
+            while s0 < steps {
+                let ks = (steps - s0).min(KC);
+                for r0 in rows.clone().step_by(MR) {
+                    let tile_rows = (rows.end - r0).min(MR);
+                    let a_block = unsafe { a.words.as_ptr().add(r0 * a.lda + s0) };
+                    for p in nc..nc_end {
+                        let cols = (self.n - p * NR).min(NR);
+                        let init = if s0 > 0 {
+                            Init::Accumulate
+                        } else if let Some(bias) = bias {
+                            Init::Bias(unsafe { bias.as_ptr().add(p * NR) })
+                        } else {
+                            Init::Zero
+                        };
+                        let tile = Tile {
+                            steps: ks,
+                            a: a_block,
+                            lda: a.lda,
+                            b: unsafe { b.add(p * panel_words + s0 * step_words) },
+                            c: unsafe { c.0.add(r0 * self.n + p * NR) },
+                            ldc: self.n,
+                            init,
+                            cols,
+                        };
+                        unsafe { kernel.run(tile_rows, &tile) };
+                    }
+                }
+                s0 += ks;
+            }
+            nc = nc_end;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Packed {
+    /// The first `rows` rows (a multiple of [`amx::ROWS`]) of the output panels `panels`, on AMX tiles:
+    /// bf16 pairs in, f32 out, the whole input width per tile.
+    unsafe fn amx_columns(
+        &self,
+        blocks: &[u32],
+        lda: usize,
+        panels: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        c: SendPtr,
+    ) {
+        let b = self.lines.as_ptr().cast::<u8>();
+        let pairs = self.k / 2;
+        let block_words = lda * amx::ROWS;
+        // A panel narrower than 32 outputs (the last) accumulates in a full-width copy.
+        let narrow = !self.n.is_multiple_of(NR) && panels.end == self.n.div_ceil(NR);
+        let mut scratch = if narrow { vec![0f32; blocks.len() / lda * NR] } else { Vec::new() };
+        unsafe {
+            amx::configure();
+            for nc in panels.clone().step_by(amx::PANELS_PER_PASS) {
+                for (block, a) in blocks.chunks_exact(block_words).enumerate() {
+                    for p in nc..(nc + amx::PANELS_PER_PASS).min(panels.end) {
+                        let panel = b.add(p * self.panel_words * 4);
+                        let (c, stride) = if narrow && p + 1 == panels.end {
+                            (scratch.as_mut_ptr().add(block * amx::ROWS * NR), NR)
+                        } else {
+                            (c.0.add(block * amx::ROWS * self.n + p * NR), self.n)
+                        };
+                        amx::tile(a.as_ptr().cast(), panel, pairs, c, stride * 4);
+                    }
+                }
+            }
+            amx::release();
+        }
+        let rows = blocks.len() / lda;
+        for p in panels {
+            let cols = (self.n - p * NR).min(NR);
+            for r in 0..rows {
+                // SAFETY: row `r`, columns of panel `p`: inside `c`, written by this thread only.
+                let y = unsafe { std::slice::from_raw_parts_mut(c.0.add(r * self.n + p * NR), cols) };
+                if narrow && cols < NR {
+                    y.copy_from_slice(&scratch[r * NR..r * NR + cols]);
+                }
+                if let Some(bias) = bias {
+                    y.iter_mut().zip(&bias[p * NR..]).for_each(|(y, b)| *y += b);
+                }
+            }
+        }
+    }
+}
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Packed({}×{}, {:?})", self.n, self.k, self.format)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint output columns to the worker threads.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// `A` as the kernels read it: row-major 32-bit words (f32 values or bf16 input pairs), `lda` a row.
+struct RowWords<'a> {
+    words: std::borrow::Cow<'a, [u32]>,
+    lda: usize,
+}
+
+impl<'a> RowWords<'a> {
+    /// `a` in `format`'s words, borrowed when it already is.
+    fn new(a: Rows<'a>, m: usize, k: usize, format: Format) -> Self {
+        use std::borrow::Cow;
+        // SAFETY (both casts): f32 and pairs of bf16 are plain 32-bit words.
+        match (format, a) {
+            (Format::F32, Rows::F32(v)) => {
+                Self { words: Cow::Borrowed(unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len()) }), lda: k }
+            }
+            (Format::Bf16Pairs, Rows::Bf16(v)) if k.is_multiple_of(2) => Self {
+                words: Cow::Borrowed(unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len() / 2) }),
+                lda: k / 2,
+            },
+            (Format::Bf16Pairs, _) => {
+                let lda = k.div_ceil(2);
+                let mut words = vec![0u32; m * lda];
+                for (r, row) in words.chunks_mut(lda).enumerate() {
+                    for j in 0..k {
+                        row[j / 2] |= a.get_bf16_bits(r * k + j) << (16 * (j % 2));
+                    }
+                }
+                Self { words: Cow::Owned(words), lda }
+            }
+            _ => Self { words: Cow::Owned((0..m * k).map(|i| a.get(i).to_bits()).collect()), lda: k },
+        }
+    }
+}
+
+/// How a tile's accumulators start.
+#[derive(Clone, Copy)]
+enum Init {
+    Zero,
+    Bias(*const f32),
+    /// From the tile's current values (a later pass over the inputs).
+    Accumulate,
+}
+
+/// One register tile: `rows × cols` outputs over `steps` steps.
+struct Tile {
+    steps: usize,
+    /// Row `r`'s word of the tile's first step is `a[r·lda]`.
+    a: *const u32,
+    lda: usize,
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    init: Init,
+    cols: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx512F32,
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16,
+    #[cfg(target_arch = "x86_64")]
+    Avx512F16,
+    Portable(Format),
+}
+
+impl Kernel {
+    fn for_format(format: Format) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            match format {
+                Format::F32 => return Kernel::Avx512F32,
+                Format::Bf16Pairs if std::arch::is_x86_feature_detected!("avx512bf16") => return Kernel::Avx512Bf16,
+                Format::F16 => return Kernel::Avx512F16,
+                Format::Bf16Pairs => {}
+            }
+        }
+        Kernel::Portable(format)
+    }
+
+    /// How `A`'s rows are packed for this kernel.
+    fn a_format(self) -> Format {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Bf16 => Format::Bf16Pairs,
+            Kernel::Portable(Format::Bf16Pairs) => Format::Bf16Pairs,
+            _ => Format::F32,
+        }
+    }
+
+    unsafe fn run(self, rows: usize, t: &Tile) {
+        macro_rules! by_rows {
+            ($f:ident) => {
+                match rows {
+                    1 => $f::<1>(t),
+                    2 => $f::<2>(t),
+                    3 => $f::<3>(t),
+                    4 => $f::<4>(t),
+                    5 => $f::<5>(t),
+                    6 => $f::<6>(t),
+                    7 => $f::<7>(t),
+                    8 => $f::<8>(t),
+                    9 => $f::<9>(t),
+                    10 => $f::<10>(t),
+                    11 => $f::<11>(t),
+                    12 => $f::<12>(t),
+                    13 => $f::<13>(t),
+                    14 => $f::<14>(t),
+                    _ => unreachable!("a tile has 1..=MR rows"),
+                }
+            };
+        }
+        unsafe {
+            match self {
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512F32 => by_rows!(avx512_f32),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512Bf16 => by_rows!(avx512_bf16),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512F16 => by_rows!(avx512_f16),
+                Kernel::Portable(format) => portable(format, rows, t),
+            }
+        }
+    }
+}
+
+/// Any CPU: the same tile in scalar order (the compiler vectorises the 32 columns).
+unsafe fn portable(format: Format, rows: usize, t: &Tile) {
+    let mut acc = [[0f32; NR]; MR];
+    unsafe {
+        for (r, acc) in acc.iter_mut().enumerate().take(rows) {
+            for (c, v) in acc.iter_mut().enumerate().take(t.cols) {
+                *v = match t.init {
+                    Init::Zero => 0.0,
+                    Init::Bias(b) => *b.add(c),
+                    Init::Accumulate => *t.c.add(r * t.ldc + c),
+                };
+            }
+        }
+        for s in 0..t.steps {
+            for (r, acc) in acc.iter_mut().enumerate().take(rows) {
+                let a = *t.a.add(r * t.lda + s);
+                match format {
+                    Format::F32 => {
+                        let a = f32::from_bits(a);
+                        let b = t.b.add(s * NR);
+                        for (c, v) in acc.iter_mut().enumerate() {
+                            *v += a * f32::from_bits(*b.add(c));
+                        }
+                    }
+                    Format::Bf16Pairs => {
+                        let (a0, a1) = (f32::from_bits(a << 16), f32::from_bits(a & 0xffff_0000));
+                        let b = t.b.add(s * NR);
+                        for (c, v) in acc.iter_mut().enumerate() {
+                            let w = *b.add(c);
+                            *v += a0 * f32::from_bits(w << 16) + a1 * f32::from_bits(w & 0xffff_0000);
+                        }
+                    }
+                    Format::F16 => {
+                        let a = f32::from_bits(a);
+                        let b = t.b.add(s * NR / 2);
+                        for (c, v) in acc.iter_mut().enumerate() {
+                            let w = (*b.add(c / 2) >> (16 * (c % 2))) as u16;
+                            *v += a * f16::from_bits(w).to_f32();
+                        }
+                    }
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate().take(rows) {
+            std::ptr::copy_nonoverlapping(acc.as_ptr(), t.c.add(r * t.ldc), t.cols);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Init, Tile, NR};
+    use std::arch::x86_64::*;
+
+    /// The column masks of a tile's two vectors.
+    #[inline(always)]
+    fn masks(cols: usize) -> (__mmask16, __mmask16) {
+        let m = |c: usize| if c >= 16 { 0xffff } else { ((1u32 << c) - 1) as u16 };
+        (m(cols.min(16)), m(cols.saturating_sub(16)))
+    }
+
+    #[inline(always)]
+    unsafe fn start<const R: usize>(t: &Tile) -> [[__m512; 2]; R] {
+        let (m0, m1) = masks(t.cols);
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; R];
+            match t.init {
+                Init::Zero => {}
+                Init::Bias(b) => {
+                    let v = [_mm512_maskz_loadu_ps(m0, b), _mm512_maskz_loadu_ps(m1, b.add(16))];
+                    acc = [v; R];
+                }
+                Init::Accumulate => {
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let c = t.c.add(r * t.ldc);
+                        *acc = [_mm512_maskz_loadu_ps(m0, c), _mm512_maskz_loadu_ps(m1, c.add(16))];
+                    }
+                }
+            }
+            acc
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn finish<const R: usize>(t: &Tile, acc: &[[__m512; 2]; R]) {
+        let (m0, m1) = masks(t.cols);
+        unsafe {
+            for (r, acc) in acc.iter().enumerate() {
+                let c = t.c.add(r * t.ldc);
+                _mm512_mask_storeu_ps(c, m0, acc[0]);
+                _mm512_mask_storeu_ps(c.add(16), m1, acc[1]);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn f32_tile<const R: usize>(t: &Tile) {
+        unsafe {
+            let mut acc = start::<R>(t);
+            let (mut a, mut b) = (t.a.cast::<f32>(), t.b.cast::<f32>());
+            for _ in 0..t.steps {
+                let w = [_mm512_load_ps(b), _mm512_load_ps(b.add(16))];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*a.add(r * t.lda));
+                    acc[0] = _mm512_fmadd_ps(x, w[0], acc[0]);
+                    acc[1] = _mm512_fmadd_ps(x, w[1], acc[1]);
+                }
+                a = a.add(1);
+                b = b.add(NR);
+            }
+            finish(t, &acc);
+        }
+    }
+
+    /// Two inputs per step: `vdpbf16ps` multiplies bf16 pairs exactly and adds both products in f32.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn bf16_tile<const R: usize>(t: &Tile) {
+        unsafe {
+            let mut acc = start::<R>(t);
+            let (mut a, mut b) = (t.a, t.b);
+            for _ in 0..t.steps {
+                let w: [__m512bh; 2] = [
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_load_si512(b.cast())),
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_load_si512(b.add(16).cast())),
+                ];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*a.add(r * t.lda) as i32));
+                    acc[0] = _mm512_dpbf16_ps(acc[0], x, w[0]);
+                    acc[1] = _mm512_dpbf16_ps(acc[1], x, w[1]);
+                }
+                a = a.add(1);
+                b = b.add(NR);
+            }
+            finish(t, &acc);
+        }
+    }
+
+    /// f16 weights widened to f32 as they are loaded (exact), f32 inputs.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn f16_tile<const R: usize>(t: &Tile) {
+        unsafe {
+            let mut acc = start::<R>(t);
+            let (mut a, mut b) = (t.a.cast::<f32>(), t.b);
+            for _ in 0..t.steps {
+                let halves = _mm512_load_si512(b.cast());
+                let w = [
+                    _mm512_cvtph_ps(_mm512_castsi512_si256(halves)),
+                    _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(halves)),
+                ];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*a.add(r * t.lda));
+                    acc[0] = _mm512_fmadd_ps(x, w[0], acc[0]);
+                    acc[1] = _mm512_fmadd_ps(x, w[1], acc[1]);
+                }
+                a = a.add(1);
+                b = b.add(NR / 2);
+            }
+            finish(t, &acc);
+        }
+    }
+}
+
+/// Intel AMX: bf16 tile multiplies (`tdpbf16ps`), 32 × 32 outputs per call, through inline assembly
+/// (Rust has no stable AMX intrinsics). Linux hands out the tile state only on request.
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::Kernel;
+    use std::arch::asm;
+
+    /// Output rows per call: two 16-row tiles.
+    pub const ROWS: usize = 32;
+    /// Panels per pass over the row blocks: at 4096 inputs their 1 MiB of weights stays in L2.
+    pub const PANELS_PER_PASS: usize = 4;
+
+    /// Whether this call runs on AMX: a bf16 kernel, whole tile rows, the inputs in whole 32-blocks.
+    pub fn usable(kernel: Kernel, k: usize, m: usize) -> bool {
+        matches!(kernel, Kernel::Avx512Bf16) && k.is_multiple_of(32) && m >= ROWS && available()
+    }
+
+    fn available() -> bool {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            // CPUID.(7,0):EDX bit 24 = AMX-TILE, bit 22 = AMX-BF16.
+            let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+            if edx & (1 << 24) == 0 || edx & (1 << 22) == 0 || std::env::var_os("NUWA_NO_AMX").is_some() {
+                return false;
+            }
+            // arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): 0 once the kernel grants the state.
+            let ret: i64;
+            // SAFETY: a syscall that only changes this process's permitted register state.
+            unsafe {
+                asm!("syscall", inlateout("rax") 158i64 => ret, in("rdi") 0x1023, in("rsi") 18,
+                     lateout("rcx") _, lateout("r11") _, options(nostack));
+            }
+            ret == 0
+        })
+    }
+
+    /// Tiles 0–3: the four 16 × 16 f32 outputs; 4–5: 16 rows × 32 bf16 of A; 6–7: 16 input pairs × 16
+    /// outputs of a panel. Every tile is 16 rows of 64 bytes.
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    pub unsafe fn configure() {
+        let mut cfg = Config([0; 64]);
+        cfg.0[0] = 1; // palette 1
+        for t in 0..8 {
+            cfg.0[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes());
+            cfg.0[48 + t] = 16;
+        }
+        unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack)) };
+    }
+
+    pub unsafe fn release() {
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// The first `rows` rows of `a` (bf16 pairs) in 32-row blocks, each 32 inputs of a block one
+    /// contiguous 2 KiB piece: its upper 16 rows' 64 bytes, then its lower 16's.
+    pub fn pack_rows(a: &super::RowWords, rows: usize) -> Vec<u32> {
+        let lda = a.lda;
+        let mut out = vec![0u32; rows * lda];
+        let pack = |(block, dst): (usize, &mut [u32])| {
+            for (step, piece) in dst.chunks_exact_mut(2 * 16 * 16).enumerate() {
+                for (r, row) in piece.chunks_exact_mut(16).enumerate() {
+                    let src = (block * ROWS + r) * lda + step * 16;
+                    row.copy_from_slice(&a.words[src..src + 16]);
+                }
+            }
+        };
+        use rayon::prelude::*;
+        out.par_chunks_mut(ROWS * lda).enumerate().for_each(pack);
+        out
+    }
+
+    /// `c[32 × 32] = a · panel` over `pairs` input pairs, `a` packed by [`pack_rows`], `c`'s rows
+    /// `c_stride` bytes apart.
+    pub unsafe fn tile(a: *const u8, panel: *const u8, pairs: usize, c: *mut f32, c_stride: usize) {
+        unsafe {
+            let lower = c.cast::<u8>().add(16 * c_stride);
+            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+            let a_stride = 64usize;
+            let a_lower = a.add(1024);
+            for step in (0..pairs).step_by(16) {
+                // 16 input pairs: 64 bytes of each A row; 16 panel rows of 128 bytes (two tiles of 64).
+                asm!(
+                    "tileloadd tmm4, [{a} + {sa}]",
+                    "tileloadd tmm5, [{al} + {sa}]",
+                    "tileloadd tmm6, [{b} + {sb}]",
+                    "tileloadd tmm7, [{b2} + {sb}]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a = in(reg) a.add(step * 128),
+                    al = in(reg) a_lower.add(step * 128),
+                    b = in(reg) panel.add(step * 128),
+                    b2 = in(reg) panel.add(step * 128 + 64),
+                    sa = in(reg) a_stride,
+                    sb = in(reg) 128usize,
+                    options(nostack, readonly),
+                );
+            }
+            asm!(
+                "tilestored [{c} + {sc}], tmm0",
+                "tilestored [{c2} + {sc}], tmm1",
+                "tilestored [{l} + {sc}], tmm2",
+                "tilestored [{l2} + {sc}], tmm3",
+                c = in(reg) c,
+                c2 = in(reg) c.cast::<u8>().add(64),
+                l = in(reg) lower,
+                l2 = in(reg) lower.add(64),
+                sc = in(reg) c_stride,
+                options(nostack),
+            );
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use avx512::{bf16_tile as avx512_bf16, f16_tile as avx512_f16, f32_tile as avx512_f32};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// Every kernel this CPU has, and the portable one, agree with an f64 product of the values the
+    /// format stores, over shapes with narrow panels, input tails, partial row tiles and passes.
+    #[test]
+    fn every_kernel_matches_the_reference_product() {
+        let shapes = [(1, 1, 1), (1, 45, 37), (15, 70, 300), (29, 33, 513), (64, 40, 64), (70, 96, 128), (33, 64, 600)];
+        for (m, n, k) in shapes {
+            let (a, w, bias) = (values(m * k, 1), values(n * k, 2), values(n, 3));
+            for format in [Format::F32, Format::Bf16Pairs, Format::F16] {
+                // What the format holds: bf16 kernels multiply bf16 rows, f16 ones f32 rows.
+                let round = |v: f32| match format {
+                    Format::F32 => v,
+                    Format::Bf16Pairs => bf16::from_f32(v).to_f32(),
+                    Format::F16 => f16::from_f32(v).to_f32(),
+                };
+                let a_held: Vec<f32> =
+                    a.iter().map(|&v| if format == Format::Bf16Pairs { round(v) } else { v }).collect();
+                let mut want = vec![0f64; m * n];
+                for i in 0..m {
+                    for j in 0..n {
+                        let dot: f64 =
+                            (0..k).map(|l| f64::from(a_held[i * k + l]) * f64::from(round(w[j * k + l]))).sum();
+                        want[i * n + j] = dot + f64::from(bias[j]);
+                    }
+                }
+                let packed = Packed::new(Rows::F32(&w), n, k, format);
+                let mut kernels = vec![Kernel::Portable(format), Kernel::for_format(format)];
+                kernels.dedup_by_key(|k| format!("{k:?}"));
+                for kernel in kernels {
+                    for threads in [1, 3] {
+                        let mut c = vec![f32::NAN; m * n];
+                        packed.matmul_on(kernel, Rows::F32(&a), m, Some(&bias), &mut c, threads);
+                        for (i, (got, want)) in c.iter().zip(&want).enumerate() {
+                            let bound = 1e-5 * (k as f64).sqrt() + 1e-6 * want.abs();
+                            assert!(
+                                (f64::from(*got) - want).abs() <= bound,
+                                "{kernel:?} {m}×{n}×{k} threads {threads}, output {i}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
