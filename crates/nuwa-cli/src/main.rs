@@ -7,6 +7,7 @@ mod commands;
 use clap::Parser;
 
 fn main() {
+    nuwa::keep_freed_memory();
     let cli = args::Cli::parse();
     if let Err(err) = commands::run(cli) {
         eprintln!("error: {}", flags_for_fields(&format!("{err:#}")));

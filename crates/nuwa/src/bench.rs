@@ -17,7 +17,7 @@
 use crate::checkpoint::Checkpoint;
 use crate::engine::{Engine, SessionOptions};
 use crate::layout::VisualLayout;
-use crate::models::{clip, decoder, llava, llava_next, qwen2_5_vl, VisionLanguageModel};
+use crate::models::{clip, decoder, llava, llava_next, qwen2_5_vl, LoadOptions, VisionLanguageModel};
 use crate::prompt::PromptTokens;
 use crate::prune::Method;
 use crate::{Error, Result, Sampling};
@@ -475,7 +475,7 @@ const WORKSPACE_BYTES: u64 = 1 << 30;
 pub fn memory_estimate(cfg: &BenchConfig, vision_tokens: usize, dtype: DType) -> u64 {
     let t = cfg.decoder();
     let bytes = dtype.size_in_bytes() as u64;
-    let weights = match t.quantize {
+    let weights = match t.weights.quantize {
         None => parameter_count(cfg) as u64 * bytes,
         Some(q) => {
             let quantized = quantizable_parameters(t) as u64;
@@ -486,7 +486,9 @@ pub fn memory_estimate(cfg: &BenchConfig, vision_tokens: usize, dtype: DType) ->
     };
     let largest = (t.vocab_size() * t.hidden_size) as u64 * 4;
     let context = BENCH_TEXT + vision_tokens;
-    let kv = (t.num_hidden_layers * 2 * context * t.num_key_value_heads() * t.head_dim()) as u64 * bytes;
+    // The cache holds activations: f32 on the CPU whatever the weights' dtype.
+    let kv_bytes = LoadOptions { dtype, ..LoadOptions::default() }.compute_dtype().size_in_bytes() as u64;
+    let kv = (t.num_hidden_layers * 2 * context * t.num_key_value_heads() * t.head_dim()) as u64 * kv_bytes;
     weights + largest + kv + WORKSPACE_BYTES
 }
 
@@ -512,8 +514,8 @@ pub fn check_memory(cfg: &BenchConfig, vision_tokens: usize, dtype: DType, avail
         ways.push(format!("use `dtype` bf16 (about {})", gb(estimate(cfg, DType::BF16))));
     }
     let mut q4 = cfg.clone();
-    q4.decoder_mut().quantize = Some(crate::models::linear::Quantize::Q4K);
-    if cfg.decoder().quantize.is_none() && estimate(&q4, dtype) <= available {
+    q4.decoder_mut().weights.quantize = Some(crate::models::linear::Quantize::Q4K);
+    if cfg.decoder().weights.quantize.is_none() && estimate(&q4, dtype) <= available {
         ways.push(format!("use `quantize` q4_k (about {})", gb(estimate(&q4, dtype))));
     }
     if ways.is_empty() {
@@ -532,9 +534,22 @@ pub fn check_memory(cfg: &BenchConfig, vision_tokens: usize, dtype: DType, avail
 
 /// An engine over a random-weight model with the shapes of `cfg`, without a tokenizer (feed it token
 /// ids: [`bench_prompt`]).
+/// `dtype` is the weights' dtype, as for a checkpoint ([`LoadOptions::compute_dtype`]).
 pub fn random_engine(cfg: &BenchConfig, weights: RandomWeights, dtype: DType, device: &Device) -> Result<Engine> {
-    let vb = weights.var_builder(dtype, device);
-    let model: Box<dyn VisionLanguageModel> = match cfg {
+    let opts = LoadOptions {
+        dtype,
+        device: device.clone(),
+        quantize: cfg.decoder().weights.quantize,
+        ..LoadOptions::default()
+    };
+    let vb = weights.var_builder(opts.compute_dtype(), device);
+    let mut cfg = cfg.clone();
+    cfg.decoder_mut().weights = opts.weights();
+    match &mut cfg {
+        BenchConfig::Llava { config, .. } => config.vision_config.weight_dtype = opts.weights().dtype,
+        BenchConfig::Qwen { config, .. } => config.vision.weight_dtype = opts.weights().dtype,
+    }
+    let model: Box<dyn VisionLanguageModel> = match &cfg {
         BenchConfig::Llava { config, pinpoints } => {
             let prefixes = llava_hf_prefixes();
             let base = llava::Llava::new(config, &prefixes, llava::PreprocessConfig::default(), vb.clone())?;

@@ -67,7 +67,7 @@ fn quantized_weights_track_f32() {
     config.text_config.num_hidden_layers = 2;
     let run = |quantize: Option<Quantize>| {
         let mut c = config.clone();
-        c.text_config.quantize = quantize;
+        c.text_config.weights.quantize = quantize;
         let cfg = nuwa::bench::BenchConfig::Llava { config: c, pinpoints: None };
         let e = nuwa::bench::random_engine(
             &cfg,

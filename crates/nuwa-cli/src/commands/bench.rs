@@ -137,7 +137,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let full_depth = cfg.depths();
     cfg.trim(args.llm_layers, args.vision_layers)?;
-    cfg.decoder_mut().quantize = args.quantize.map(|q| q.format());
+    cfg.decoder_mut().weights.quantize = args.quantize.map(|q| q.format());
     let layout = bench::bench_layout(&cfg)?;
     let budgets = parse_budgets(&args, &cfg)?;
     if args.prune.iter().any(|&p| p != PruneArg::None) && budgets.is_empty() {
@@ -323,7 +323,7 @@ impl Description<'_> {
             "family": self.cfg.family(),
             "seed": matches!(self.source, Source::Preset(_)).then_some(self.args.seed),
             "dtype": format!("{:?}", self.args.dtype).to_lowercase(),
-            "quantize": t.quantize.map(|q| q.name()),
+            "quantize": t.weights.quantize.map(|q| q.name()),
             "device": format!("{:?}", self.args.device).to_lowercase(),
             "llm_layers": llm_layers,
             "llm_layers_full": self.full_depth.0,

@@ -32,6 +32,9 @@ pub struct Config {
     pub hidden_act: String,
     #[serde(default = "default_layer_norm_eps")]
     pub layer_norm_eps: f64,
+    /// The linears' weight dtype when it is not the activations' (set at load).
+    #[serde(skip)]
+    pub weight_dtype: Option<DType>,
 }
 
 fn default_hidden_size() -> usize {
@@ -66,6 +69,11 @@ fn default_layer_norm_eps() -> f64 {
 pub const MAX_IMAGE_SIZE: usize = 16_384;
 
 impl Config {
+    /// How the tower's linears hold their weights (never quantised).
+    pub fn weights(&self) -> crate::models::linear::Weights {
+        crate::models::linear::Weights { dtype: self.weight_dtype, quantize: None }
+    }
+
     /// Patches per side of the (square) input.
     pub fn grid_side(&self) -> usize {
         self.image_size / self.patch_size
@@ -167,10 +175,10 @@ impl Attention {
     fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            q_proj: Linear::load(h, h, true, None, vb.pp("q_proj"))?,
-            k_proj: Linear::load(h, h, true, None, vb.pp("k_proj"))?,
-            v_proj: Linear::load(h, h, true, None, vb.pp("v_proj"))?,
-            out_proj: Linear::load(h, h, true, None, vb.pp("out_proj"))?,
+            q_proj: Linear::load(h, h, true, cfg.weights(), vb.pp("q_proj"))?,
+            k_proj: Linear::load(h, h, true, cfg.weights(), vb.pp("k_proj"))?,
+            v_proj: Linear::load(h, h, true, cfg.weights(), vb.pp("v_proj"))?,
+            out_proj: Linear::load(h, h, true, cfg.weights(), vb.pp("out_proj"))?,
             num_heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
         })
@@ -185,6 +193,11 @@ impl Attention {
             |p: &Linear| p.forward(x)?.reshape((t, self.num_heads, self.head_dim))?.transpose(0, 1)?.contiguous();
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let (q, k, v) = (heads(&self.q_proj)?, heads(&self.k_proj)?, heads(&self.v_proj)?);
+        if !probe && super::attention::supports(&q) {
+            let out = super::attention::attention(&q, &k, &v, scale, super::attention::Mask::None)?;
+            let out = out.transpose(0, 1)?.reshape((t, self.num_heads * self.head_dim))?;
+            return Ok((self.out_proj.forward(&out)?, None));
+        }
         let kt = k.t()?;
         let probs = candle_nn::ops::softmax_last_dim(&(q.matmul(&kt)? * scale)?.to_dtype(DType::F32)?)?;
         let row = if probe { Some((probs.i((.., 0, ..))?, k.mean(0)?)) } else { None };
@@ -211,8 +224,8 @@ impl EncoderLayer {
             layer_norm1: layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
             self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
             layer_norm2: layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
-            fc1: Linear::load(h, i, true, None, vb.pp("mlp").pp("fc1"))?,
-            fc2: Linear::load(i, h, true, None, vb.pp("mlp").pp("fc2"))?,
+            fc1: Linear::load(h, i, true, cfg.weights(), vb.pp("mlp").pp("fc1"))?,
+            fc2: Linear::load(i, h, true, cfg.weights(), vb.pp("mlp").pp("fc2"))?,
             act: Activation::parse(&cfg.hidden_act).map_err(candle_core::Error::msg)?,
         })
     }

@@ -8,7 +8,8 @@
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{embedding, kv_cache::KvCache, rms_norm, Embedding, RmsNorm, VarBuilder};
 
-use super::linear::{Linear, Quantize};
+use super::attention::{self, Mask};
+use super::linear::{Linear, Weights};
 use serde::Deserialize;
 
 use crate::hooks::{DecoderProbe, TokenDropper};
@@ -52,9 +53,10 @@ pub struct Config {
     /// (Qwen2-VL's `mrope_section`); `None` for 1-D RoPE.
     #[serde(skip)]
     pub mrope_section: Option<[usize; 3]>,
-    /// Weight format of the layers' linears and the LM head, chosen at load (`--quantize`), not read.
+    /// How the layers' linears and the LM head hold their weights, chosen at load (`--dtype`,
+    /// `--quantize`), not read.
     #[serde(skip)]
-    pub quantize: Option<Quantize>,
+    pub weights: Weights,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,10 +225,10 @@ impl Attention {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads());
         Ok(Self {
-            q_proj: Linear::load(h, nh * hd, cfg.attention_bias || cfg.qkv_bias, cfg.quantize, vb.pp("q_proj"))?,
-            k_proj: Linear::load(h, nkv * hd, cfg.attention_bias || cfg.qkv_bias, cfg.quantize, vb.pp("k_proj"))?,
-            v_proj: Linear::load(h, nkv * hd, cfg.attention_bias || cfg.qkv_bias, cfg.quantize, vb.pp("v_proj"))?,
-            o_proj: Linear::load(nh * hd, h, cfg.attention_bias, cfg.quantize, vb.pp("o_proj"))?,
+            q_proj: Linear::load(h, nh * hd, cfg.attention_bias || cfg.qkv_bias, cfg.weights, vb.pp("q_proj"))?,
+            k_proj: Linear::load(h, nkv * hd, cfg.attention_bias || cfg.qkv_bias, cfg.weights, vb.pp("k_proj"))?,
+            v_proj: Linear::load(h, nkv * hd, cfg.attention_bias || cfg.qkv_bias, cfg.weights, vb.pp("v_proj"))?,
+            o_proj: Linear::load(nh * hd, h, cfg.attention_bias, cfg.weights, vb.pp("o_proj"))?,
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: hd,
@@ -271,6 +273,15 @@ impl Attention {
         let (k, v) = cache.append(&k, &v)?;
         let k = repeat_kv(k, self.num_heads / self.num_kv_heads)?.contiguous()?;
         let v = repeat_kv(v, self.num_heads / self.num_kv_heads)?.contiguous()?;
+        if probe.rows.is_empty() && attention::supports(&q) {
+            let (tq, tk) = (q.dim(2)?, k.dim(2)?);
+            let mask = if mask.is_some() { Mask::Causal { past: tk - tq } } else { Mask::None };
+            let flat = |x: &Tensor| x.reshape((b * self.num_heads, x.dim(2)?, self.head_dim));
+            let scale = 1.0 / (self.head_dim as f64).sqrt();
+            let out = attention::attention(&flat(&q)?, &flat(&k)?, &flat(&v)?, scale, mask)?;
+            let out = out.reshape((b, self.num_heads, t, self.head_dim))?.transpose(1, 2)?;
+            return Ok((self.o_proj.forward(&out.reshape((b, t, self.num_heads * self.head_dim))?)?, None));
+        }
         let probs = self.probs(&q, &k, mask)?;
         let rows = if probe.rows.is_empty() { None } else { Some(probe_rows(&probs, probe)?) };
         let out = probs.to_dtype(v.dtype())?.matmul(&v)?;
@@ -332,9 +343,9 @@ impl Mlp {
     fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: Linear::load(h, i, cfg.mlp_bias, cfg.quantize, vb.pp("gate_proj"))?,
-            up_proj: Linear::load(h, i, cfg.mlp_bias, cfg.quantize, vb.pp("up_proj"))?,
-            down_proj: Linear::load(i, h, cfg.mlp_bias, cfg.quantize, vb.pp("down_proj"))?,
+            gate_proj: Linear::load(h, i, cfg.mlp_bias, cfg.weights, vb.pp("gate_proj"))?,
+            up_proj: Linear::load(h, i, cfg.mlp_bias, cfg.weights, vb.pp("up_proj"))?,
+            down_proj: Linear::load(i, h, cfg.mlp_bias, cfg.weights, vb.pp("down_proj"))?,
         })
     }
 
@@ -429,6 +440,11 @@ impl Decoder {
     /// `lm_head` (ignored when the embeddings are tied).
     pub fn new(cfg: &Config, vb_model: VarBuilder, vb_lm_head: VarBuilder) -> candle_core::Result<Self> {
         let embed_tokens = embedding(cfg.vocab_size(), cfg.hidden_size, vb_model.pp("embed_tokens"))?;
+        // The table is held in the weights' dtype; looked-up rows are widened to the activations'.
+        let embed_tokens = match cfg.weights.dtype {
+            Some(d) => Embedding::new(embed_tokens.embeddings().to_dtype(d)?, cfg.hidden_size),
+            None => embed_tokens,
+        };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Block::new(cfg, vb_model.pp("layers").pp(i)))
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -436,12 +452,9 @@ impl Decoder {
         let lm_head = if cfg.tie_word_embeddings {
             // The head is a packed (or quantised) copy of the table the lookup reads.
             let tied = embed_tokens.embeddings().clone();
-            match cfg.quantize {
-                Some(q) => Linear::quantized(tied, None, q)?,
-                None => Linear::new(tied, None)?,
-            }
+            Linear::held_as(tied, None, cfg.weights)?
         } else {
-            Linear::load(cfg.hidden_size, cfg.vocab_size(), false, cfg.quantize, vb_lm_head)?
+            Linear::load(cfg.hidden_size, cfg.vocab_size(), false, cfg.weights, vb_lm_head)?
         };
         let rotary = RotaryTable::new(cfg, vb_model.dtype(), vb_model.device())?;
         Ok(Self {
@@ -471,7 +484,7 @@ impl Decoder {
     /// Token embeddings, (T, hidden).
     pub fn embed(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
         let ids = Tensor::new(ids, &self.device)?;
-        self.embed_tokens.forward(&ids)
+        self.embed_tokens.forward(&ids)?.to_dtype(self.dtype)
     }
 
     /// An empty cache with room for `reserve` generated tokens per layer after the prompt.

@@ -31,7 +31,70 @@ pub struct Packed {
     format: Format,
     /// 32-bit words per panel (a whole number of lines).
     panel_words: usize,
-    lines: Vec<Line>,
+    lines: Lines,
+}
+
+/// Zeroed lines. Large buffers are their own anonymous mapping advised onto 2 MiB pages (Linux's
+/// transparent huge pages): a weight streams past the TLB and the prefetchers 2 MiB at a time, which
+/// measurably speeds up decoding, where every weight is read once per token.
+struct Lines {
+    ptr: std::ptr::NonNull<Line>,
+    len: usize,
+    mapped: bool,
+}
+
+// SAFETY: an owned buffer of plain words.
+unsafe impl Send for Lines {}
+unsafe impl Sync for Lines {}
+
+impl Lines {
+    fn zeroed(len: usize) -> Self {
+        #[cfg(target_os = "linux")]
+        if len * 64 >= 2 << 20 {
+            // SAFETY: a fresh private anonymous mapping of exactly `len` lines (zeroed by the kernel).
+            unsafe {
+                let bytes = len * 64;
+                let prot = libc::PROT_READ | libc::PROT_WRITE;
+                let p = libc::mmap(std::ptr::null_mut(), bytes, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+                if p != libc::MAP_FAILED {
+                    // Advice only: without huge pages the mapping works the same.
+                    libc::madvise(p, bytes, libc::MADV_HUGEPAGE);
+                    let ptr = std::ptr::NonNull::new(p.cast()).expect("mmap succeeded");
+                    return Self { ptr, len, mapped: true };
+                }
+            }
+        }
+        let boxed: Box<[Line]> = vec![Line::default(); len].into_boxed_slice();
+        let ptr = std::ptr::NonNull::new(Box::into_raw(boxed).cast::<Line>()).expect("a box is not null");
+        Self { ptr, len, mapped: false }
+    }
+
+    fn as_ptr(&self) -> *const Line {
+        self.ptr.as_ptr()
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Line] {
+        // SAFETY: `len` initialised lines owned by `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        // SAFETY: releases what `zeroed` made, the way it was made.
+        unsafe {
+            if self.mapped {
+                #[cfg(target_os = "linux")]
+                libc::munmap(self.ptr.as_ptr().cast(), self.len * 64);
+            } else {
+                drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len)));
+            }
+        }
+    }
 }
 
 /// How the panels store a weight.
@@ -52,23 +115,6 @@ pub enum Rows<'a> {
 }
 
 impl Rows<'_> {
-    #[inline(always)]
-    fn get(&self, i: usize) -> f32 {
-        match self {
-            Rows::F32(v) => v[i],
-            Rows::Bf16(v) => v[i].to_f32(),
-            Rows::F16(v) => v[i].to_f32(),
-        }
-    }
-
-    #[inline(always)]
-    fn get_bf16_bits(&self, i: usize) -> u32 {
-        match self {
-            Rows::Bf16(v) => u32::from(v[i].to_bits()),
-            _ => u32::from(bf16::from_f32(self.get(i)).to_bits()),
-        }
-    }
-
     fn len(&self) -> usize {
         match self {
             Rows::F32(v) => v.len(),
@@ -100,30 +146,67 @@ impl Packed {
     /// Packs the row-major `n × k` weight `w` (`w.len() == n·k`) in `format`.
     pub fn new(w: Rows<'_>, n: usize, k: usize, format: Format) -> Self {
         assert_eq!(w.len(), n * k, "weight of {n}×{k} has {} values", w.len());
+        // The 16-bit word each format stores (f32 panels take the whole 32 bits of the value).
+        fn half_bits<T: Copy>(format: Format, f32_of: impl Fn(T) -> f32) -> impl Fn(T) -> u32 {
+            move |v| match format {
+                Format::F32 => f32_of(v).to_bits(),
+                Format::Bf16Pairs => u32::from(bf16::from_f32(f32_of(v)).to_bits()),
+                Format::F16 => u32::from(f16::from_f32(f32_of(v)).to_bits()),
+            }
+        }
+        match w {
+            Rows::F32(v) => Self::pack(v, n, k, format, half_bits(format, |x: f32| x)),
+            Rows::Bf16(v) if format == Format::Bf16Pairs => {
+                Self::pack(v, n, k, format, |x: bf16| u32::from(x.to_bits()))
+            }
+            Rows::Bf16(v) => Self::pack(v, n, k, format, half_bits(format, bf16::to_f32)),
+            Rows::F16(v) if format == Format::F16 => Self::pack(v, n, k, format, |x: f16| u32::from(x.to_bits())),
+            Rows::F16(v) => Self::pack(v, n, k, format, half_bits(format, f16::to_f32)),
+        }
+    }
+
+    /// Packs the f32 weight whose transpose `wt` (`k × n`, row-major) is given.
+    pub fn transposed(wt: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(wt.len(), n * k, "transposed weight of {k}×{n} has {} values", wt.len());
+        let lines_per_panel = (k * NR).div_ceil(16);
+        let mut lines = Lines::zeroed(n.div_ceil(NR) * lines_per_panel);
+        for (p, dst) in lines.as_mut_slice().chunks_mut(lines_per_panel.max(1)).enumerate() {
+            // SAFETY: `Line` is 16 plain u32s; the slice covers exactly the panel's lines.
+            let words = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u32>(), dst.len() * 16) };
+            let cols = (n - p * NR).min(NR);
+            for (j, out) in words.chunks_exact_mut(NR).enumerate() {
+                let src = &wt[j * n + p * NR..j * n + p * NR + cols];
+                out.iter_mut().zip(src).for_each(|(o, v)| *o = v.to_bits());
+            }
+        }
+        Self { n, k, format: Format::F32, panel_words: lines_per_panel * 16, lines }
+    }
+
+    /// Packs `w` with `bits` giving each value's stored word (see [`Packed::new`]).
+    fn pack<T: Copy + Sync>(w: &[T], n: usize, k: usize, format: Format, bits: impl Fn(T) -> u32 + Sync) -> Self {
         let panels = n.div_ceil(NR);
         let words_per_panel = format.steps(k) * format.words_per_step();
         let lines_per_panel = words_per_panel.div_ceil(16);
-        let mut lines = vec![Line::default(); panels * lines_per_panel];
+        let mut lines = Lines::zeroed(panels * lines_per_panel);
         let pack_panel = |(p, dst): (usize, &mut [Line])| {
             // SAFETY: `Line` is 16 plain u32s; the slice covers exactly the panel's lines.
             let words = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u32>(), dst.len() * 16) };
             let cols = (n - p * NR).min(NR);
             for c in 0..cols {
-                let row = (p * NR + c) * k;
+                let row = &w[(p * NR + c) * k..(p * NR + c + 1) * k];
                 match format {
-                    Format::F32 => (0..k).for_each(|j| words[j * NR + c] = w.get(row + j).to_bits()),
-                    Format::Bf16Pairs => (0..k).for_each(|j| {
-                        words[(j / 2) * NR + c] |= w.get_bf16_bits(row + j) << (16 * (j % 2));
+                    Format::F32 => row.iter().enumerate().for_each(|(j, &v)| words[j * NR + c] = bits(v)),
+                    Format::Bf16Pairs => row.iter().enumerate().for_each(|(j, &v)| {
+                        words[(j / 2) * NR + c] |= bits(v) << (16 * (j % 2));
                     }),
-                    Format::F16 => (0..k).for_each(|j| {
-                        let bits = u32::from(f16::from_f32(w.get(row + j)).to_bits());
-                        words[j * (NR / 2) + c / 2] |= bits << (16 * (c % 2));
+                    Format::F16 => row.iter().enumerate().for_each(|(j, &v)| {
+                        words[j * (NR / 2) + c / 2] |= bits(v) << (16 * (c % 2));
                     }),
                 }
             }
         };
         use rayon::prelude::*;
-        lines.par_chunks_mut(lines_per_panel.max(1)).enumerate().for_each(pack_panel);
+        lines.as_mut_slice().par_chunks_mut(lines_per_panel.max(1)).enumerate().for_each(pack_panel);
         Self { n, k, format, panel_words: lines_per_panel * 16, lines }
     }
 
@@ -158,21 +241,20 @@ impl Packed {
         let out = SendPtr(c.as_mut_ptr());
         #[cfg(target_arch = "x86_64")]
         let amx_rows = if amx::usable(kernel, k, m) { m / amx::ROWS * amx::ROWS } else { 0 };
+        #[cfg(not(target_arch = "x86_64"))]
+        let amx_rows = 0;
         #[cfg(target_arch = "x86_64")]
         let blocks = amx::pack_rows(&a, amx_rows);
+        let vector_rows = PackedRows::new(&a, amx_rows..m);
         let job = |t: usize| {
             let range = t * per_thread..((t + 1) * per_thread).min(panels);
             // SAFETY: threads write disjoint output columns; every pointer stays inside its buffer
             // (see `tile`).
             #[cfg(target_arch = "x86_64")]
             if amx_rows > 0 {
-                unsafe {
-                    self.amx_columns(&blocks, a.lda, range.clone(), bias, out);
-                    self.columns(kernel, &a, amx_rows..m, range, bias, out);
-                }
-                return;
+                unsafe { self.amx_columns(&blocks, a.lda, range.clone(), bias, out) };
             }
-            unsafe { self.columns(kernel, &a, 0..m, range, bias, out) };
+            unsafe { self.columns(kernel, &vector_rows, amx_rows..m, range, bias, out) };
         };
         if threads == 1 {
             job(0);
@@ -186,7 +268,7 @@ impl Packed {
     unsafe fn columns(
         &self,
         kernel: Kernel,
-        a: &RowWords,
+        a: &PackedRows,
         rows: std::ops::Range<usize>,
         panels: std::ops::Range<usize>,
         bias: Option<&[f32]>,
@@ -195,15 +277,17 @@ impl Packed {
         let steps = self.format.steps(self.k);
         let b = self.lines.as_ptr().cast::<u32>();
         let (panel_words, step_words) = (self.panel_words, self.format.words_per_step());
+        // One row block (decoding) reuses no weights: each panel is streamed once, front to back.
+        let kc = if rows.len() <= MR { steps.max(1) } else { KC };
         let mut nc = panels.start;
         while nc < panels.end {
             let nc_end = (nc + NC_PANELS).min(panels.end);
             let mut s0 = 0;
             while s0 < steps {
-                let ks = (steps - s0).min(KC);
+                let ks = (steps - s0).min(kc);
                 for r0 in rows.clone().step_by(MR) {
                     let tile_rows = (rows.end - r0).min(MR);
-                    let a_block = unsafe { a.words.as_ptr().add(r0 * a.lda + s0) };
+                    let a_block = unsafe { a.words.as_ptr().add((r0 - rows.start) * a.steps + s0 * tile_rows) };
                     for p in nc..nc_end {
                         let cols = (self.n - p * NR).min(NR);
                         let init = if s0 > 0 {
@@ -216,7 +300,6 @@ impl Packed {
                         let tile = Tile {
                             steps: ks,
                             a: a_block,
-                            lda: a.lda,
                             b: unsafe { b.add(p * panel_words + s0 * step_words) },
                             c: unsafe { c.0.add(r0 * self.n + p * NR) },
                             ldc: self.n,
@@ -315,18 +398,114 @@ impl<'a> RowWords<'a> {
                 words: Cow::Borrowed(unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len() / 2) }),
                 lda: k / 2,
             },
-            (Format::Bf16Pairs, _) => {
+            (Format::Bf16Pairs, a) => {
                 let lda = k.div_ceil(2);
-                let mut words = vec![0u32; m * lda];
-                for (r, row) in words.chunks_mut(lda).enumerate() {
-                    for j in 0..k {
-                        row[j / 2] |= a.get_bf16_bits(r * k + j) << (16 * (j % 2));
-                    }
+                Self {
+                    words: Cow::Owned(convert_rows(
+                        a,
+                        m,
+                        k,
+                        lda,
+                        RowConverter {
+                            f32: Self::bf16_pairs::<f32>,
+                            bf16: Self::bf16_pairs::<bf16>,
+                            f16: Self::bf16_pairs::<f16>,
+                        },
+                    )),
+                    lda,
                 }
-                Self { words: Cow::Owned(words), lda }
             }
-            _ => Self { words: Cow::Owned((0..m * k).map(|i| a.get(i).to_bits()).collect()), lda: k },
+            (_, a) => Self {
+                words: Cow::Owned(convert_rows(
+                    a,
+                    m,
+                    k,
+                    k,
+                    RowConverter {
+                        f32: Self::f32_words::<f32>,
+                        bf16: Self::f32_words::<bf16>,
+                        f16: Self::f32_words::<f16>,
+                    },
+                )),
+                lda: k,
+            },
         }
+    }
+
+    /// One row's values as bf16 pairs (the last pair zero-padded when `row` is odd).
+    fn bf16_pairs<T: Copy + Into<f32>>(row: &[T], out: &mut [u32]) {
+        let bits = |v: T| u32::from(bf16::from_f32(v.into()).to_bits());
+        let pairs = row.chunks_exact(2);
+        let tail = pairs.remainder().first().map(|&v| bits(v));
+        for (o, p) in out.iter_mut().zip(pairs) {
+            *o = bits(p[0]) | (bits(p[1]) << 16);
+        }
+        if let Some(t) = tail {
+            out[row.len() / 2] = t;
+        }
+    }
+
+    fn f32_words<T: Copy + Into<f32>>(row: &[T], out: &mut [u32]) {
+        out.iter_mut().zip(row).for_each(|(o, &v)| *o = v.into().to_bits());
+    }
+}
+
+/// A row conversion for each activation dtype.
+#[derive(Clone, Copy)]
+struct RowConverter {
+    f32: fn(&[f32], &mut [u32]),
+    bf16: fn(&[bf16], &mut [u32]),
+    f16: fn(&[f16], &mut [u32]),
+}
+
+/// `a`'s rows converted by `row_words` into rows of `lda` words, spread over the cores when large.
+fn convert_rows(a: Rows<'_>, m: usize, k: usize, lda: usize, row_words: RowConverter) -> Vec<u32> {
+    let mut words = vec![0u32; m * lda];
+    let rows_per_job = (1 << 16) / k.max(1) + 1;
+    let convert = |(i, out): (usize, &mut [u32])| {
+        let rows = i * rows_per_job..(i * rows_per_job + out.len() / lda.max(1));
+        for (r, o) in rows.zip(out.chunks_mut(lda.max(1))) {
+            match a {
+                Rows::F32(v) => (row_words.f32)(&v[r * k..(r + 1) * k], o),
+                Rows::Bf16(v) => (row_words.bf16)(&v[r * k..(r + 1) * k], o),
+                Rows::F16(v) => (row_words.f16)(&v[r * k..(r + 1) * k], o),
+            }
+        }
+    };
+    use rayon::prelude::*;
+    words.par_chunks_mut(rows_per_job * lda.max(1)).enumerate().for_each(convert);
+    words
+}
+
+/// Rows of `A` for the vector kernels: blocks of [`MR`] rows (fewer in the last), each holding its
+/// rows' words step by step, side by side, so a tile reads them front to back. (Rows read in place,
+/// a row apart, would all fall into the same few L1 sets at the usual power-of-two widths.)
+struct PackedRows {
+    words: Vec<u32>,
+    steps: usize,
+}
+
+impl PackedRows {
+    /// Rows `rows` of `a`.
+    fn new(a: &RowWords, rows: std::ops::Range<usize>) -> Self {
+        let steps = a.lda;
+        let mut words = vec![0u32; rows.len() * steps];
+        let pack = |(block, dst): (usize, &mut [u32])| {
+            let n = dst.len() / steps;
+            let src = &a.words[(rows.start + block * MR) * steps..];
+            for (s, out) in dst.chunks_exact_mut(n).enumerate() {
+                for (r, w) in out.iter_mut().enumerate() {
+                    *w = src[r * steps + s];
+                }
+            }
+        };
+        if words.len() >= 1 << 16 {
+            use rayon::prelude::*;
+            words.par_chunks_mut(MR * steps.max(1)).enumerate().for_each(pack);
+        } else {
+            words.chunks_mut(MR * steps.max(1)).enumerate().for_each(pack);
+        }
+        Self { words, steps }
     }
 }
 
@@ -342,9 +521,8 @@ enum Init {
 /// One register tile: `rows × cols` outputs over `steps` steps.
 struct Tile {
     steps: usize,
-    /// Row `r`'s word of the tile's first step is `a[r·lda]`.
+    /// The tile's rows as [`PackedRows`] holds them, from its first step on.
     a: *const u32,
-    lda: usize,
     b: *const u32,
     c: *mut f32,
     ldc: usize,
@@ -438,7 +616,7 @@ unsafe fn portable(format: Format, rows: usize, t: &Tile) {
         }
         for s in 0..t.steps {
             for (r, acc) in acc.iter_mut().enumerate().take(rows) {
-                let a = *t.a.add(r * t.lda + s);
+                let a = *t.a.add(s * rows + r);
                 match format {
                     Format::F32 => {
                         let a = f32::from_bits(a);
@@ -518,19 +696,52 @@ mod avx512 {
         }
     }
 
+    /// One row (decoding) reuses no weight, so the tile is a stream over its panel. Its two halves
+    /// stream side by side (one stream per core leaves memory bandwidth unused), two steps each with
+    /// their own accumulators, enough multiplies in flight to cover their latency.
+    #[inline(always)]
+    unsafe fn row(t: &Tile, step: impl Fn(&mut [__m512; 2], usize)) {
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; 4];
+            acc[0] = start::<1>(t)[0];
+            let half = t.steps / 2;
+            let pairs = half / 2 * 2;
+            for s in (0..pairs).step_by(2) {
+                step(&mut acc[0], s);
+                step(&mut acc[1], half + s);
+                step(&mut acc[2], s + 1);
+                step(&mut acc[3], half + s + 1);
+            }
+            for s in (pairs..half).chain(half + pairs..t.steps) {
+                step(&mut acc[0], s);
+            }
+            let sum =
+                |i: usize| _mm512_add_ps(_mm512_add_ps(acc[0][i], acc[1][i]), _mm512_add_ps(acc[2][i], acc[3][i]));
+            finish::<1>(t, &[[sum(0), sum(1)]]);
+        }
+    }
+
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn f32_tile<const R: usize>(t: &Tile) {
         unsafe {
+            if R == 1 {
+                let (a, b) = (t.a.cast::<f32>(), t.b.cast::<f32>());
+                return row(t, |acc, s| {
+                    let x = _mm512_set1_ps(*a.add(s));
+                    acc[0] = _mm512_fmadd_ps(x, _mm512_load_ps(b.add(s * NR)), acc[0]);
+                    acc[1] = _mm512_fmadd_ps(x, _mm512_load_ps(b.add(s * NR + 16)), acc[1]);
+                });
+            }
             let mut acc = start::<R>(t);
             let (mut a, mut b) = (t.a.cast::<f32>(), t.b.cast::<f32>());
             for _ in 0..t.steps {
                 let w = [_mm512_load_ps(b), _mm512_load_ps(b.add(16))];
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm512_set1_ps(*a.add(r * t.lda));
+                    let x = _mm512_set1_ps(*a.add(r));
                     acc[0] = _mm512_fmadd_ps(x, w[0], acc[0]);
                     acc[1] = _mm512_fmadd_ps(x, w[1], acc[1]);
                 }
-                a = a.add(1);
+                a = a.add(R);
                 b = b.add(NR);
             }
             finish(t, &acc);
@@ -541,6 +752,17 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn bf16_tile<const R: usize>(t: &Tile) {
         unsafe {
+            if R == 1 {
+                let (a, b) = (t.a, t.b);
+                return row(t, |acc, s| {
+                    let x = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*a.add(s) as i32));
+                    let w = |o: usize| {
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_load_si512(b.add(s * NR + o).cast()))
+                    };
+                    acc[0] = _mm512_dpbf16_ps(acc[0], x, w(0));
+                    acc[1] = _mm512_dpbf16_ps(acc[1], x, w(16));
+                });
+            }
             let mut acc = start::<R>(t);
             let (mut a, mut b) = (t.a, t.b);
             for _ in 0..t.steps {
@@ -549,11 +771,11 @@ mod avx512 {
                     std::mem::transmute::<__m512i, __m512bh>(_mm512_load_si512(b.add(16).cast())),
                 ];
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let x = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*a.add(r * t.lda) as i32));
+                    let x = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*a.add(r) as i32));
                     acc[0] = _mm512_dpbf16_ps(acc[0], x, w[0]);
                     acc[1] = _mm512_dpbf16_ps(acc[1], x, w[1]);
                 }
-                a = a.add(1);
+                a = a.add(R);
                 b = b.add(NR);
             }
             finish(t, &acc);
@@ -564,6 +786,15 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn f16_tile<const R: usize>(t: &Tile) {
         unsafe {
+            if R == 1 {
+                let (a, b) = (t.a.cast::<f32>(), t.b);
+                return row(t, |acc, s| {
+                    let x = _mm512_set1_ps(*a.add(s));
+                    let halves = _mm512_load_si512(b.add(s * NR / 2).cast());
+                    acc[0] = _mm512_fmadd_ps(x, _mm512_cvtph_ps(_mm512_castsi512_si256(halves)), acc[0]);
+                    acc[1] = _mm512_fmadd_ps(x, _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(halves)), acc[1]);
+                });
+            }
             let mut acc = start::<R>(t);
             let (mut a, mut b) = (t.a.cast::<f32>(), t.b);
             for _ in 0..t.steps {
@@ -573,11 +804,11 @@ mod avx512 {
                     _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(halves)),
                 ];
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm512_set1_ps(*a.add(r * t.lda));
+                    let x = _mm512_set1_ps(*a.add(r));
                     acc[0] = _mm512_fmadd_ps(x, w[0], acc[0]);
                     acc[1] = _mm512_fmadd_ps(x, w[1], acc[1]);
                 }
-                a = a.add(1);
+                a = a.add(R);
                 b = b.add(NR / 2);
             }
             finish(t, &acc);

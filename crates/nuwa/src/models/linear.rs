@@ -47,6 +47,16 @@ impl Quantize {
     }
 }
 
+/// How a model's linears hold their weights: chosen at load, never read from the checkpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Weights {
+    /// Dense weights in this dtype rather than the activations' (half-precision weights computing in
+    /// f32 on the CPU).
+    pub dtype: Option<DType>,
+    /// Quantised at load (`--quantize`); where it applies, it wins over `dtype`.
+    pub quantize: Option<Quantize>,
+}
+
 /// `y = x·Wᵀ + b`, with `W` packed for our CPU kernels, dense for candle, or quantised.
 #[derive(Debug, Clone)]
 pub enum Linear {
@@ -97,19 +107,25 @@ impl Linear {
         Ok(Self::Packed { weight: Arc::new(packed), bias })
     }
 
-    /// The layer `vb` names (`weight`, and `bias` when `bias`), quantised as `quantize` says.
+    /// The layer `vb` names (`weight`, and `bias` when `bias`), held as `weights` says.
     pub fn load(
         in_dim: usize,
         out_dim: usize,
         bias: bool,
-        quantize: Option<Quantize>,
+        weights: Weights,
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-        match quantize {
-            Some(q) => Self::quantized(weight, bias, q),
-            None => Self::new(weight, bias),
+        Self::held_as(weight, bias, weights)
+    }
+
+    /// `weight` and `bias` held as `weights` says.
+    pub fn held_as(weight: Tensor, bias: Option<Tensor>, weights: Weights) -> candle_core::Result<Self> {
+        match (weights.quantize, weights.dtype) {
+            (Some(q), _) => Self::quantized(weight, bias, q),
+            (None, Some(dtype)) => Self::new(weight.to_dtype(dtype)?, bias),
+            (None, None) => Self::new(weight, bias),
         }
     }
 

@@ -3,6 +3,7 @@
 //! none of this knows a pruning method.
 //!
 //! Adding a family is a folder here implementing [`VisionLanguageModel`] plus one line in [`FAMILIES`].
+pub mod attention;
 pub mod clip;
 pub mod decoder;
 pub mod gemm;
@@ -32,6 +33,24 @@ pub struct LoadOptions {
     pub max_pixels: Option<u64>,
     /// Quantise the decoder's linears and LM head (and LLaVA's projector) at load.
     pub quantize: Option<linear::Quantize>,
+}
+
+impl LoadOptions {
+    /// The activations' (and KV cache's) dtype. On the CPU half-precision weights compute in f32, as
+    /// llama.cpp's CPU backend does: our kernels read the half-precision weights directly, and candle's
+    /// half-precision elementwise ops and attention matmuls are several times slower than its f32 ones.
+    pub fn compute_dtype(&self) -> DType {
+        match self.dtype {
+            DType::BF16 | DType::F16 if self.device.is_cpu() => DType::F32,
+            d => d,
+        }
+    }
+
+    /// How the linears hold their weights: in `dtype`, or quantised.
+    pub fn weights(&self) -> linear::Weights {
+        let dtype = (self.compute_dtype() != self.dtype).then_some(self.dtype);
+        linear::Weights { dtype, quantize: self.quantize }
+    }
 }
 
 impl Default for LoadOptions {

@@ -34,7 +34,7 @@ pub struct Projector {
 impl Projector {
     fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
         let (v, t) = (cfg.vision_config.hidden_size, cfg.text_config.hidden_size);
-        let (bias, q) = (cfg.multimodal_projector_bias, cfg.text_config.quantize);
+        let (bias, q) = (cfg.multimodal_projector_bias, cfg.text_config.weights);
         Ok(Self {
             linear_1: Linear::load(v, t, bias, q, vb.pp("linear_1"))?,
             linear_2: Linear::load(t, t, bias, q, vb.pp("linear_2"))?,
@@ -82,7 +82,8 @@ impl Llava {
             ));
         }
         config.trim(opts.llm_layers, opts.vision_layers)?;
-        config.text_config.quantize = opts.quantize;
+        config.text_config.weights = opts.weights();
+        config.vision_config.weight_dtype = opts.weights().dtype;
         let prefixes = WeightPrefixes::detect(ckpt.tensor_names.iter().map(String::as_str))
             .map_err(|m| Error::checkpoint(&ckpt.dir, m))?;
         let processor = match &ckpt.preprocessor_file {
@@ -100,7 +101,7 @@ impl Llava {
                 format!("{file} makes {w}x{h} images but vision_config.image_size is {side}"),
             ));
         }
-        let vb = ckpt.var_builder(opts.dtype, &opts.device)?;
+        let vb = ckpt.var_builder(opts.compute_dtype(), &opts.device)?;
         Self::new(&config, &prefixes, processor, vb).map_err(|e| match e {
             Error::Tensor(e) if !config.defaulted_sections.is_empty() => Error::checkpoint(
                 &ckpt.dir,

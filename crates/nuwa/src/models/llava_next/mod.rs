@@ -47,7 +47,7 @@ impl LlavaNext {
         let base = Llava::load_with(ckpt, cfg.llava, opts)?;
         let prefixes = WeightPrefixes::detect(ckpt.tensor_names.iter().map(String::as_str))
             .map_err(|m| Error::checkpoint(&ckpt.dir, m))?;
-        let vb = ckpt.var_builder(opts.dtype, &opts.device)?;
+        let vb = ckpt.var_builder(opts.compute_dtype(), &opts.device)?;
         Self::new(base, &prefixes, cfg.pinpoints, cfg.template, vb).map_err(|e| match e {
             Error::Tensor(e) => Error::checkpoint(&ckpt.dir, e.to_string()),
             e => e,

@@ -32,9 +32,17 @@ pub struct VisionConfig {
     pub hidden_act: String,
     #[serde(default = "d3", alias = "in_chans")]
     pub in_channels: usize,
+    /// The linears' weight dtype when it is not the activations' (set at load).
+    #[serde(skip)]
+    pub weight_dtype: Option<candle_core::DType>,
 }
 
 impl VisionConfig {
+    /// How the tower's linears hold their weights (never quantised).
+    pub fn weights(&self) -> crate::models::linear::Weights {
+        crate::models::linear::Weights { dtype: self.weight_dtype, quantize: None }
+    }
+
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads.max(1)
     }
@@ -193,7 +201,7 @@ impl Config {
             tie_word_embeddings: raw.tie_word_embeddings,
             qkv_bias: true,
             mrope_section: Some(mrope_section),
-            quantize: None,
+            weights: Default::default(),
         };
         text.validate()?;
         Ok(Self {

@@ -43,13 +43,14 @@ impl Qwen25Vl {
     pub fn load(ckpt: &Checkpoint, opts: &LoadOptions) -> Result<Self> {
         let mut config = Config::from_checkpoint(ckpt)?;
         config.trim(opts.llm_layers, opts.vision_layers)?;
-        config.text.quantize = opts.quantize;
+        config.text.weights = opts.weights();
+        config.vision.weight_dtype = opts.weights().dtype;
         let processor = checkpoint_processor(ckpt)?;
         let processor = match opts.max_pixels {
             Some(max) => processor.with_max_pixels(max)?,
             None => processor,
         };
-        let vb = ckpt.var_builder(opts.dtype, &opts.device)?;
+        let vb = ckpt.var_builder(opts.compute_dtype(), &opts.device)?;
         Self::new(config, processor, vb).map_err(|e| Error::checkpoint(&ckpt.dir, e.to_string()))
     }
 

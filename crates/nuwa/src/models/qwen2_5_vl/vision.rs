@@ -76,11 +76,11 @@ impl Block {
         Ok(Self {
             norm1: rms_norm(d, EPS, vb.pp("norm1"))?,
             norm2: rms_norm(d, EPS, vb.pp("norm2"))?,
-            qkv: Linear::load(d, 3 * d, true, None, vb.pp("attn").pp("qkv"))?,
-            proj: Linear::load(d, d, true, None, vb.pp("attn").pp("proj"))?,
-            gate: Linear::load(d, i, true, None, vb.pp("mlp").pp("gate_proj"))?,
-            up: Linear::load(d, i, true, None, vb.pp("mlp").pp("up_proj"))?,
-            down: Linear::load(i, d, true, None, vb.pp("mlp").pp("down_proj"))?,
+            qkv: Linear::load(d, 3 * d, true, cfg.weights(), vb.pp("attn").pp("qkv"))?,
+            proj: Linear::load(d, d, true, cfg.weights(), vb.pp("attn").pp("proj"))?,
+            gate: Linear::load(d, i, true, cfg.weights(), vb.pp("mlp").pp("gate_proj"))?,
+            up: Linear::load(d, i, true, cfg.weights(), vb.pp("mlp").pp("up_proj"))?,
+            down: Linear::load(i, d, true, cfg.weights(), vb.pp("mlp").pp("down_proj"))?,
             heads: cfg.num_heads,
         })
     }
@@ -111,6 +111,17 @@ impl Block {
         let mut sums = saliency.then(|| vec![0f32; n]);
         for &(s, e) in segments {
             let (ks, vs) = (k.narrow(1, s, e - s)?, v.narrow(1, s, e - s)?);
+            if sums.is_none() && crate::models::attention::supports(&q) {
+                let qs = q.narrow(1, s, e - s)?;
+                outs.push(crate::models::attention::attention(
+                    &qs,
+                    &ks,
+                    &vs,
+                    scale,
+                    crate::models::attention::Mask::None,
+                )?);
+                continue;
+            }
             let kt = ks.t()?.contiguous()?;
             let chunk = (probs_per_chunk / (self.heads * (e - s))).max(1);
             let mut start = s;
@@ -153,8 +164,8 @@ impl Merger {
         let wide = cfg.hidden_size * group;
         Ok(Self {
             ln_q: rms_norm(cfg.hidden_size, EPS, vb.pp("ln_q"))?,
-            mlp0: Linear::load(wide, wide, true, None, vb.pp("mlp").pp("0"))?,
-            mlp2: Linear::load(wide, cfg.out_hidden_size, true, None, vb.pp("mlp").pp("2"))?,
+            mlp0: Linear::load(wide, wide, true, cfg.weights(), vb.pp("mlp").pp("0"))?,
+            mlp2: Linear::load(wide, cfg.out_hidden_size, true, cfg.weights(), vb.pp("mlp").pp("2"))?,
             group,
         })
     }
@@ -183,7 +194,7 @@ impl VisionTower {
             "weight",
         )?;
         // Kernel = stride: the Conv3d is a matmul over the flattened patch row.
-        let patch_embed = Linear::new(w.reshape((cfg.hidden_size, values))?, None)?;
+        let patch_embed = Linear::held_as(w.reshape((cfg.hidden_size, values))?, None, cfg.weights())?;
         let blocks =
             (0..cfg.depth).map(|i| Block::new(cfg, vb.pp("blocks").pp(i))).collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self { patch_embed, blocks, merger: Merger::new(cfg, vb.pp("merger"))?, cfg: cfg.clone() })
