@@ -126,7 +126,9 @@ fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let x = x.clamp(-87.0, 88.0);
-    let i = (x * std::f32::consts::LOG2_E).round();
+    // Round to nearest by adding and subtracting 1.5·2²³ (`f32::round` is a libm call, not vectorised).
+    const ROUND: f32 = 12_582_912.0;
+    let i = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
     let f = x - i * LN2_HI - i * LN2_LO;
     let mut p = 1.0 / 5040.0;
     for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {

@@ -101,7 +101,9 @@ impl Drop for Lines {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     F32,
-    /// Input pairs: a 32-bit lane holds the weights of inputs `2j` (low half) and `2j + 1`.
+    /// Input pairs: a 32-bit lane holds the weights of inputs `2j` (low half) and `2j + 1`. A panel is
+    /// two halves of 16 outputs each, one after the other, so an AMX tile of 16 pairs × 16 outputs is
+    /// one contiguous KiB.
     Bf16Pairs,
     F16,
 }
@@ -188,6 +190,7 @@ impl Packed {
         let words_per_panel = format.steps(k) * format.words_per_step();
         let lines_per_panel = words_per_panel.div_ceil(16);
         let mut lines = Lines::zeroed(panels * lines_per_panel);
+        let half = words_per_panel / 2;
         let pack_panel = |(p, dst): (usize, &mut [Line])| {
             // SAFETY: `Line` is 16 plain u32s; the slice covers exactly the panel's lines.
             let words = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u32>(), dst.len() * 16) };
@@ -197,7 +200,7 @@ impl Packed {
                 match format {
                     Format::F32 => row.iter().enumerate().for_each(|(j, &v)| words[j * NR + c] = bits(v)),
                     Format::Bf16Pairs => row.iter().enumerate().for_each(|(j, &v)| {
-                        words[(j / 2) * NR + c] |= bits(v) << (16 * (j % 2));
+                        words[(c / 16) * half + (j / 2) * 16 + c % 16] |= bits(v) << (16 * (j % 2));
                     }),
                     Format::F16 => row.iter().enumerate().for_each(|(j, &v)| {
                         words[j * (NR / 2) + c / 2] |= bits(v) << (16 * (c % 2));
@@ -276,7 +279,12 @@ impl Packed {
     ) {
         let steps = self.format.steps(self.k);
         let b = self.lines.as_ptr().cast::<u32>();
-        let (panel_words, step_words) = (self.panel_words, self.format.words_per_step());
+        let panel_words = self.panel_words;
+        // Per step, per half for bf16 pairs.
+        let step_words = match self.format {
+            Format::Bf16Pairs => 16,
+            _ => self.format.words_per_step(),
+        };
         // One row block (decoding) reuses no weights: each panel is streamed once, front to back.
         let kc = if rows.len() <= MR { steps.max(1) } else { KC };
         let mut nc = panels.start;
@@ -301,6 +309,7 @@ impl Packed {
                             steps: ks,
                             a: a_block,
                             b: unsafe { b.add(p * panel_words + s0 * step_words) },
+                            b_hi: unsafe { b.add(p * panel_words + panel_words / 2 + s0 * step_words) },
                             c: unsafe { c.0.add(r0 * self.n + p * NR) },
                             ldc: self.n,
                             init,
@@ -345,7 +354,8 @@ impl Packed {
                         } else {
                             (c.0.add(block * amx::ROWS * self.n + p * NR), self.n)
                         };
-                        amx::tile(a.as_ptr().cast(), panel, pairs, c, stride * 4);
+                        let panel_hi = panel.add(self.panel_words * 2);
+                        amx::tile(a.as_ptr().cast(), panel, panel_hi, pairs, c, stride * 4);
                     }
                 }
             }
@@ -523,7 +533,9 @@ struct Tile {
     steps: usize,
     /// The tile's rows as [`PackedRows`] holds them, from its first step on.
     a: *const u32,
+    /// The panel's words from the tile's first step on; `b_hi` the second 16 outputs' for bf16 pairs.
     b: *const u32,
+    b_hi: *const u32,
     c: *mut f32,
     ldc: usize,
     init: Init,
@@ -627,9 +639,8 @@ unsafe fn portable(format: Format, rows: usize, t: &Tile) {
                     }
                     Format::Bf16Pairs => {
                         let (a0, a1) = (f32::from_bits(a << 16), f32::from_bits(a & 0xffff_0000));
-                        let b = t.b.add(s * NR);
                         for (c, v) in acc.iter_mut().enumerate() {
-                            let w = *b.add(c);
+                            let w = if c < 16 { *t.b.add(s * 16 + c) } else { *t.b_hi.add(s * 16 + c - 16) };
                             *v += a0 * f32::from_bits(w << 16) + a1 * f32::from_bits(w & 0xffff_0000);
                         }
                     }
@@ -753,22 +764,22 @@ mod avx512 {
     pub(super) unsafe fn bf16_tile<const R: usize>(t: &Tile) {
         unsafe {
             if R == 1 {
-                let (a, b) = (t.a, t.b);
+                let (a, lo, hi) = (t.a, t.b, t.b_hi);
                 return row(t, |acc, s| {
                     let x = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*a.add(s) as i32));
-                    let w = |o: usize| {
-                        std::mem::transmute::<__m512i, __m512bh>(_mm512_load_si512(b.add(s * NR + o).cast()))
+                    let w = |b: *const u32| {
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_load_si512(b.add(s * 16).cast()))
                     };
-                    acc[0] = _mm512_dpbf16_ps(acc[0], x, w(0));
-                    acc[1] = _mm512_dpbf16_ps(acc[1], x, w(16));
+                    acc[0] = _mm512_dpbf16_ps(acc[0], x, w(lo));
+                    acc[1] = _mm512_dpbf16_ps(acc[1], x, w(hi));
                 });
             }
             let mut acc = start::<R>(t);
-            let (mut a, mut b) = (t.a, t.b);
+            let (mut a, mut b, mut b_hi) = (t.a, t.b, t.b_hi);
             for _ in 0..t.steps {
                 let w: [__m512bh; 2] = [
                     std::mem::transmute::<__m512i, __m512bh>(_mm512_load_si512(b.cast())),
-                    std::mem::transmute::<__m512i, __m512bh>(_mm512_load_si512(b.add(16).cast())),
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_load_si512(b_hi.cast())),
                 ];
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let x = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*a.add(r) as i32));
@@ -776,7 +787,8 @@ mod avx512 {
                     acc[1] = _mm512_dpbf16_ps(acc[1], x, w[1]);
                 }
                 a = a.add(R);
-                b = b.add(NR);
+                b = b.add(16);
+                b_hi = b_hi.add(16);
             }
             finish(t, &acc);
         }
@@ -891,14 +903,21 @@ mod amx {
 
     /// `c[32 × 32] = a · panel` over `pairs` input pairs, `a` packed by [`pack_rows`], `c`'s rows
     /// `c_stride` bytes apart.
-    pub unsafe fn tile(a: *const u8, panel: *const u8, pairs: usize, c: *mut f32, c_stride: usize) {
+    pub unsafe fn tile(
+        a: *const u8,
+        panel: *const u8,
+        panel_hi: *const u8,
+        pairs: usize,
+        c: *mut f32,
+        c_stride: usize,
+    ) {
         unsafe {
             let lower = c.cast::<u8>().add(16 * c_stride);
             asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
             let a_stride = 64usize;
             let a_lower = a.add(1024);
             for step in (0..pairs).step_by(16) {
-                // 16 input pairs: 64 bytes of each A row; 16 panel rows of 128 bytes (two tiles of 64).
+                // 16 input pairs: 64 bytes of each A row; 1 KiB of each panel half.
                 asm!(
                     "tileloadd tmm4, [{a} + {sa}]",
                     "tileloadd tmm5, [{al} + {sa}]",
@@ -910,10 +929,10 @@ mod amx {
                     "tdpbf16ps tmm3, tmm5, tmm7",
                     a = in(reg) a.add(step * 128),
                     al = in(reg) a_lower.add(step * 128),
-                    b = in(reg) panel.add(step * 128),
-                    b2 = in(reg) panel.add(step * 128 + 64),
+                    b = in(reg) panel.add(step * 64),
+                    b2 = in(reg) panel_hi.add(step * 64),
                     sa = in(reg) a_stride,
-                    sb = in(reg) 128usize,
+                    sb = in(reg) 64usize,
                     options(nostack, readonly),
                 );
             }
