@@ -106,15 +106,40 @@ impl Fused {
 
 /// `row[..seen]` ← softmax(row[..seen] · scale), the rest ← 0.
 fn softmax_prefix(row: &mut [f32], seen: usize, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the feature the copy is compiled for.
+        return unsafe { softmax_avx512(row, seen, scale) };
+    }
+    softmax_body(row, seen, scale)
+}
+
+/// The same loops compiled for 16-lane vectors.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_avx512(row: &mut [f32], seen: usize, scale: f32) {
+    softmax_body(row, seen, scale)
+}
+
+#[inline(always)]
+fn softmax_body(row: &mut [f32], seen: usize, scale: f32) {
     let (live, masked) = row.split_at_mut(seen);
     masked.fill(0.0);
-    let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let mut sum = 0f32;
-    for x in live.iter_mut() {
-        *x = exp((*x - max) * scale);
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
+    // Sixteen lanes per reduction: a float sum or max in one sequence would not be vectorised.
+    let lanes = |row: &[f32], init: f32, f: fn(f32, f32) -> f32| {
+        let mut acc = [init; 16];
+        let chunks = row.chunks_exact(16);
+        let tail = chunks.remainder().iter().fold(init, |a, &x| f(a, x));
+        for c in chunks {
+            for (a, &x) in acc.iter_mut().zip(c) {
+                *a = f(*a, x);
+            }
+        }
+        acc.iter().fold(tail, |a, &x| f(a, x))
+    };
+    let max = lanes(live, f32::NEG_INFINITY, f32::max);
+    live.iter_mut().for_each(|x| *x = exp((*x - max) * scale));
+    let inv = 1.0 / lanes(live, 0.0, |a, x| a + x);
     live.iter_mut().for_each(|x| *x *= inv);
 }
 
