@@ -6,6 +6,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
+use super::activation::exp;
 use super::gemm::{Format, Packed, Rows};
 
 /// Queries per block of scores.
@@ -143,38 +144,10 @@ fn softmax_body(row: &mut [f32], seen: usize, scale: f32) {
     live.iter_mut().for_each(|x| *x *= inv);
 }
 
-/// `eˣ` to within a few ulp, in a form the compiler vectorises: `eˣ = 2ⁱ·eᶠ` with `i = round(x/ln 2)`,
-/// `f = x − i·ln 2` (ln 2 in two parts, so `f` is exact enough) and `eᶠ` by its Taylor series to degree 7
-/// (`|f| ≤ ln 2 / 2`, truncation below 6·10⁻⁹). Inputs below −87 give about 10⁻³⁸ instead of less.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    let x = x.clamp(-87.0, 88.0);
-    // Round to nearest by adding and subtracting 1.5·2²³ (`f32::round` is a libm call, not vectorised).
-    const ROUND: f32 = 12_582_912.0;
-    let i = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
-    let f = x - i * LN2_HI - i * LN2_LO;
-    let mut p = 1.0 / 5040.0;
-    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        p = p * f + c;
-    }
-    p * f32::from_bits(((i as i32 + 127) as u32) << 23)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
-
-    #[test]
-    fn exp_is_accurate_over_softmax_inputs() {
-        for i in 0..20_000 {
-            let x = -87.0 + i as f32 * (87.0 + 10.0) / 20_000.0;
-            let (got, want) = (exp(x), x.exp());
-            assert!((got - want).abs() <= 4.0 * f32::EPSILON * want, "exp({x}) = {got}, want {want}");
-        }
-    }
 
     /// The fused result equals the reference formula, with and without a causal mask, across query
     /// blocks and uneven sizes.

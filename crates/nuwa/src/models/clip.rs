@@ -136,7 +136,7 @@ impl Activation {
 
     fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Self::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
+            Self::QuickGelu => super::activation::quick_gelu(x),
             Self::Gelu => x.gelu_erf(),
         }
     }

@@ -3,6 +3,7 @@
 //! none of this knows a pruning method.
 //!
 //! Adding a family is a folder here implementing [`VisionLanguageModel`] plus one line in [`FAMILIES`].
+pub mod activation;
 pub mod attention;
 pub mod clip;
 pub mod decoder;

@@ -144,7 +144,8 @@ impl Block {
         let attn = Tensor::cat(&outs, 1)?.transpose(0, 1)?.reshape((n, d))?;
         let x = (x + self.proj.forward(&attn)?)?;
         let y = self.norm2.forward(&x)?;
-        let mlp = self.down.forward(&(candle_nn::ops::silu(&self.gate.forward(&y)?)? * self.up.forward(&y)?)?)?;
+        let gated = crate::models::activation::silu_mul(&self.gate.forward(&y)?, &self.up.forward(&y)?)?;
+        let mlp = self.down.forward(&gated)?;
         Ok(((x + mlp)?, sums))
     }
 }
