@@ -53,7 +53,8 @@ pub struct ModelArgs {
     /// the model family is read from config.json. With the `hub` feature, a hub id such as llava-hf/llava-1.5-7b-hf.
     #[arg(long, value_name = "DIR")]
     pub model: String,
-    /// Weight and activation dtype.
+    /// Weight dtype. On the CPU bf16 and f16 weights compute in f32 (activations, attention and the KV
+    /// cache stay f32); on CUDA everything runs in this dtype.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
     /// Where to run: cpu, or cuda (needs a build with `--features cuda`).
