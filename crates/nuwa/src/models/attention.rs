@@ -11,6 +11,9 @@ use super::gemm::{Format, Packed, Rows};
 
 /// Queries per block of scores.
 const QUERY_BLOCK: usize = 128;
+/// Fewer queries than this (decoding) are answered straight from the keys and values: packing them
+/// would copy the whole cache for one row of scores.
+const DIRECT_QUERIES: usize = 8;
 
 /// Which keys a query sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,8 +25,18 @@ pub enum Mask {
 }
 
 /// `q` (heads, queries, d), `k` and `v` (heads, keys, d), all f32 on the CPU; returns (heads, queries, d).
+/// `k` and `v` may be views whose heads lie apart (a KV cache's filled part): only each head's rows
+/// must be contiguous.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Mask) -> candle_core::Result<Tensor> {
-    q.contiguous()?.apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &Fused { scale: scale as f32, mask })
+    let rows_contiguous = |t: &Tensor| -> candle_core::Result<Tensor> {
+        let (_, _, d) = t.dims3()?;
+        match t.stride() {
+            [_, s1, 1] if *s1 == d => Ok(t.clone()),
+            _ => t.contiguous(),
+        }
+    };
+    let fused = Fused { scale: scale as f32, mask };
+    q.contiguous()?.apply_op3_no_bwd(&rows_contiguous(k)?, &rows_contiguous(v)?, &fused)
 }
 
 /// Whether [`attention`] can run on tensors like `q`.
@@ -50,11 +63,13 @@ impl CustomOp3 for Fused {
         v: &CpuStorage,
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-            let (CpuStorage::F32(data), Some((a, b))) = (s, l.contiguous_offsets()) else {
-                candle_core::bail!("fused-attention: f32 contiguous operands only")
-            };
-            Ok(&data[a..b])
+        /// Head `i`'s rows start at `data[start + i·head_stride]`.
+        fn heads<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<(&'a [f32], usize, usize)> {
+            let (_, rows, d) = l.shape().dims3()?;
+            match (s, l.stride()) {
+                (CpuStorage::F32(data), &[hs, rs, 1]) if rs == d || rows == 1 => Ok((data, l.start_offset(), hs)),
+                _ => candle_core::bail!("fused-attention: f32 operands with contiguous rows only"),
+            }
         }
         let ((h, tq, d), (hk, tk, dk)) = (ql.shape().dims3()?, kl.shape().dims3()?);
         if (hk, dk) != (h, d) || vl.shape().dims3()? != (h, tk, d) {
@@ -70,18 +85,37 @@ impl CustomOp3 for Fused {
                 candle_core::bail!("fused-attention: {tq} causal queries after {past} cached keys, but {tk} keys");
             }
         }
-        let (q, k, v) = (slice(q, ql)?, slice(k, kl)?, slice(v, vl)?);
+        let ((q, q0, qh), (k, k0, kh), (v, v0, vh)) = (heads(q, ql)?, heads(k, kl)?, heads(v, vl)?);
         let mut out = vec![0f32; h * tq * d];
         use rayon::prelude::*;
         out.par_chunks_mut((tq * d).max(1)).enumerate().for_each(|(head, out)| {
-            let (qs, ks) = (head * tq * d..(head + 1) * tq * d, head * tk * d..(head + 1) * tk * d);
-            self.head(&q[qs], &k[ks.clone()], &v[ks], tq, tk, d, out);
+            let at = |start: usize, stride: usize, rows: usize| {
+                let s = start + head * stride;
+                s..s + rows * d
+            };
+            let (q, k, v) = (&q[at(q0, qh, tq)], &k[at(k0, kh, tk)], &v[at(v0, vh, tk)]);
+            if tq < DIRECT_QUERIES {
+                for (i, out) in out.chunks_exact_mut(d).enumerate() {
+                    let seen = self.seen(i, tk);
+                    direct(&q[i * d..(i + 1) * d], k, v, seen, self.scale, out);
+                }
+            } else {
+                self.head(q, k, v, tq, tk, d, out);
+            }
         });
         Ok((CpuStorage::F32(out), Shape::from((h, tq, d))))
     }
 }
 
 impl Fused {
+    /// How many keys query `i` sees.
+    fn seen(&self, i: usize, tk: usize) -> usize {
+        match self.mask {
+            Mask::None => tk,
+            Mask::Causal { past } => past + i + 1,
+        }
+    }
+
     /// One head: `out` (tq × d) from `q` (tq × d), `k` and `v` (tk × d).
     #[allow(clippy::too_many_arguments)]
     fn head(&self, q: &[f32], k: &[f32], v: &[f32], tq: usize, tk: usize, d: usize, out: &mut [f32]) {
@@ -94,15 +128,52 @@ impl Fused {
             let s = &mut scores[..rows * tk];
             keys.matmul(Rows::F32(&q[r0 * d..(r0 + rows) * d]), rows, None, s, 1);
             for (i, row) in s.chunks_exact_mut(tk).enumerate() {
-                let seen = match self.mask {
-                    Mask::None => tk,
-                    Mask::Causal { past } => past + r0 + i + 1,
-                };
-                softmax_prefix(row, seen, self.scale);
+                softmax_prefix(row, self.seen(r0 + i, tk), self.scale);
             }
             values.matmul(Rows::F32(s), rows, None, &mut out[r0 * d..(r0 + rows) * d], 1);
         }
     }
+}
+
+/// One query `q` against `k` and `v` (keys × d) read in place: `out = softmax(q·kᵀ·scale)[..seen] · v`.
+fn direct(q: &[f32], k: &[f32], v: &[f32], seen: usize, scale: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the feature the copy is compiled for.
+        return unsafe { direct_avx512(q, k, v, seen, scale, out) };
+    }
+    direct_body(q, k, v, seen, scale, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn direct_avx512(q: &[f32], k: &[f32], v: &[f32], seen: usize, scale: f32, out: &mut [f32]) {
+    direct_body(q, k, v, seen, scale, out)
+}
+
+#[inline(always)]
+fn direct_body(q: &[f32], k: &[f32], v: &[f32], seen: usize, scale: f32, out: &mut [f32]) {
+    let d = q.len();
+    let mut scores: Vec<f32> = k.chunks_exact(d).take(seen).map(|key| dot(q, key)).collect();
+    softmax_body(&mut scores, seen, scale);
+    out.fill(0.0);
+    for (p, value) in scores.iter().zip(v.chunks_exact(d)) {
+        out.iter_mut().zip(value).for_each(|(o, &x)| *o += p * x);
+    }
+}
+
+/// Sixteen independent accumulators, so the loop becomes vector FMAs.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// `row[..seen]` ← softmax(row[..seen] · scale), the rest ← 0.
@@ -154,13 +225,19 @@ mod tests {
     #[test]
     fn fused_attention_matches_the_formula() {
         let dev = Device::Cpu;
-        for (h, tq, past, d, causal) in
-            [(2, 1, 0, 8, false), (3, 200, 0, 40, true), (2, 5, 140, 64, true), (1, 130, 0, 32, false)]
-        {
+        let cases = [
+            (2, 1, 0, 8, false),
+            (3, 200, 0, 40, true),
+            (2, 5, 140, 64, true),
+            (1, 130, 0, 32, false),
+            (2, 9, 40, 16, true),
+        ];
+        for (h, tq, past, d, causal) in cases {
             let tk = past + tq;
             let q = Tensor::randn(0f32, 1.0, (h, tq, d), &dev).unwrap();
-            let k = Tensor::randn(0f32, 1.0, (h, tk, d), &dev).unwrap();
-            let v = Tensor::randn(0f32, 1.0, (h, tk, d), &dev).unwrap();
+            // Keys and values as a cache's filled part: heads further apart than their rows.
+            let cache = || Tensor::randn(0f32, 1.0, (h, tk + 7, d), &dev).unwrap().narrow(1, 0, tk).unwrap();
+            let (k, v) = (cache(), cache());
             let scale = 1.0 / (d as f64).sqrt();
             let mask = if causal { Mask::Causal { past } } else { Mask::None };
             let got = attention(&q, &k, &v, scale, mask).unwrap();

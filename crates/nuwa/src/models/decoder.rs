@@ -271,17 +271,22 @@ impl Attention {
         let (b, t, _) = x.dims3()?;
         let (q, k, v) = self.qkv(x, cos, sin)?;
         let (k, v) = cache.append(&k, &v)?;
-        let k = repeat_kv(k, self.num_heads / self.num_kv_heads)?.contiguous()?;
-        let v = repeat_kv(v, self.num_heads / self.num_kv_heads)?.contiguous()?;
+        let k = repeat_kv(k, self.num_heads / self.num_kv_heads)?;
+        let v = repeat_kv(v, self.num_heads / self.num_kv_heads)?;
         if probe.rows.is_empty() && attention::supports(&q) {
             let (tq, tk) = (q.dim(2)?, k.dim(2)?);
             let mask = if mask.is_some() { Mask::Causal { past: tk - tq } } else { Mask::None };
-            let flat = |x: &Tensor| x.reshape((b * self.num_heads, x.dim(2)?, self.head_dim));
+            // One batch: the cache's views go in as they are (no copy of the cache per step).
+            let flat = |x: &Tensor| match b {
+                1 => x.squeeze(0),
+                _ => x.reshape((b * self.num_heads, x.dim(2)?, self.head_dim)),
+            };
             let scale = 1.0 / (self.head_dim as f64).sqrt();
             let out = attention::attention(&flat(&q)?, &flat(&k)?, &flat(&v)?, scale, mask)?;
             let out = out.reshape((b, self.num_heads, t, self.head_dim))?.transpose(1, 2)?;
             return Ok((self.o_proj.forward(&out.reshape((b, t, self.num_heads * self.head_dim))?)?, None));
         }
+        let (k, v) = (k.contiguous()?, v.contiguous()?);
         let probs = self.probs(&q, &k, mask)?;
         let rows = if probe.rows.is_empty() { None } else { Some(probe_rows(&probs, probe)?) };
         let out = probs.to_dtype(v.dtype())?.matmul(&v)?;
