@@ -116,7 +116,18 @@ pub enum Rows<'a> {
     F16(&'a [f16]),
 }
 
-impl Rows<'_> {
+impl<'a> Rows<'a> {
+    /// `storage[range]` when its dtype is one the kernels read.
+    pub fn of(storage: &'a candle_core::CpuStorage, range: std::ops::Range<usize>) -> Option<Self> {
+        use candle_core::CpuStorage;
+        match storage {
+            CpuStorage::F32(v) => Some(Rows::F32(&v[range])),
+            CpuStorage::BF16(v) => Some(Rows::Bf16(&v[range])),
+            CpuStorage::F16(v) => Some(Rows::F16(&v[range])),
+            _ => None,
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Rows::F32(v) => v.len(),
@@ -410,35 +421,9 @@ impl<'a> RowWords<'a> {
             },
             (Format::Bf16Pairs, a) => {
                 let lda = k.div_ceil(2);
-                Self {
-                    words: Cow::Owned(convert_rows(
-                        a,
-                        m,
-                        k,
-                        lda,
-                        RowConverter {
-                            f32: Self::bf16_pairs::<f32>,
-                            bf16: Self::bf16_pairs::<bf16>,
-                            f16: Self::bf16_pairs::<f16>,
-                        },
-                    )),
-                    lda,
-                }
+                Self { words: Cow::Owned(convert_rows(a, m, k, lda, true)), lda }
             }
-            (_, a) => Self {
-                words: Cow::Owned(convert_rows(
-                    a,
-                    m,
-                    k,
-                    k,
-                    RowConverter {
-                        f32: Self::f32_words::<f32>,
-                        bf16: Self::f32_words::<bf16>,
-                        f16: Self::f32_words::<f16>,
-                    },
-                )),
-                lda: k,
-            },
+            (_, a) => Self { words: Cow::Owned(convert_rows(a, m, k, k, false)), lda: k },
         }
     }
 
@@ -460,25 +445,24 @@ impl<'a> RowWords<'a> {
     }
 }
 
-/// A row conversion for each activation dtype.
-#[derive(Clone, Copy)]
-struct RowConverter {
-    f32: fn(&[f32], &mut [u32]),
-    bf16: fn(&[bf16], &mut [u32]),
-    f16: fn(&[f16], &mut [u32]),
-}
-
-/// `a`'s rows converted by `row_words` into rows of `lda` words, spread over the cores when large.
-fn convert_rows(a: Rows<'_>, m: usize, k: usize, lda: usize, row_words: RowConverter) -> Vec<u32> {
+/// `a`'s rows as rows of `lda` words (bf16 pairs when `pairs`, else f32), spread over the cores when large.
+fn convert_rows(a: Rows<'_>, m: usize, k: usize, lda: usize, pairs: bool) -> Vec<u32> {
+    fn row<T: Copy + Into<f32>>(row: &[T], out: &mut [u32], pairs: bool) {
+        if pairs {
+            RowWords::bf16_pairs(row, out)
+        } else {
+            RowWords::f32_words(row, out)
+        }
+    }
     let mut words = vec![0u32; m * lda];
     let rows_per_job = (1 << 16) / k.max(1) + 1;
     let convert = |(i, out): (usize, &mut [u32])| {
         let rows = i * rows_per_job..(i * rows_per_job + out.len() / lda.max(1));
         for (r, o) in rows.zip(out.chunks_mut(lda.max(1))) {
             match a {
-                Rows::F32(v) => (row_words.f32)(&v[r * k..(r + 1) * k], o),
-                Rows::Bf16(v) => (row_words.bf16)(&v[r * k..(r + 1) * k], o),
-                Rows::F16(v) => (row_words.f16)(&v[r * k..(r + 1) * k], o),
+                Rows::F32(v) => row(&v[r * k..(r + 1) * k], o, pairs),
+                Rows::Bf16(v) => row(&v[r * k..(r + 1) * k], o, pairs),
+                Rows::F16(v) => row(&v[r * k..(r + 1) * k], o, pairs),
             }
         }
     };

@@ -92,12 +92,7 @@ impl Linear {
             let (storage, layout) = weight.storage_and_layout();
             let candle_core::Storage::Cpu(storage) = &*storage else { unreachable!("checked: a CPU tensor") };
             let (o0, o1) = layout.contiguous_offsets().expect("made contiguous");
-            let rows = match storage {
-                CpuStorage::F32(v) => Rows::F32(&v[o0..o1]),
-                CpuStorage::BF16(v) => Rows::Bf16(&v[o0..o1]),
-                CpuStorage::F16(v) => Rows::F16(&v[o0..o1]),
-                _ => unreachable!("dtype checked above"),
-            };
+            let rows = Rows::of(storage, o0..o1).expect("dtype checked above");
             Packed::new(rows, n, k, format)
         };
         let bias = match bias {
@@ -183,14 +178,11 @@ impl candle_core::CustomOp1 for PackedMatmul<'_> {
         let m = (o1 - o0) / k.max(1);
         let mut y = vec![0f32; m * n];
         let threads = candle_core::utils::get_num_threads();
-        let rows = match x {
-            CpuStorage::F32(v) => Rows::F32(&v[o0..o1]),
-            CpuStorage::BF16(v) => Rows::Bf16(&v[o0..o1]),
-            CpuStorage::F16(v) => Rows::F16(&v[o0..o1]),
-            _ => candle_core::bail!(
+        let Some(rows) = Rows::of(x, o0..o1) else {
+            candle_core::bail!(
                 "packed-matmul: activations must be f32, bf16 or f16, not {:?}",
                 candle_core::backend::BackendStorage::dtype(x)
-            ),
+            )
         };
         self.weight.matmul(rows, m, self.bias, &mut y, threads);
         let y = match x {
