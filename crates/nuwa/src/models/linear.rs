@@ -1,6 +1,6 @@
-//! Linear layers: dense weights packed at load for our own kernels ([`super::gemm`]), or quantised at
-//! load into llama.cpp's block formats (candle's quantised matmul). Either way one layer is converted at
-//! a time, so a model never holds a second copy of its weights.
+//! Linear layers: weights packed at load for our own CPU kernels ([`super::gemm`]), dense f32/bf16/f16
+//! or quantised into llama.cpp's block formats; on other devices candle's matmul and quantised matmul.
+//! Either way one layer is converted at a time, so a model never holds a second copy of its weights.
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, DType, Layout, Module, Shape, Tensor};
 use candle_nn::VarBuilder;
 
-use super::gemm::{Format, Packed, Rows};
+use super::gemm::{self, Format, Packed, Rows};
 
 /// A weight format for the decoder's and projector's linears (`--quantize`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -37,11 +37,11 @@ impl Quantize {
 
     /// The format for a weight whose rows have `k` inputs: this one when `k` fills its blocks, else the
     /// next finer one that does (q4_k → q8_0, as llama.cpp falls back), else none (kept dense).
-    fn for_inputs(self, k: usize) -> Option<GgmlDType> {
-        let fits = |d: GgmlDType| k.is_multiple_of(d.block_size());
+    fn for_inputs(self, k: usize) -> Option<Format> {
+        let fits = |f: Format| gemm::quantized_fits(f, k);
         match self {
-            Quantize::Q4K if fits(GgmlDType::Q4K) => Some(GgmlDType::Q4K),
-            Quantize::Q4K | Quantize::Q8_0 if fits(GgmlDType::Q8_0) => Some(GgmlDType::Q8_0),
+            Quantize::Q4K if fits(Format::Q4K) => Some(Format::Q4K),
+            Quantize::Q4K | Quantize::Q8_0 if fits(Format::Q8_0) => Some(Format::Q8_0),
             _ => None,
         }
     }
@@ -57,20 +57,15 @@ pub struct Weights {
     pub quantize: Option<Quantize>,
 }
 
-/// `y = x·Wᵀ + b`, with `W` packed for our CPU kernels, dense for candle, or quantised.
+/// `y = x·Wᵀ + b`, with `W` packed for our CPU kernels, or for candle on other devices.
 #[derive(Debug, Clone)]
 pub enum Linear {
-    /// f32, bf16 or f16 weights on the CPU, packed once (see [`gemm`]); the bias in f32.
-    Packed {
-        weight: Arc<Packed>,
-        bias: Option<Arc<[f32]>>,
-    },
+    /// f32, bf16, f16, q8_0 or q4_k weights on the CPU, packed once (see [`gemm`]); the bias in f32.
+    Packed { weight: Arc<Packed>, bias: Option<Arc<[f32]>> },
     /// Any other device or dtype: candle's matmul.
     Dense(candle_nn::Linear),
-    Quantized {
-        weight: QMatMul,
-        bias: Option<Tensor>,
-    },
+    /// Quantised on another device: candle's quantised matmul.
+    Quantized { weight: QMatMul, bias: Option<Tensor> },
 }
 
 impl Linear {
@@ -86,13 +81,20 @@ impl Linear {
         if !weight.device().is_cpu() {
             return Ok(Self::Dense(candle_nn::Linear::new(weight, bias)));
         }
+        Self::packed(weight, bias, format)
+    }
+
+    /// `weight` (a CPU tensor of a dtype [`Rows`] reads) packed in `format`.
+    fn packed(weight: Tensor, bias: Option<Tensor>, format: Format) -> candle_core::Result<Self> {
         let (n, k) = weight.dims2()?;
         let weight = weight.contiguous()?;
         let packed = {
             let (storage, layout) = weight.storage_and_layout();
             let candle_core::Storage::Cpu(storage) = &*storage else { unreachable!("checked: a CPU tensor") };
             let (o0, o1) = layout.contiguous_offsets().expect("made contiguous");
-            let rows = Rows::of(storage, o0..o1).expect("dtype checked above");
+            let Some(rows) = Rows::of(storage, o0..o1) else {
+                candle_core::bail!("packed linear: weights must be f32, bf16 or f16, not {:?}", weight.dtype())
+            };
             Packed::new(rows, n, k, format)
         };
         let bias = match bias {
@@ -127,12 +129,12 @@ impl Linear {
     /// `weight` in format `q` where its shape allows (see [`Quantize`]); dense otherwise.
     pub fn quantized(weight: Tensor, bias: Option<Tensor>, q: Quantize) -> candle_core::Result<Self> {
         let Some(format) = q.for_inputs(weight.dim(1)?) else { return Self::new(weight, bias) };
-        let weight = QMatMul::from_qtensor(QTensor::quantize(&weight, format)?)?;
+        if weight.device().is_cpu() {
+            return Self::packed(weight, bias, format);
+        }
+        let dtype = if format == Format::Q4K { GgmlDType::Q4K } else { GgmlDType::Q8_0 };
+        let weight = QMatMul::from_qtensor(QTensor::quantize(&weight, dtype)?)?;
         Ok(Self::Quantized { weight, bias })
-    }
-
-    pub fn is_quantized(&self) -> bool {
-        matches!(self, Self::Quantized { .. })
     }
 }
 

@@ -10,6 +10,9 @@
 
 use half::{bf16, f16};
 
+mod quant;
+pub use quant::fits as quantized_fits;
+
 /// Outputs per panel: two 16-lane vectors.
 pub const NR: usize = 32;
 /// Rows of `A` per register tile (MR × 2 accumulators + 2 loaded weight vectors fit in 32 registers).
@@ -106,6 +109,10 @@ pub enum Format {
     /// one contiguous KiB.
     Bf16Pairs,
     F16,
+    /// llama.cpp's 8-bit blocks of 32 (see [`quant`]).
+    Q8_0,
+    /// llama.cpp's 4-bit k-quant super-blocks of 256 (see [`quant`]).
+    Q4K,
 }
 
 /// Rows of `A`, row-major, in the activations' dtype.
@@ -141,7 +148,8 @@ impl Format {
     /// 32-bit words per panel row (per input, or per input pair for bf16).
     fn words_per_step(self) -> usize {
         match self {
-            Format::F32 | Format::Bf16Pairs => NR,
+            // Quantised panels are read as f32 rows once dequantised.
+            Format::F32 | Format::Bf16Pairs | Format::Q8_0 | Format::Q4K => NR,
             Format::F16 => NR / 2,
         }
     }
@@ -150,21 +158,38 @@ impl Format {
     fn steps(self, k: usize) -> usize {
         match self {
             Format::Bf16Pairs => k.div_ceil(2),
-            Format::F32 | Format::F16 => k,
+            _ => k,
         }
+    }
+
+    fn is_quantized(self) -> bool {
+        matches!(self, Format::Q8_0 | Format::Q4K)
     }
 }
 
 impl Packed {
     /// Packs the row-major `n × k` weight `w` (`w.len() == n·k`) in `format`.
+    /// Quantised formats need `k` to fill their blocks ([`quantized_fits`]).
     pub fn new(w: Rows<'_>, n: usize, k: usize, format: Format) -> Self {
         assert_eq!(w.len(), n * k, "weight of {n}×{k} has {} values", w.len());
+        if format.is_quantized() {
+            return match w {
+                Rows::F32(v) => Self::quantize(v, n, k, format),
+                _ => Self::quantize(
+                    &convert_rows(w, n, k, k, false).into_iter().map(f32::from_bits).collect::<Vec<_>>(),
+                    n,
+                    k,
+                    format,
+                ),
+            };
+        }
         // The 16-bit word each format stores (f32 panels take the whole 32 bits of the value).
         fn half_bits<T: Copy>(format: Format, f32_of: impl Fn(T) -> f32) -> impl Fn(T) -> u32 {
             move |v| match format {
                 Format::F32 => f32_of(v).to_bits(),
                 Format::Bf16Pairs => u32::from(bf16::from_f32(f32_of(v)).to_bits()),
                 Format::F16 => u32::from(f16::from_f32(f32_of(v)).to_bits()),
+                Format::Q8_0 | Format::Q4K => unreachable!("quantised above"),
             }
         }
         match w {
@@ -216,6 +241,7 @@ impl Packed {
                     Format::F16 => row.iter().enumerate().for_each(|(j, &v)| {
                         words[j * (NR / 2) + c / 2] |= bits(v) << (16 * (c % 2));
                     }),
+                    Format::Q8_0 | Format::Q4K => unreachable!("see `quant`"),
                 }
             }
         };
@@ -288,6 +314,21 @@ impl Packed {
         bias: Option<&[f32]>,
         c: SendPtr,
     ) {
+        let quantized = self.format.is_quantized();
+        #[cfg(target_arch = "x86_64")]
+        if quantized && rows.len() == 1 && matches!(kernel, Kernel::Avx512F32) {
+            // SAFETY: one row of `k` f32 words; every panel's output columns lie inside row `rows.start`.
+            unsafe {
+                let x = std::slice::from_raw_parts(a.words.as_ptr().cast::<f32>(), self.k);
+                let sums = if self.format == Format::Q4K { quant::avx512::sub_block_sums(x) } else { Vec::new() };
+                for p in panels {
+                    let y = c.0.add(rows.start * self.n + p * NR);
+                    let bias = bias.map(|b| b.as_ptr().add(p * NR));
+                    quant::avx512::row(self, p, x, &sums, y, (self.n - p * NR).min(NR), bias);
+                }
+            }
+            return;
+        }
         let steps = self.format.steps(self.k);
         let b = self.lines.as_ptr().cast::<u32>();
         let panel_words = self.panel_words;
@@ -297,13 +338,24 @@ impl Packed {
             _ => self.format.words_per_step(),
         };
         // One row block (decoding) reuses no weights: each panel is streamed once, front to back.
-        let kc = if rows.len() <= MR { steps.max(1) } else { KC };
+        // Quantised panels are dequantised a pass at a time, whatever the rows.
+        let kc = if rows.len() <= MR && !quantized { steps.max(1) } else { KC };
+        let mut dequantized = vec![Line::default(); if quantized { NC_PANELS * KC * NR / 16 } else { 0 }];
         let mut nc = panels.start;
         while nc < panels.end {
             let nc_end = (nc + NC_PANELS).min(panels.end);
             let mut s0 = 0;
             while s0 < steps {
                 let ks = (steps - s0).min(kc);
+                // SAFETY: `Line` is 16 plain f32-sized words.
+                let scratch = unsafe {
+                    std::slice::from_raw_parts_mut(dequantized.as_mut_ptr().cast::<f32>(), dequantized.len() * 16)
+                };
+                if quantized {
+                    for p in nc..nc_end {
+                        quant::dequantize(self, p, s0, ks, &mut scratch[(p - nc) * ks * NR..(p - nc + 1) * ks * NR]);
+                    }
+                }
                 for r0 in rows.clone().step_by(MR) {
                     let tile_rows = (rows.end - r0).min(MR);
                     let a_block = unsafe { a.words.as_ptr().add((r0 - rows.start) * a.steps + s0 * tile_rows) };
@@ -316,11 +368,22 @@ impl Packed {
                         } else {
                             Init::Zero
                         };
+                        let (b, b_hi) = if quantized {
+                            let at = unsafe { scratch.as_ptr().add((p - nc) * ks * NR).cast::<u32>() };
+                            (at, at)
+                        } else {
+                            unsafe {
+                                (
+                                    b.add(p * panel_words + s0 * step_words),
+                                    b.add(p * panel_words + panel_words / 2 + s0 * step_words),
+                                )
+                            }
+                        };
                         let tile = Tile {
                             steps: ks,
                             a: a_block,
-                            b: unsafe { b.add(p * panel_words + s0 * step_words) },
-                            b_hi: unsafe { b.add(p * panel_words + panel_words / 2 + s0 * step_words) },
+                            b,
+                            b_hi,
                             c: unsafe { c.0.add(r0 * self.n + p * NR) },
                             ldc: self.n,
                             init,
@@ -545,10 +608,12 @@ impl Kernel {
                 Format::F32 => return Kernel::Avx512F32,
                 Format::Bf16Pairs if std::arch::is_x86_feature_detected!("avx512bf16") => return Kernel::Avx512Bf16,
                 Format::F16 => return Kernel::Avx512F16,
+                // Tiles run on dequantised f32 rows (see `quant`).
+                Format::Q8_0 | Format::Q4K => return Kernel::Avx512F32,
                 Format::Bf16Pairs => {}
             }
         }
-        Kernel::Portable(format)
+        Kernel::Portable(if format.is_quantized() { Format::F32 } else { format })
     }
 
     /// How `A`'s rows are packed for this kernel.
@@ -614,7 +679,7 @@ unsafe fn portable(format: Format, rows: usize, t: &Tile) {
             for (r, acc) in acc.iter_mut().enumerate().take(rows) {
                 let a = *t.a.add(s * rows + r);
                 match format {
-                    Format::F32 => {
+                    Format::F32 | Format::Q8_0 | Format::Q4K => {
                         let a = f32::from_bits(a);
                         let b = t.b.add(s * NR);
                         for (c, v) in acc.iter_mut().enumerate() {
@@ -953,27 +1018,57 @@ mod tests {
             .collect()
     }
 
+    /// What `format` holds of the row-major `n × k` weight `w`, through candle's own dequantisation
+    /// for the quantised formats (so the panel layout is checked against ggml's blocks).
+    fn held(w: &[f32], k: usize, format: Format) -> Vec<f32> {
+        use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
+        fn through<B: GgmlType>(row: &[f32]) -> Vec<f32> {
+            let mut blocks = vec![B::zeros(); row.len() / B::BLCK_SIZE];
+            B::from_float(row, &mut blocks);
+            let mut out = vec![0f32; row.len()];
+            B::to_float(&blocks, &mut out);
+            out
+        }
+        match format {
+            Format::F32 => w.to_vec(),
+            Format::Bf16Pairs => w.iter().map(|&v| bf16::from_f32(v).to_f32()).collect(),
+            Format::F16 => w.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
+            Format::Q8_0 => w.chunks(k).flat_map(through::<BlockQ8_0>).collect(),
+            Format::Q4K => w.chunks(k).flat_map(through::<BlockQ4K>).collect(),
+        }
+    }
+
     /// Every kernel this CPU has, and the portable one, agree with an f64 product of the values the
-    /// format stores, over shapes with narrow panels, input tails, partial row tiles and passes.
+    /// format stores, over shapes with narrow panels, input tails, partial row tiles and passes, one
+    /// row (decoding's own quantised kernels) and many.
     #[test]
     fn every_kernel_matches_the_reference_product() {
-        let shapes = [(1, 1, 1), (1, 45, 37), (15, 70, 300), (29, 33, 513), (64, 40, 64), (70, 96, 128), (33, 64, 600)];
+        let shapes = [
+            (1, 1, 1),
+            (1, 45, 37),
+            (15, 70, 300),
+            (29, 33, 513),
+            (64, 40, 64),
+            (70, 96, 128),
+            (33, 64, 600),
+            (1, 45, 512),
+            (3, 70, 768),
+            (20, 33, 1024),
+        ];
         for (m, n, k) in shapes {
             let (a, w, bias) = (values(m * k, 1), values(n * k, 2), values(n, 3));
-            for format in [Format::F32, Format::Bf16Pairs, Format::F16] {
-                // What the format holds: bf16 kernels multiply bf16 rows, f16 ones f32 rows.
-                let round = |v: f32| match format {
-                    Format::F32 => v,
-                    Format::Bf16Pairs => bf16::from_f32(v).to_f32(),
-                    Format::F16 => f16::from_f32(v).to_f32(),
-                };
-                let a_held: Vec<f32> =
-                    a.iter().map(|&v| if format == Format::Bf16Pairs { round(v) } else { v }).collect();
+            for format in [Format::F32, Format::Bf16Pairs, Format::F16, Format::Q8_0, Format::Q4K] {
+                if format.is_quantized() && !quantized_fits(format, k) {
+                    continue;
+                }
+                // bf16 kernels multiply bf16 rows; the others f32 rows.
+                let a_held = if format == Format::Bf16Pairs { held(&a, k, format) } else { a.clone() };
+                let w_held = held(&w, k, format);
                 let mut want = vec![0f64; m * n];
                 for i in 0..m {
                     for j in 0..n {
                         let dot: f64 =
-                            (0..k).map(|l| f64::from(a_held[i * k + l]) * f64::from(round(w[j * k + l]))).sum();
+                            (0..k).map(|l| f64::from(a_held[i * k + l]) * f64::from(w_held[j * k + l])).sum();
                         want[i * n + j] = dot + f64::from(bias[j]);
                     }
                 }

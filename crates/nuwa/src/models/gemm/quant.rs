@@ -1,0 +1,272 @@
+//! llama.cpp's q8_0 and q4_k weights in 32-output panels, held once at their own size.
+//!
+//! The blocks are quantised by ggml's rules (candle's implementation) and only rearranged: a panel
+//! holds, block after block of inputs, the scales of its 32 outputs and then their quants input by
+//! input, so a kernel streams it front to back.
+//! - q8_0, per 32 inputs (17 lines): the 32 f16 scales `d`, then 32 inputs × 32 outputs of i8.
+//! - q4_k, per 256 inputs (74 lines): the 32 f16 `d`, the 32 f16 `dmin`, per 32-input sub-block the
+//!   32 six-bit scales and the 32 six-bit mins as bytes, then 256 inputs × 16 bytes: byte `c` of an
+//!   input holds output `c`'s quant in its low nibble and output `c + 16`'s in its high one. A weight
+//!   is `d·scale·q − dmin·min`.
+//!
+//! One row (decoding) runs on the quants directly; more rows dequantise [`super::KC`] inputs of the
+//! panels at a time into f32 and run the f32 tiles on them, which costs a fraction of the product.
+
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
+use half::f16;
+
+use super::{Format, Line, Lines, Packed, NR};
+
+/// Inputs per block and lines per block in a panel.
+fn block(format: Format) -> (usize, usize) {
+    match format {
+        Format::Q8_0 => (32, 17),
+        Format::Q4K => (256, 74),
+        _ => unreachable!("{format:?} is not a quantised format"),
+    }
+}
+
+/// Whether `k` inputs fill `format`'s blocks.
+pub fn fits(format: Format, k: usize) -> bool {
+    k.is_multiple_of(block(format).0)
+}
+
+/// Lines of one panel of `k` inputs.
+fn panel_lines(format: Format, k: usize) -> usize {
+    let (size, lines) = block(format);
+    k / size * lines
+}
+
+/// ggml's blocks as the bytes llama.cpp stores (both block types are `repr(C)`, no padding).
+fn bytes_of<T>(blocks: &[T]) -> &[u8] {
+    // SAFETY: plain-data blocks viewed as their bytes.
+    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), std::mem::size_of_val(blocks)) }
+}
+
+impl Packed {
+    /// Quantises the row-major f32 weight `w` (`n × k`, `k` filling the format's blocks) into `format`.
+    pub fn quantize(w: &[f32], n: usize, k: usize, format: Format) -> Self {
+        assert_eq!(w.len(), n * k, "weight of {n}×{k} has {} values", w.len());
+        assert!(fits(format, k), "{k} inputs do not fill {format:?} blocks");
+        let lines_per_panel = panel_lines(format, k);
+        let mut lines = Lines::zeroed(n.div_ceil(NR) * lines_per_panel);
+        let pack_panel = |(p, dst): (usize, &mut [Line])| {
+            // SAFETY: `Line` is 64 plain bytes; the slice covers exactly the panel's lines.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), dst.len() * 64) };
+            for c in 0..(n - p * NR).min(NR) {
+                let row = &w[(p * NR + c) * k..(p * NR + c + 1) * k];
+                match format {
+                    Format::Q8_0 => {
+                        let mut blocks = vec![BlockQ8_0::zeros(); k / 32];
+                        BlockQ8_0::from_float(row, &mut blocks);
+                        for (b, src) in bytes_of(&blocks).chunks_exact(34).enumerate() {
+                            place_q8_0(&mut bytes[b * 17 * 64..(b + 1) * 17 * 64], c, src);
+                        }
+                    }
+                    Format::Q4K => {
+                        let mut blocks = vec![BlockQ4K::zeros(); k / 256];
+                        BlockQ4K::from_float(row, &mut blocks);
+                        for (b, src) in bytes_of(&blocks).chunks_exact(144).enumerate() {
+                            place_q4k(&mut bytes[b * 74 * 64..(b + 1) * 74 * 64], c, src);
+                        }
+                    }
+                    _ => unreachable!("checked by `fits`"),
+                }
+            }
+        };
+        use rayon::prelude::*;
+        lines.as_mut_slice().par_chunks_mut(lines_per_panel.max(1)).enumerate().for_each(pack_panel);
+        Self { n, k, format, panel_words: lines_per_panel * 16, lines }
+    }
+}
+
+/// Output `c`'s q8_0 block (`d: f16, qs: [i8; 32]`) into its panel block.
+fn place_q8_0(dst: &mut [u8], c: usize, src: &[u8]) {
+    dst[2 * c..2 * c + 2].copy_from_slice(&src[..2]);
+    for (j, &q) in src[2..].iter().enumerate() {
+        dst[64 + j * NR + c] = q;
+    }
+}
+
+/// Output `c`'s q4_k super-block (`d, dmin: f16, scales: [u8; 12], qs: [u8; 128]`) into its panel block.
+fn place_q4k(dst: &mut [u8], c: usize, src: &[u8]) {
+    dst[2 * c..2 * c + 2].copy_from_slice(&src[..2]);
+    dst[64 + 2 * c..64 + 2 * c + 2].copy_from_slice(&src[2..4]);
+    let scales = &src[4..16];
+    for s in 0..8 {
+        // ggml's six-bit packing of eight scales and eight mins in 12 bytes.
+        let (sc, m) = if s < 4 {
+            (scales[s] & 63, scales[s + 4] & 63)
+        } else {
+            ((scales[s + 4] & 0x0f) | ((scales[s - 4] >> 6) << 4), (scales[s + 4] >> 4) | ((scales[s] >> 6) << 4))
+        };
+        dst[128 + s * 64 + c] = sc;
+        dst[128 + s * 64 + 32 + c] = m;
+    }
+    let qs = &src[16..];
+    let quants = &mut dst[10 * 64..];
+    for j in 0..256 {
+        // Per 64 inputs, 32 bytes: inputs 0–31 in the low nibbles, 32–63 in the high ones.
+        let byte = qs[j / 64 * 32 + j % 32];
+        let q = if j % 64 < 32 { byte & 0x0f } else { byte >> 4 };
+        quants[j * 16 + c % 16] |= q << (4 * (c / 16));
+    }
+}
+
+fn f16_at(bytes: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32()
+}
+
+/// Panel `p`'s weights for inputs `s0 .. s0 + ks` (whole blocks) as the f32 panel rows the tiles read:
+/// `out[j·32 + c]` is output `c`'s weight for input `s0 + j`.
+pub fn dequantize(w: &Packed, p: usize, s0: usize, ks: usize, out: &mut [f32]) {
+    let (size, lines) = block(w.format);
+    // SAFETY: the panel's lines, read only.
+    let panel = unsafe {
+        std::slice::from_raw_parts(w.lines.as_ptr().cast::<u8>().add(p * w.panel_words * 4), w.panel_words * 4)
+    };
+    for b in s0 / size..(s0 + ks) / size {
+        let blk = &panel[b * lines * 64..(b + 1) * lines * 64];
+        let out = &mut out[(b * size - s0) * NR..(b * size - s0 + size) * NR];
+        match w.format {
+            Format::Q8_0 => {
+                let d: [f32; NR] = std::array::from_fn(|c| f16_at(blk, c));
+                for (o, q) in out.chunks_exact_mut(NR).zip(blk[64..].chunks_exact(NR)) {
+                    for c in 0..NR {
+                        o[c] = d[c] * f32::from(q[c] as i8);
+                    }
+                }
+            }
+            Format::Q4K => {
+                let d: [f32; NR] = std::array::from_fn(|c| f16_at(blk, c));
+                let dmin: [f32; NR] = std::array::from_fn(|c| f16_at(&blk[64..], c));
+                for s in 0..8 {
+                    let meta = &blk[128 + s * 64..];
+                    let scale: [f32; NR] = std::array::from_fn(|c| d[c] * f32::from(meta[c]));
+                    let min: [f32; NR] = std::array::from_fn(|c| dmin[c] * f32::from(meta[32 + c]));
+                    for j in 0..32 {
+                        let q = &blk[10 * 64 + (s * 32 + j) * 16..][..16];
+                        let o = &mut out[(s * 32 + j) * NR..][..NR];
+                        for c in 0..NR {
+                            let v = (q[c % 16] >> (4 * (c / 16))) & 0x0f;
+                            o[c] = scale[c] * f32::from(v) - min[c];
+                        }
+                    }
+                }
+            }
+            _ => unreachable!("a quantised panel"),
+        }
+    }
+}
+
+/// One row on the quants directly (AVX-512): per block, the products with the integer quants are
+/// summed and scaled once; q4_k's mins are taken off with the row's sums over each 32-input sub-block.
+#[cfg(target_arch = "x86_64")]
+pub mod avx512 {
+    use super::{block, Packed, NR};
+    use crate::models::gemm::Format;
+    use std::arch::x86_64::*;
+
+    /// The row's sums over each 32 inputs (q4_k's mins multiply them).
+    pub fn sub_block_sums(x: &[f32]) -> Vec<f32> {
+        x.chunks(32).map(|c| c.iter().sum()).collect()
+    }
+
+    /// `Σ_j x_j · q_j` over a 32-input block for both halves of a panel, `input(j)` giving `x_j`
+    /// broadcast and the halves' quants as f32. Even and odd inputs sum apart (written out, so the
+    /// sums stay in registers): two chains of multiply–adds per half keep the FMA units busy.
+    #[inline(always)]
+    unsafe fn sums_of(input: impl Fn(usize) -> (__m512, [__m512; 2])) -> [__m512; 2] {
+        unsafe {
+            let (mut e0, mut e1, mut o0, mut o1) =
+                (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
+            for j in (0..32).step_by(2) {
+                let (x, [lo, hi]) = input(j);
+                e0 = _mm512_fmadd_ps(x, lo, e0);
+                e1 = _mm512_fmadd_ps(x, hi, e1);
+                let (x, [lo, hi]) = input(j + 1);
+                o0 = _mm512_fmadd_ps(x, lo, o0);
+                o1 = _mm512_fmadd_ps(x, hi, o1);
+            }
+            [_mm512_add_ps(e0, o0), _mm512_add_ps(e1, o1)]
+        }
+    }
+
+    /// `y[0 .. cols] = x · panel p (+ bias)`.
+    ///
+    /// # Safety
+    /// AVX-512F present; `x` holds `w.k` values (and `sums` their sub-block sums for q4_k); `y` and
+    /// `bias` hold `cols` values, `cols ≤ 32` the panel's outputs.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn row(
+        w: &Packed,
+        p: usize,
+        x: &[f32],
+        sums: &[f32],
+        y: *mut f32,
+        cols: usize,
+        bias: Option<*const f32>,
+    ) {
+        let (size, lines) = block(w.format);
+        let m = |c: usize| if c >= 16 { 0xffff } else { ((1u32 << c) - 1) as u16 };
+        let (m0, m1) = (m(cols.min(16)), m(cols.saturating_sub(16)));
+        unsafe {
+            let panel = w.lines.as_ptr().cast::<u8>().add(p * w.panel_words * 4);
+            let mut acc = match bias {
+                Some(b) => [_mm512_maskz_loadu_ps(m0, b), _mm512_maskz_loadu_ps(m1, b.add(16))],
+                None => [_mm512_setzero_ps(); 2],
+            };
+            let halves = |at: *const u8| {
+                let v = _mm512_loadu_si512(at.cast());
+                [_mm512_cvtph_ps(_mm512_castsi512_si256(v)), _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(v))]
+            };
+            let bytes_ps = |at: *const u8| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(at.cast())));
+            // The panel's two halves stream side by side: one stream per core leaves bandwidth unused.
+            let blocks = w.k / size;
+            let half = blocks.div_ceil(2);
+            for b in (0..half).flat_map(|b| [b, b + half]).filter(|&b| b < blocks) {
+                let blk = panel.add(b * lines * 64);
+                match w.format {
+                    Format::Q8_0 => {
+                        let d = halves(blk);
+                        // Even and odd inputs in their own sums: two chains of multiply–adds per half.
+                        let xs = x.as_ptr().add(b * 32);
+                        let s = sums_of(|j| {
+                            let q = blk.add(64 + j * NR);
+                            let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.cast())));
+                            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16).cast())));
+                            (_mm512_set1_ps(*xs.add(j)), [lo, hi])
+                        });
+                        acc[0] = _mm512_fmadd_ps(s[0], d[0], acc[0]);
+                        acc[1] = _mm512_fmadd_ps(s[1], d[1], acc[1]);
+                    }
+                    Format::Q4K => {
+                        let d = halves(blk);
+                        let dmin = halves(blk.add(64));
+                        let nibble = _mm512_set1_epi32(0x0f);
+                        for sb in 0..8 {
+                            let meta = blk.add(128 + sb * 64);
+                            let xs = x.as_ptr().add(b * 256 + sb * 32);
+                            let s = sums_of(|j| {
+                                let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(640 + (sb * 32 + j) * 16).cast()));
+                                let lo = _mm512_cvtepi32_ps(_mm512_and_si512(q, nibble));
+                                let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(q));
+                                (_mm512_set1_ps(*xs.add(j)), [lo, hi])
+                            });
+                            let sum = _mm512_set1_ps(sums[b * 8 + sb]);
+                            for h in 0..2 {
+                                let scale = _mm512_mul_ps(d[h], bytes_ps(meta.add(16 * h)));
+                                let min = _mm512_mul_ps(dmin[h], bytes_ps(meta.add(32 + 16 * h)));
+                                acc[h] = _mm512_fmadd_ps(s[h], scale, acc[h]);
+                                acc[h] = _mm512_fnmadd_ps(sum, min, acc[h]);
+                            }
+                        }
+                    }
+                    _ => unreachable!("a quantised panel"),
+                }
+            }
+            _mm512_mask_storeu_ps(y, m0, acc[0]);
+            _mm512_mask_storeu_ps(y.add(16), m1, acc[1]);
+        }
+    }
+}
