@@ -353,7 +353,13 @@ impl Packed {
                 };
                 if quantized {
                     for p in nc..nc_end {
-                        quant::dequantize(self, p, s0, ks, &mut scratch[(p - nc) * ks * NR..(p - nc + 1) * ks * NR]);
+                        let out = &mut scratch[(p - nc) * ks * NR..(p - nc + 1) * ks * NR];
+                        match kernel {
+                            // SAFETY: the kernel was chosen for a CPU with AVX-512F.
+                            #[cfg(target_arch = "x86_64")]
+                            Kernel::Avx512F32 => unsafe { quant::avx512::dequantize(self, p, s0, ks, out) },
+                            _ => quant::dequantize(self, p, s0, ks, out),
+                        }
                     }
                 }
                 for r0 in rows.clone().step_by(MR) {

@@ -192,6 +192,57 @@ pub mod avx512 {
         }
     }
 
+    /// [`super::dequantize`] with vectors: one 16-output half of one input per store.
+    ///
+    /// # Safety
+    /// AVX-512F present; the arguments as [`super::dequantize`] takes them.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dequantize(w: &Packed, p: usize, s0: usize, ks: usize, out: &mut [f32]) {
+        let (size, lines) = block(w.format);
+        assert!(out.len() >= ks * NR, "room for {ks} inputs");
+        unsafe {
+            let panel = w.lines.as_ptr().cast::<u8>().add(p * w.panel_words * 4);
+            let o = out.as_mut_ptr();
+            let halves = |at: *const u8| {
+                let v = _mm512_loadu_si512(at.cast());
+                [_mm512_cvtph_ps(_mm512_castsi512_si256(v)), _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(v))]
+            };
+            let bytes_ps = |at: *const u8| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(at.cast())));
+            for b in s0 / size..(s0 + ks) / size {
+                let blk = panel.add(b * lines * 64);
+                let o = o.add((b * size - s0) * NR);
+                match w.format {
+                    Format::Q8_0 => {
+                        let d = halves(blk);
+                        for j in 0..32 {
+                            for h in 0..2 {
+                                let q = _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(64 + j * NR + 16 * h).cast()));
+                                _mm512_storeu_ps(o.add(j * NR + 16 * h), _mm512_mul_ps(d[h], _mm512_cvtepi32_ps(q)));
+                            }
+                        }
+                    }
+                    Format::Q4K => {
+                        let (d, dmin) = (halves(blk), halves(blk.add(64)));
+                        let nibble = _mm512_set1_epi32(0x0f);
+                        for sb in 0..8 {
+                            let meta = blk.add(128 + sb * 64);
+                            let scale = [0, 1].map(|h| _mm512_mul_ps(d[h], bytes_ps(meta.add(16 * h))));
+                            let min = [0, 1].map(|h| _mm512_mul_ps(dmin[h], bytes_ps(meta.add(32 + 16 * h))));
+                            for j in sb * 32..sb * 32 + 32 {
+                                let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(640 + j * 16).cast()));
+                                let lo = _mm512_cvtepi32_ps(_mm512_and_si512(q, nibble));
+                                let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(q));
+                                _mm512_storeu_ps(o.add(j * NR), _mm512_fmsub_ps(scale[0], lo, min[0]));
+                                _mm512_storeu_ps(o.add(j * NR + 16), _mm512_fmsub_ps(scale[1], hi, min[1]));
+                            }
+                        }
+                    }
+                    _ => unreachable!("a quantised panel"),
+                }
+            }
+        }
+    }
+
     /// `y[0 .. cols] = x · panel p (+ bias)`.
     ///
     /// # Safety
