@@ -15,16 +15,16 @@ use super::gemm::{self, Format, Packed, Rows};
 pub enum Quantize {
     /// 8-bit, blocks of 32 with an f16 scale (8.5 bits a weight).
     Q8_0,
-    /// 4-bit k-quant, super-blocks of 256 (4.5 bits a weight).
+    /// 4-bit k-quant, super-blocks of 256 (4.5 bits a weight in llama.cpp's files).
     Q4K,
 }
 
 impl Quantize {
-    /// Storage per weight, scales included.
+    /// Storage per weight as held here, scales included (q4_k keeps its six-bit scales as bytes).
     pub fn bits_per_weight(self) -> f64 {
         match self {
             Quantize::Q8_0 => 8.5,
-            Quantize::Q4K => 4.5,
+            Quantize::Q4K => 4.625,
         }
     }
 

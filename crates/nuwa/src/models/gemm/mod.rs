@@ -316,15 +316,27 @@ impl Packed {
     ) {
         let quantized = self.format.is_quantized();
         #[cfg(target_arch = "x86_64")]
-        if quantized && rows.len() == 1 && matches!(kernel, Kernel::Avx512F32) {
-            // SAFETY: one row of `k` f32 words; every panel's output columns lie inside row `rows.start`.
+        if quantized
+            && rows.len() == 1
+            && matches!(kernel, Kernel::Avx512F32)
+            && (self.format == Format::Q4K || quant::avx512::has_vnni())
+        {
+            use quant::avx512::{row, row_q8_0, sub_block_sums, RowQ8};
+            // SAFETY: one row of `k` f32 words; every panel's output columns lie inside row `rows.start`;
+            // the CPU has what each row kernel needs (checked above).
             unsafe {
                 let x = std::slice::from_raw_parts(a.words.as_ptr().cast::<f32>(), self.k);
-                let sums = if self.format == Format::Q4K { quant::avx512::sub_block_sums(x) } else { Vec::new() };
+                let (x8, sums) = match self.format {
+                    Format::Q8_0 => (Some(RowQ8::new(x)), Vec::new()),
+                    _ => (None, sub_block_sums(x)),
+                };
                 for p in panels {
                     let y = c.0.add(rows.start * self.n + p * NR);
-                    let bias = bias.map(|b| b.as_ptr().add(p * NR));
-                    quant::avx512::row(self, p, x, &sums, y, (self.n - p * NR).min(NR), bias);
+                    let (cols, bias) = ((self.n - p * NR).min(NR), bias.map(|b| b.as_ptr().add(p * NR)));
+                    match &x8 {
+                        Some(x8) => row_q8_0(self, p, x8, y, cols, bias),
+                        None => row(self, p, x, &sums, y, cols, bias),
+                    }
                 }
             }
             return;
@@ -1082,6 +1094,23 @@ mod tests {
                 let mut kernels = vec![Kernel::Portable(format), Kernel::for_format(format)];
                 kernels.dedup_by_key(|k| format!("{k:?}"));
                 for kernel in kernels {
+                    // Decoding's q8_0 kernel multiplies the row quantised to 8 bits, as llama.cpp does.
+                    #[cfg(target_arch = "x86_64")]
+                    let want = if format == Format::Q8_0
+                        && m == 1
+                        && matches!(kernel, Kernel::Avx512F32)
+                        && quant::avx512::has_vnni()
+                    {
+                        let x = quant::avx512::RowQ8::new(&a).values();
+                        (0..n)
+                            .map(|j| {
+                                let dot: f64 = (0..k).map(|l| f64::from(x[l]) * f64::from(w_held[j * k + l])).sum();
+                                dot + f64::from(bias[j])
+                            })
+                            .collect()
+                    } else {
+                        want.clone()
+                    };
                     for threads in [1, 3] {
                         let mut c = vec![f32::NAN; m * n];
                         packed.matmul_on(kernel, Rows::F32(&a), m, Some(&bias), &mut c, threads);

@@ -3,13 +3,16 @@
 //! The blocks are quantised by ggml's rules (candle's implementation) and only rearranged: a panel
 //! holds, block after block of inputs, the scales of its 32 outputs and then their quants input by
 //! input, so a kernel streams it front to back.
-//! - q8_0, per 32 inputs (17 lines): the 32 f16 scales `d`, then 32 inputs × 32 outputs of i8.
+//! - q8_0, per 32 inputs (17 lines): the 32 f16 scales `d`, then per 4 inputs, per output, the 4
+//!   quants plus 128 as bytes — the operand layout of AVX-512 VNNI's `vpdpbusd` (unsigned × signed
+//!   bytes, four products summed per 32-bit lane).
 //! - q4_k, per 256 inputs (74 lines): the 32 f16 `d`, the 32 f16 `dmin`, per 32-input sub-block the
 //!   32 six-bit scales and the 32 six-bit mins as bytes, then 256 inputs × 16 bytes: byte `c` of an
 //!   input holds output `c`'s quant in its low nibble and output `c + 16`'s in its high one. A weight
 //!   is `d·scale·q − dmin·min`.
 //!
-//! One row (decoding) runs on the quants directly; more rows dequantise [`super::KC`] inputs of the
+//! One row (decoding) runs on the quants directly — q8_0 as integer dot products with the row
+//! quantised to 8 bits per 32 inputs, as llama.cpp does; more rows dequantise [`super::KC`] inputs of the
 //! panels at a time into f32 and run the f32 tiles on them, which costs a fraction of the product.
 
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
@@ -80,11 +83,16 @@ impl Packed {
     }
 }
 
+/// Where input `j`'s quant of output `c` lies in a q8_0 panel block's quants.
+fn q8_0_at(j: usize, c: usize) -> usize {
+    j / 4 * 4 * NR + c * 4 + j % 4
+}
+
 /// Output `c`'s q8_0 block (`d: f16, qs: [i8; 32]`) into its panel block.
 fn place_q8_0(dst: &mut [u8], c: usize, src: &[u8]) {
     dst[2 * c..2 * c + 2].copy_from_slice(&src[..2]);
     for (j, &q) in src[2..].iter().enumerate() {
-        dst[64 + j * NR + c] = q;
+        dst[64 + q8_0_at(j, c)] = (i16::from(q as i8) + 128) as u8;
     }
 }
 
@@ -131,9 +139,9 @@ pub fn dequantize(w: &Packed, p: usize, s0: usize, ks: usize, out: &mut [f32]) {
         match w.format {
             Format::Q8_0 => {
                 let d: [f32; NR] = std::array::from_fn(|c| f16_at(blk, c));
-                for (o, q) in out.chunks_exact_mut(NR).zip(blk[64..].chunks_exact(NR)) {
+                for (j, o) in out.chunks_exact_mut(NR).enumerate() {
                     for c in 0..NR {
-                        o[c] = d[c] * f32::from(q[c] as i8);
+                        o[c] = d[c] * (f32::from(blk[64 + q8_0_at(j, c)]) - 128.0);
                     }
                 }
             }
@@ -214,10 +222,16 @@ pub mod avx512 {
                 match w.format {
                     Format::Q8_0 => {
                         let d = halves(blk);
-                        for j in 0..32 {
+                        let (byte, offset) = (_mm512_set1_epi32(0xff), _mm512_set1_epi32(128));
+                        for g in 0..8 {
                             for h in 0..2 {
-                                let q = _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(64 + j * NR + 16 * h).cast()));
-                                _mm512_storeu_ps(o.add(j * NR + 16 * h), _mm512_mul_ps(d[h], _mm512_cvtepi32_ps(q)));
+                                // 16 outputs' four quants, one 32-bit lane each.
+                                let q4 = _mm512_loadu_si512(blk.add(64 + g * 4 * NR + 64 * h).cast());
+                                for i in 0..4 {
+                                    let q = _mm512_and_si512(_mm512_srlv_epi32(q4, _mm512_set1_epi32(8 * i)), byte);
+                                    let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, offset));
+                                    _mm512_storeu_ps(o.add((4 * g + i as usize) * NR + 16 * h), _mm512_mul_ps(d[h], v));
+                                }
                             }
                         }
                     }
@@ -241,6 +255,92 @@ pub mod avx512 {
                 }
             }
         }
+    }
+
+    /// One row quantised as llama.cpp quantises activations for q8_0: per 32 inputs a scale
+    /// `amax / 127` and the inputs over it rounded to i8 — with, per block, the quants' sum (the
+    /// weights' +128 offset multiplies it).
+    pub struct RowQ8 {
+        quants: Vec<i8>,
+        scales: Vec<f32>,
+        sums: Vec<i32>,
+    }
+
+    impl RowQ8 {
+        pub fn new(x: &[f32]) -> Self {
+            let blocks = x.len() / 32;
+            let (mut quants, mut scales, mut sums) = (vec![0i8; blocks * 32], vec![0f32; blocks], vec![0i32; blocks]);
+            for (b, xs) in x.chunks_exact(32).enumerate() {
+                let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                for (q, &v) in quants[b * 32..].iter_mut().zip(xs) {
+                    *q = (v * inv).round() as i8;
+                }
+                scales[b] = d;
+                sums[b] = quants[b * 32..b * 32 + 32].iter().map(|&q| i32::from(q)).sum();
+            }
+            Self { quants, scales, sums }
+        }
+
+        /// The values the quantised row stands for (what the integer kernel multiplies).
+        pub fn values(&self) -> Vec<f32> {
+            self.quants.iter().enumerate().map(|(i, &q)| f32::from(q) * self.scales[i / 32]).collect()
+        }
+    }
+
+    /// `y[0 .. cols] = x · q8_0 panel p (+ bias)` in integer dot products (AVX-512 VNNI).
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512 VNNI present; `x` quantised from `w.k` values; `y` and `bias` hold `cols`
+    /// values, `cols ≤ 32` the panel's outputs.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub unsafe fn row_q8_0(w: &Packed, p: usize, x: &RowQ8, y: *mut f32, cols: usize, bias: Option<*const f32>) {
+        let m = |c: usize| if c >= 16 { 0xffff } else { ((1u32 << c) - 1) as u16 };
+        let (m0, m1) = (m(cols.min(16)), m(cols.saturating_sub(16)));
+        unsafe {
+            let panel = w.lines.as_ptr().cast::<u8>().add(p * w.panel_words * 4);
+            let mut acc = match bias {
+                Some(b) => [_mm512_maskz_loadu_ps(m0, b), _mm512_maskz_loadu_ps(m1, b.add(16))],
+                None => [_mm512_setzero_ps(); 2],
+            };
+            let quants = x.quants.as_ptr().cast::<i32>();
+            let blocks = w.k / 32;
+            let half = blocks.div_ceil(2);
+            // The panel's two halves stream side by side: one stream per core leaves bandwidth unused.
+            for b in (0..half).flat_map(|b| [b, b + half]).filter(|&b| b < blocks) {
+                let blk = panel.add(b * 17 * 64);
+                // Each stream's block after next: enough reads in flight to use the bandwidth.
+                for line in 0..17 {
+                    _mm_prefetch::<_MM_HINT_T0>(blk.add((2 * 17 + line) * 64).cast());
+                }
+                let v = _mm512_loadu_si512(blk.cast());
+                let d =
+                    [_mm512_cvtph_ps(_mm512_castsi512_si256(v)), _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(v))];
+                let mut dot = [_mm512_setzero_si512(); 2];
+                for g in 0..8 {
+                    let xg = _mm512_set1_epi32(quants.add(b * 8 + g).read_unaligned());
+                    for (h, dot) in dot.iter_mut().enumerate() {
+                        let wq = _mm512_loadu_si512(blk.add(64 + g * 4 * NR + 64 * h).cast());
+                        *dot = _mm512_dpbusd_epi32(*dot, wq, xg);
+                    }
+                }
+                // Σ (q_w + 128)·q_x − 128·Σ q_x = Σ q_w·q_x, exact in i32.
+                let offset = _mm512_set1_epi32(128 * x.sums[b]);
+                let dx = _mm512_set1_ps(x.scales[b]);
+                for h in 0..2 {
+                    let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot[h], offset));
+                    acc[h] = _mm512_fmadd_ps(exact, _mm512_mul_ps(d[h], dx), acc[h]);
+                }
+            }
+            _mm512_mask_storeu_ps(y, m0, acc[0]);
+            _mm512_mask_storeu_ps(y.add(16), m1, acc[1]);
+        }
+    }
+
+    /// Whether this CPU runs [`row_q8_0`].
+    pub fn has_vnni() -> bool {
+        std::arch::is_x86_feature_detected!("avx512vnni")
     }
 
     /// `y[0 .. cols] = x · panel p (+ bias)`.
@@ -278,19 +378,7 @@ pub mod avx512 {
             for b in (0..half).flat_map(|b| [b, b + half]).filter(|&b| b < blocks) {
                 let blk = panel.add(b * lines * 64);
                 match w.format {
-                    Format::Q8_0 => {
-                        let d = halves(blk);
-                        // Even and odd inputs in their own sums: two chains of multiply–adds per half.
-                        let xs = x.as_ptr().add(b * 32);
-                        let s = sums_of(|j| {
-                            let q = blk.add(64 + j * NR);
-                            let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.cast())));
-                            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16).cast())));
-                            (_mm512_set1_ps(*xs.add(j)), [lo, hi])
-                        });
-                        acc[0] = _mm512_fmadd_ps(s[0], d[0], acc[0]);
-                        acc[1] = _mm512_fmadd_ps(s[1], d[1], acc[1]);
-                    }
+                    Format::Q8_0 => unreachable!("q8_0 rows run in `row_q8_0`"),
                     Format::Q4K => {
                         let d = halves(blk);
                         let dmin = halves(blk.add(64));
