@@ -214,7 +214,10 @@ def gemm_run(cfg):
 
 def llamabench_run(cfg):
     dt = cfg.split("-")[-1]
-    cmd = [f"{args.llamacpp_bin}/llama-bench", "-m", f"{args.gguf_dir}/text-{dt}.gguf", "-p", str(LLAMABENCH_PP),
+    # llamabench-tg-DT: token generation only (llama.cpp 0.3.36's CPU build crashes on q8_0 prompt batches
+    # on this AMX machine, so its q8_0 decode is measured without a prompt).
+    pp = 0 if cfg.startswith("llamabench-tg-") else LLAMABENCH_PP
+    cmd = [f"{args.llamacpp_bin}/llama-bench", "-m", f"{args.gguf_dir}/text-{dt}.gguf", "-p", str(pp),
            "-n", str(args.new_tokens), "-t", str(args.threads), "-r", "1", "-o", "json"]
     p = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     if p.returncode != 0:

@@ -224,13 +224,13 @@ pub mod avx512 {
                         let d = halves(blk);
                         let (byte, offset) = (_mm512_set1_epi32(0xff), _mm512_set1_epi32(128));
                         for g in 0..8 {
-                            for h in 0..2 {
+                            for (h, &d) in d.iter().enumerate() {
                                 // 16 outputs' four quants, one 32-bit lane each.
                                 let q4 = _mm512_loadu_si512(blk.add(64 + g * 4 * NR + 64 * h).cast());
                                 for i in 0..4 {
                                     let q = _mm512_and_si512(_mm512_srlv_epi32(q4, _mm512_set1_epi32(8 * i)), byte);
                                     let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, offset));
-                                    _mm512_storeu_ps(o.add((4 * g + i as usize) * NR + 16 * h), _mm512_mul_ps(d[h], v));
+                                    _mm512_storeu_ps(o.add((4 * g + i as usize) * NR + 16 * h), _mm512_mul_ps(d, v));
                                 }
                             }
                         }
@@ -284,6 +284,7 @@ pub mod avx512 {
         }
 
         /// The values the quantised row stands for (what the integer kernel multiplies).
+        #[cfg(test)]
         pub fn values(&self) -> Vec<f32> {
             self.quants.iter().enumerate().map(|(i, &q)| f32::from(q) * self.scales[i / 32]).collect()
         }
