@@ -316,27 +316,16 @@ impl Packed {
     ) {
         let quantized = self.format.is_quantized();
         #[cfg(target_arch = "x86_64")]
-        if quantized
-            && rows.len() == 1
-            && matches!(kernel, Kernel::Avx512F32)
-            && (self.format == Format::Q4K || quant::avx512::has_vnni())
-        {
-            use quant::avx512::{row, row_q8_0, sub_block_sums, RowQ8};
+        if quantized && rows.len() == 1 && matches!(kernel, Kernel::Avx512F32) && quant::avx512::has_vnni() {
             // SAFETY: one row of `k` f32 words; every panel's output columns lie inside row `rows.start`;
-            // the CPU has what each row kernel needs (checked above).
+            // the CPU has AVX-512 VNNI (checked above).
             unsafe {
                 let x = std::slice::from_raw_parts(a.words.as_ptr().cast::<f32>(), self.k);
-                let (x8, sums) = match self.format {
-                    Format::Q8_0 => (Some(RowQ8::new(x)), Vec::new()),
-                    _ => (None, sub_block_sums(x)),
-                };
+                let x = quant::avx512::RowQ8::new(x);
                 for p in panels {
                     let y = c.0.add(rows.start * self.n + p * NR);
-                    let (cols, bias) = ((self.n - p * NR).min(NR), bias.map(|b| b.as_ptr().add(p * NR)));
-                    match &x8 {
-                        Some(x8) => row_q8_0(self, p, x8, y, cols, bias),
-                        None => row(self, p, x, &sums, y, cols, bias),
-                    }
+                    let bias = bias.map(|b| b.as_ptr().add(p * NR));
+                    quant::avx512::row(self, p, &x, y, (self.n - p * NR).min(NR), bias);
                 }
             }
             return;
@@ -1094,9 +1083,9 @@ mod tests {
                 let mut kernels = vec![Kernel::Portable(format), Kernel::for_format(format)];
                 kernels.dedup_by_key(|k| format!("{k:?}"));
                 for kernel in kernels {
-                    // Decoding's q8_0 kernel multiplies the row quantised to 8 bits, as llama.cpp does.
+                    // Decoding's quantised kernels multiply the row quantised to 8 bits, as llama.cpp does.
                     #[cfg(target_arch = "x86_64")]
-                    let want = if format == Format::Q8_0
+                    let want = if format.is_quantized()
                         && m == 1
                         && matches!(kernel, Kernel::Avx512F32)
                         && quant::avx512::has_vnni()

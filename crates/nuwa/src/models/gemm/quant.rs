@@ -7,12 +7,12 @@
 //!   quants plus 128 as bytes — the operand layout of AVX-512 VNNI's `vpdpbusd` (unsigned × signed
 //!   bytes, four products summed per 32-bit lane).
 //! - q4_k, per 256 inputs (74 lines): the 32 f16 `d`, the 32 f16 `dmin`, per 32-input sub-block the
-//!   32 six-bit scales and the 32 six-bit mins as bytes, then 256 inputs × 16 bytes: byte `c` of an
-//!   input holds output `c`'s quant in its low nibble and output `c + 16`'s in its high one. A weight
-//!   is `d·scale·q − dmin·min`.
+//!   32 six-bit scales and the 32 six-bit mins as bytes, then per 8 inputs, per output, 4 bytes: inputs
+//!   0–3's quants in their low nibbles, 4–7's in the high ones (two `vpdpbusd` operands once masked).
+//!   A weight is `d·scale·q − dmin·min`.
 //!
-//! One row (decoding) runs on the quants directly — q8_0 as integer dot products with the row
-//! quantised to 8 bits per 32 inputs, as llama.cpp does; more rows dequantise [`super::KC`] inputs of the
+//! One row (decoding) runs on the quants directly, in integer dot products with the row quantised to
+//! 8 bits per 32 inputs, as llama.cpp does; more rows dequantise [`super::KC`] inputs of the
 //! panels at a time into f32 and run the f32 tiles on them, which costs a fraction of the product.
 
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
@@ -114,11 +114,17 @@ fn place_q4k(dst: &mut [u8], c: usize, src: &[u8]) {
     let qs = &src[16..];
     let quants = &mut dst[10 * 64..];
     for j in 0..256 {
-        // Per 64 inputs, 32 bytes: inputs 0–31 in the low nibbles, 32–63 in the high ones.
+        // ggml: per 64 inputs, 32 bytes: inputs 0–31 in the low nibbles, 32–63 in the high ones.
         let byte = qs[j / 64 * 32 + j % 32];
         let q = if j % 64 < 32 { byte & 0x0f } else { byte >> 4 };
-        quants[j * 16 + c % 16] |= q << (4 * (c / 16));
+        let (at, shift) = q4k_at(j, c);
+        quants[at] |= q << shift;
     }
+}
+
+/// Where input `j`'s quant of output `c` lies in a q4_k panel block's quants: byte and nibble shift.
+fn q4k_at(j: usize, c: usize) -> (usize, u32) {
+    (j / 8 * 4 * NR + c * 4 + j % 4, 4 * (j % 8 / 4) as u32)
 }
 
 fn f16_at(bytes: &[u8], i: usize) -> f32 {
@@ -152,11 +158,11 @@ pub fn dequantize(w: &Packed, p: usize, s0: usize, ks: usize, out: &mut [f32]) {
                     let meta = &blk[128 + s * 64..];
                     let scale: [f32; NR] = std::array::from_fn(|c| d[c] * f32::from(meta[c]));
                     let min: [f32; NR] = std::array::from_fn(|c| dmin[c] * f32::from(meta[32 + c]));
-                    for j in 0..32 {
-                        let q = &blk[10 * 64 + (s * 32 + j) * 16..][..16];
-                        let o = &mut out[(s * 32 + j) * NR..][..NR];
+                    for j in s * 32..s * 32 + 32 {
+                        let o = &mut out[j * NR..][..NR];
                         for c in 0..NR {
-                            let v = (q[c % 16] >> (4 * (c / 16))) & 0x0f;
+                            let (at, shift) = q4k_at(j, c);
+                            let v = (blk[10 * 64 + at] >> shift) & 0x0f;
                             o[c] = scale[c] * f32::from(v) - min[c];
                         }
                     }
@@ -167,38 +173,12 @@ pub fn dequantize(w: &Packed, p: usize, s0: usize, ks: usize, out: &mut [f32]) {
     }
 }
 
-/// One row on the quants directly (AVX-512): per block, the products with the integer quants are
-/// summed and scaled once; q4_k's mins are taken off with the row's sums over each 32-input sub-block.
+/// AVX-512: dequantisation for the tiles, and one row on the quants directly.
 #[cfg(target_arch = "x86_64")]
 pub mod avx512 {
     use super::{block, Packed, NR};
     use crate::models::gemm::Format;
     use std::arch::x86_64::*;
-
-    /// The row's sums over each 32 inputs (q4_k's mins multiply them).
-    pub fn sub_block_sums(x: &[f32]) -> Vec<f32> {
-        x.chunks(32).map(|c| c.iter().sum()).collect()
-    }
-
-    /// `Σ_j x_j · q_j` over a 32-input block for both halves of a panel, `input(j)` giving `x_j`
-    /// broadcast and the halves' quants as f32. Even and odd inputs sum apart (written out, so the
-    /// sums stay in registers): two chains of multiply–adds per half keep the FMA units busy.
-    #[inline(always)]
-    unsafe fn sums_of(input: impl Fn(usize) -> (__m512, [__m512; 2])) -> [__m512; 2] {
-        unsafe {
-            let (mut e0, mut e1, mut o0, mut o1) =
-                (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
-            for j in (0..32).step_by(2) {
-                let (x, [lo, hi]) = input(j);
-                e0 = _mm512_fmadd_ps(x, lo, e0);
-                e1 = _mm512_fmadd_ps(x, hi, e1);
-                let (x, [lo, hi]) = input(j + 1);
-                o0 = _mm512_fmadd_ps(x, lo, o0);
-                o1 = _mm512_fmadd_ps(x, hi, o1);
-            }
-            [_mm512_add_ps(e0, o0), _mm512_add_ps(e1, o1)]
-        }
-    }
 
     /// [`super::dequantize`] with vectors: one 16-output half of one input per store.
     ///
@@ -242,12 +222,17 @@ pub mod avx512 {
                             let meta = blk.add(128 + sb * 64);
                             let scale = [0, 1].map(|h| _mm512_mul_ps(d[h], bytes_ps(meta.add(16 * h))));
                             let min = [0, 1].map(|h| _mm512_mul_ps(dmin[h], bytes_ps(meta.add(32 + 16 * h))));
-                            for j in sb * 32..sb * 32 + 32 {
-                                let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(640 + j * 16).cast()));
-                                let lo = _mm512_cvtepi32_ps(_mm512_and_si512(q, nibble));
-                                let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(q));
-                                _mm512_storeu_ps(o.add(j * NR), _mm512_fmsub_ps(scale[0], lo, min[0]));
-                                _mm512_storeu_ps(o.add(j * NR + 16), _mm512_fmsub_ps(scale[1], hi, min[1]));
+                            for g in sb * 4..sb * 4 + 4 {
+                                for h in 0..2 {
+                                    // 16 outputs' quants of 8 inputs, one 32-bit lane each.
+                                    let v = _mm512_loadu_si512(blk.add(640 + g * 4 * NR + 64 * h).cast());
+                                    for i in 0..8 {
+                                        let shift = _mm512_set1_epi32(8 * (i % 4) as i32 + 4 * (i / 4) as i32);
+                                        let q = _mm512_and_si512(_mm512_srlv_epi32(v, shift), nibble);
+                                        let w = _mm512_fmsub_ps(scale[h], _mm512_cvtepi32_ps(q), min[h]);
+                                        _mm512_storeu_ps(o.add((8 * g + i) * NR + 16 * h), w);
+                                    }
+                                }
                             }
                         }
                     }
@@ -290,75 +275,15 @@ pub mod avx512 {
         }
     }
 
-    /// `y[0 .. cols] = x · q8_0 panel p (+ bias)` in integer dot products (AVX-512 VNNI).
+    /// `y[0 .. cols] = x · panel p (+ bias)` in integer dot products (AVX-512 VNNI's `vpdpbusd`, unsigned
+    /// weight bytes × the row's signed bytes, four products per 32-bit lane), per 32-input block scaled
+    /// once: q8_0 takes its +128 off with the row block's quant sum, q4_k its mins (as llama.cpp does).
     ///
     /// # Safety
     /// AVX-512F and AVX-512 VNNI present; `x` quantised from `w.k` values; `y` and `bias` hold `cols`
     /// values, `cols ≤ 32` the panel's outputs.
     #[target_feature(enable = "avx512f,avx512vnni")]
-    pub unsafe fn row_q8_0(w: &Packed, p: usize, x: &RowQ8, y: *mut f32, cols: usize, bias: Option<*const f32>) {
-        let m = |c: usize| if c >= 16 { 0xffff } else { ((1u32 << c) - 1) as u16 };
-        let (m0, m1) = (m(cols.min(16)), m(cols.saturating_sub(16)));
-        unsafe {
-            let panel = w.lines.as_ptr().cast::<u8>().add(p * w.panel_words * 4);
-            let mut acc = match bias {
-                Some(b) => [_mm512_maskz_loadu_ps(m0, b), _mm512_maskz_loadu_ps(m1, b.add(16))],
-                None => [_mm512_setzero_ps(); 2],
-            };
-            let quants = x.quants.as_ptr().cast::<i32>();
-            let blocks = w.k / 32;
-            let half = blocks.div_ceil(2);
-            // The panel's two halves stream side by side: one stream per core leaves bandwidth unused.
-            for b in (0..half).flat_map(|b| [b, b + half]).filter(|&b| b < blocks) {
-                let blk = panel.add(b * 17 * 64);
-                // Each stream's block after next: enough reads in flight to use the bandwidth.
-                for line in 0..17 {
-                    _mm_prefetch::<_MM_HINT_T0>(blk.add((2 * 17 + line) * 64).cast());
-                }
-                let v = _mm512_loadu_si512(blk.cast());
-                let d =
-                    [_mm512_cvtph_ps(_mm512_castsi512_si256(v)), _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(v))];
-                let mut dot = [_mm512_setzero_si512(); 2];
-                for g in 0..8 {
-                    let xg = _mm512_set1_epi32(quants.add(b * 8 + g).read_unaligned());
-                    for (h, dot) in dot.iter_mut().enumerate() {
-                        let wq = _mm512_loadu_si512(blk.add(64 + g * 4 * NR + 64 * h).cast());
-                        *dot = _mm512_dpbusd_epi32(*dot, wq, xg);
-                    }
-                }
-                // Σ (q_w + 128)·q_x − 128·Σ q_x = Σ q_w·q_x, exact in i32.
-                let offset = _mm512_set1_epi32(128 * x.sums[b]);
-                let dx = _mm512_set1_ps(x.scales[b]);
-                for h in 0..2 {
-                    let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot[h], offset));
-                    acc[h] = _mm512_fmadd_ps(exact, _mm512_mul_ps(d[h], dx), acc[h]);
-                }
-            }
-            _mm512_mask_storeu_ps(y, m0, acc[0]);
-            _mm512_mask_storeu_ps(y.add(16), m1, acc[1]);
-        }
-    }
-
-    /// Whether this CPU runs [`row_q8_0`].
-    pub fn has_vnni() -> bool {
-        std::arch::is_x86_feature_detected!("avx512vnni")
-    }
-
-    /// `y[0 .. cols] = x · panel p (+ bias)`.
-    ///
-    /// # Safety
-    /// AVX-512F present; `x` holds `w.k` values (and `sums` their sub-block sums for q4_k); `y` and
-    /// `bias` hold `cols` values, `cols ≤ 32` the panel's outputs.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn row(
-        w: &Packed,
-        p: usize,
-        x: &[f32],
-        sums: &[f32],
-        y: *mut f32,
-        cols: usize,
-        bias: Option<*const f32>,
-    ) {
+    pub unsafe fn row(w: &Packed, p: usize, x: &RowQ8, y: *mut f32, cols: usize, bias: Option<*const f32>) {
         let (size, lines) = block(w.format);
         let m = |c: usize| if c >= 16 { 0xffff } else { ((1u32 << c) - 1) as u16 };
         let (m0, m1) = (m(cols.min(16)), m(cols.saturating_sub(16)));
@@ -373,32 +298,57 @@ pub mod avx512 {
                 [_mm512_cvtph_ps(_mm512_castsi512_si256(v)), _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(v))]
             };
             let bytes_ps = |at: *const u8| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(at.cast())));
-            // The panel's two halves stream side by side: one stream per core leaves bandwidth unused.
+            // The row's four quants of inputs 4i … 4i+3, in every lane.
+            let quads = x.quants.as_ptr().cast::<i32>();
+            let xq = |i: usize| _mm512_set1_epi32(quads.add(i).read_unaligned());
             let blocks = w.k / size;
             let half = blocks.div_ceil(2);
+            // The panel's two halves stream side by side: one stream per core leaves bandwidth unused.
             for b in (0..half).flat_map(|b| [b, b + half]).filter(|&b| b < blocks) {
                 let blk = panel.add(b * lines * 64);
                 match w.format {
-                    Format::Q8_0 => unreachable!("q8_0 rows run in `row_q8_0`"),
-                    Format::Q4K => {
+                    Format::Q8_0 => {
                         let d = halves(blk);
-                        let dmin = halves(blk.add(64));
-                        let nibble = _mm512_set1_epi32(0x0f);
+                        let mut dot = [_mm512_setzero_si512(); 2];
+                        for g in 0..8 {
+                            let xg = xq(b * 8 + g);
+                            for (h, dot) in dot.iter_mut().enumerate() {
+                                let wq = _mm512_loadu_si512(blk.add(64 + g * 4 * NR + 64 * h).cast());
+                                *dot = _mm512_dpbusd_epi32(*dot, wq, xg);
+                            }
+                        }
+                        // Σ (q_w + 128)·q_x − 128·Σ q_x = Σ q_w·q_x, exact in i32.
+                        let offset = _mm512_set1_epi32(128 * x.sums[b]);
+                        let dx = _mm512_set1_ps(x.scales[b]);
+                        for h in 0..2 {
+                            let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot[h], offset));
+                            acc[h] = _mm512_fmadd_ps(exact, _mm512_mul_ps(d[h], dx), acc[h]);
+                        }
+                    }
+                    Format::Q4K => {
+                        let (d, dmin) = (halves(blk), halves(blk.add(64)));
+                        let nibbles = _mm512_set1_epi8(0x0f);
                         for sb in 0..8 {
                             let meta = blk.add(128 + sb * 64);
-                            let xs = x.as_ptr().add(b * 256 + sb * 32);
-                            let s = sums_of(|j| {
-                                let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(640 + (sb * 32 + j) * 16).cast()));
-                                let lo = _mm512_cvtepi32_ps(_mm512_and_si512(q, nibble));
-                                let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(q));
-                                (_mm512_set1_ps(*xs.add(j)), [lo, hi])
-                            });
-                            let sum = _mm512_set1_ps(sums[b * 8 + sb]);
+                            let sub = b * 8 + sb;
+                            let mut dot = [_mm512_setzero_si512(); 2];
+                            for g in 0..4 {
+                                // Eight inputs: four in the low nibbles, the next four in the high ones.
+                                let (x_lo, x_hi) = (xq(2 * (sub * 4 + g)), xq(2 * (sub * 4 + g) + 1));
+                                for (h, dot) in dot.iter_mut().enumerate() {
+                                    let v = _mm512_loadu_si512(blk.add(640 + (sb * 4 + g) * 4 * NR + 64 * h).cast());
+                                    let lo = _mm512_and_si512(v, nibbles);
+                                    let hi = _mm512_and_si512(_mm512_srli_epi32::<4>(v), nibbles);
+                                    *dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(*dot, lo, x_lo), hi, x_hi);
+                                }
+                            }
+                            let dx = _mm512_set1_ps(x.scales[sub]);
+                            let qsum = _mm512_set1_ps(x.scales[sub] * x.sums[sub] as f32);
                             for h in 0..2 {
-                                let scale = _mm512_mul_ps(d[h], bytes_ps(meta.add(16 * h)));
+                                let scale = _mm512_mul_ps(_mm512_mul_ps(d[h], bytes_ps(meta.add(16 * h))), dx);
                                 let min = _mm512_mul_ps(dmin[h], bytes_ps(meta.add(32 + 16 * h)));
-                                acc[h] = _mm512_fmadd_ps(s[h], scale, acc[h]);
-                                acc[h] = _mm512_fnmadd_ps(sum, min, acc[h]);
+                                acc[h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[h]), scale, acc[h]);
+                                acc[h] = _mm512_fnmadd_ps(qsum, min, acc[h]);
                             }
                         }
                     }
@@ -408,5 +358,10 @@ pub mod avx512 {
             _mm512_mask_storeu_ps(y, m0, acc[0]);
             _mm512_mask_storeu_ps(y.add(16), m1, acc[1]);
         }
+    }
+
+    /// Whether this CPU runs [`row`].
+    pub fn has_vnni() -> bool {
+        std::arch::is_x86_feature_detected!("avx512vnni")
     }
 }
