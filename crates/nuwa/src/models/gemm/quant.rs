@@ -306,6 +306,10 @@ pub mod avx512 {
             // The panel's two halves stream side by side: one stream per core leaves bandwidth unused.
             for b in (0..half).flat_map(|b| [b, b + half]).filter(|&b| b < blocks) {
                 let blk = panel.add(b * lines * 64);
+                // Each stream's block after next: enough reads in flight to use the bandwidth.
+                for line in 0..lines {
+                    _mm_prefetch::<_MM_HINT_T0>(blk.add((2 * lines + line) * 64).cast());
+                }
                 match w.format {
                     Format::Q8_0 => {
                         let d = halves(blk);
