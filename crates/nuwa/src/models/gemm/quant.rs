@@ -303,61 +303,76 @@ pub mod avx512 {
             let xq = |i: usize| _mm512_set1_epi32(quads.add(i).read_unaligned());
             let blocks = w.k / size;
             let half = blocks.div_ceil(2);
-            // The panel's two halves stream side by side: one stream per core leaves bandwidth unused.
-            for b in (0..half).flat_map(|b| [b, b + half]).filter(|&b| b < blocks) {
-                let blk = panel.add(b * lines * 64);
-                // Each stream's block after next: enough reads in flight to use the bandwidth.
-                for line in 0..lines {
-                    _mm_prefetch::<_MM_HINT_T0>(blk.add((2 * lines + line) * 64).cast());
-                }
-                match w.format {
-                    Format::Q8_0 => {
-                        let d = halves(blk);
-                        let mut dot = [_mm512_setzero_si512(); 2];
-                        for g in 0..8 {
-                            let xg = xq(b * 8 + g);
-                            for (h, dot) in dot.iter_mut().enumerate() {
-                                let wq = _mm512_loadu_si512(blk.add(64 + g * 4 * NR + 64 * h).cast());
-                                *dot = _mm512_dpbusd_epi32(*dot, wq, xg);
-                            }
-                        }
-                        // Σ (q_w + 128)·q_x − 128·Σ q_x = Σ q_w·q_x, exact in i32.
-                        let offset = _mm512_set1_epi32(128 * x.sums[b]);
-                        let dx = _mm512_set1_ps(x.scales[b]);
-                        for h in 0..2 {
-                            let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot[h], offset));
-                            acc[h] = _mm512_fmadd_ps(exact, _mm512_mul_ps(d[h], dx), acc[h]);
-                        }
-                    }
-                    Format::Q4K => {
-                        let (d, dmin) = (halves(blk), halves(blk.add(64)));
-                        let nibbles = _mm512_set1_epi8(0x0f);
-                        for sb in 0..8 {
-                            let meta = blk.add(128 + sb * 64);
-                            let sub = b * 8 + sb;
-                            let mut dot = [_mm512_setzero_si512(); 2];
-                            for g in 0..4 {
-                                // Eight inputs: four in the low nibbles, the next four in the high ones.
-                                let (x_lo, x_hi) = (xq(2 * (sub * 4 + g)), xq(2 * (sub * 4 + g) + 1));
-                                for (h, dot) in dot.iter_mut().enumerate() {
-                                    let v = _mm512_loadu_si512(blk.add(640 + (sb * 4 + g) * 4 * NR + 64 * h).cast());
-                                    let lo = _mm512_and_si512(v, nibbles);
-                                    let hi = _mm512_and_si512(_mm512_srli_epi32::<4>(v), nibbles);
-                                    *dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(*dot, lo, x_lo), hi, x_hi);
+            // The panel's two halves stream side by side (one stream per core leaves bandwidth unused),
+            // in plain loops with the format matched outside them: an iterator adaptor here stayed a
+            // call per block, spilling the accumulators around it.
+            macro_rules! each_block {
+                ($lines:literal, |$b:ident, $blk:ident| $body:block) => {{
+                    debug_assert_eq!(lines, $lines);
+                    for i in 0..half {
+                        for $b in [i, i + half] {
+                            if $b < blocks {
+                                let $blk = panel.add($b * $lines * 64);
+                                // Each stream's block after next: enough reads in flight for the bandwidth.
+                                for line in 0..$lines {
+                                    _mm_prefetch::<_MM_HINT_T0>($blk.wrapping_add((2 * $lines + line) * 64).cast());
                                 }
-                            }
-                            let dx = _mm512_set1_ps(x.scales[sub]);
-                            let qsum = _mm512_set1_ps(x.scales[sub] * x.sums[sub] as f32);
-                            for h in 0..2 {
-                                let scale = _mm512_mul_ps(_mm512_mul_ps(d[h], bytes_ps(meta.add(16 * h))), dx);
-                                let min = _mm512_mul_ps(dmin[h], bytes_ps(meta.add(32 + 16 * h)));
-                                acc[h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[h]), scale, acc[h]);
-                                acc[h] = _mm512_fnmadd_ps(qsum, min, acc[h]);
+                                $body
                             }
                         }
                     }
-                    _ => unreachable!("a quantised panel"),
-                }
+                }};
+            }
+            match w.format {
+                Format::Q8_0 => each_block!(17, |b, blk| {
+                    let d = halves(blk);
+                    // Four chains of four: one chain's latency, not the loads, would bound the block.
+                    let mut dots = [[_mm512_setzero_si512(); 2]; 2];
+                    for g in 0..8 {
+                        let xg = xq(b * 8 + g);
+                        for (h, dot) in dots[g % 2].iter_mut().enumerate() {
+                            let wq = _mm512_loadu_si512(blk.add(64 + g * 4 * NR + 64 * h).cast());
+                            *dot = _mm512_dpbusd_epi32(*dot, wq, xg);
+                        }
+                    }
+                    // Σ (q_w + 128)·q_x − 128·Σ q_x = Σ q_w·q_x, exact in i32.
+                    let offset = _mm512_set1_epi32(128 * *x.sums.get_unchecked(b));
+                    let dx = _mm512_set1_ps(*x.scales.get_unchecked(b));
+                    for h in 0..2 {
+                        let dot = _mm512_add_epi32(dots[0][h], dots[1][h]);
+                        let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot, offset));
+                        acc[h] = _mm512_fmadd_ps(exact, _mm512_mul_ps(d[h], dx), acc[h]);
+                    }
+                }),
+                Format::Q4K => each_block!(74, |b, blk| {
+                    let (d, dmin) = (halves(blk), halves(blk.add(64)));
+                    let nibbles = _mm512_set1_epi8(0x0f);
+                    for sb in 0..8 {
+                        let meta = blk.add(128 + sb * 64);
+                        let sub = b * 8 + sb;
+                        let mut dots = [[_mm512_setzero_si512(); 2]; 2];
+                        for g in 0..4 {
+                            // Eight inputs: four in the low nibbles, the next four in the high ones.
+                            let (x_lo, x_hi) = (xq(2 * (sub * 4 + g)), xq(2 * (sub * 4 + g) + 1));
+                            for (h, dot) in dots[g % 2].iter_mut().enumerate() {
+                                let v = _mm512_loadu_si512(blk.add(640 + (sb * 4 + g) * 4 * NR + 64 * h).cast());
+                                let lo = _mm512_and_si512(v, nibbles);
+                                let hi = _mm512_and_si512(_mm512_srli_epi32::<4>(v), nibbles);
+                                *dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(*dot, lo, x_lo), hi, x_hi);
+                            }
+                        }
+                        let dx = _mm512_set1_ps(*x.scales.get_unchecked(sub));
+                        let qsum = _mm512_set1_ps(*x.scales.get_unchecked(sub) * *x.sums.get_unchecked(sub) as f32);
+                        for h in 0..2 {
+                            let dot = _mm512_add_epi32(dots[0][h], dots[1][h]);
+                            let scale = _mm512_mul_ps(_mm512_mul_ps(d[h], bytes_ps(meta.add(16 * h))), dx);
+                            let min = _mm512_mul_ps(dmin[h], bytes_ps(meta.add(32 + 16 * h)));
+                            acc[h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[h]);
+                            acc[h] = _mm512_fnmadd_ps(qsum, min, acc[h]);
+                        }
+                    }
+                }),
+                _ => unreachable!("a quantised panel"),
             }
             _mm512_mask_storeu_ps(y, m0, acc[0]);
             _mm512_mask_storeu_ps(y.add(16), m1, acc[1]);
