@@ -1,7 +1,7 @@
 //! Elementwise activations of f32 CPU tensors in one vectorised pass spread over the cores (candle's
 //! take one scalar pass per operation: three for `x·σ(1.702x)`). Other tensors go through candle.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 /// `x·σ(1.702·x)` (CLIP's quick GELU).
 pub fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -11,12 +11,19 @@ pub fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1_no_bwd(&QuickGelu)
 }
 
-/// `silu(gate)·up` (the gated MLP of LLaMA and Qwen).
-pub fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
-    if !is_cpu_f32(gate) || !is_cpu_f32(up) || gate.shape() != up.shape() {
-        return candle_nn::ops::silu(gate)? * up;
+/// `silu(gate)·up` (the gated MLP of LLaMA and Qwen), where the last dimension of `x` holds `gate`
+/// then `up` (their projections fused).
+pub fn silu_mul_halves(x: &Tensor) -> candle_core::Result<Tensor> {
+    let last = x.dims().last().copied().unwrap_or(0);
+    if !last.is_multiple_of(2) {
+        candle_core::bail!("silu_mul_halves: the last dimension {last} is not gate and up side by side");
     }
-    gate.contiguous()?.apply_op2_no_bwd(&up.contiguous()?, &SiluMul)
+    let (gate, up) =
+        (x.narrow(candle_core::D::Minus1, 0, last / 2)?, x.narrow(candle_core::D::Minus1, last / 2, last / 2)?);
+    if !is_cpu_f32(x) {
+        return candle_nn::ops::silu(&gate)? * up;
+    }
+    x.contiguous()?.apply_op1_no_bwd(&SiluMulHalves)
 }
 
 fn is_cpu_f32(x: &Tensor) -> bool {
@@ -43,48 +50,71 @@ impl CustomOp1 for QuickGelu {
     }
 }
 
-struct SiluMul;
+struct SiluMulHalves;
 
-impl CustomOp2 for SiluMul {
+impl CustomOp1 for SiluMulHalves {
     fn name(&self) -> &'static str {
-        "silu-mul"
+        "silu-mul-halves"
     }
 
-    fn cpu_fwd(
-        &self,
-        g: &CpuStorage,
-        gl: &Layout,
-        u: &CpuStorage,
-        ul: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (g, u) = (f32s(g, gl)?, f32s(u, ul)?);
-        Ok((CpuStorage::F32(map(g, u, |g, u| g / (1.0 + exp(-g)) * u)), gl.shape().clone()))
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32s(s, l)?;
+        let mut dims = l.shape().dims().to_vec();
+        let half = dims.last().copied().unwrap_or(0) / 2;
+        if let Some(last) = dims.last_mut() {
+            *last = half;
+        }
+        let mut out = vec![0f32; x.len() / 2];
+        // Rows in chunks of about 16 K outputs, each chunk's rows compiled for AVX-512 where present.
+        if let Some(rows) = (1usize << 14).checked_div(half) {
+            use rayon::prelude::*;
+            let rows = rows.max(1);
+            out.par_chunks_mut(rows * half).zip(x.par_chunks(rows * 2 * half)).for_each(|(o, x)| {
+                for (o, x) in o.chunks_exact_mut(half).zip(x.chunks_exact(2 * half)) {
+                    let (g, u) = x.split_at(half);
+                    chunk_dispatch(o, g, u, silu_times);
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }
 
+#[inline(always)]
+fn silu_times(g: f32, u: f32) -> f32 {
+    g / (1.0 + exp(-g)) * u
+}
+
 /// `f(a[i], b[i])` for every `i`, in chunks over the cores, each compiled for AVX-512 where the CPU has it.
-fn map(a: &[f32], b: &[f32], f: fn(f32, f32) -> f32) -> Vec<f32> {
+/// Generic over `f` so that it is inlined into the vector loop (a function pointer stays a scalar call
+/// per element).
+fn map<F: Fn(f32, f32) -> f32 + Copy + Sync>(a: &[f32], b: &[f32], f: F) -> Vec<f32> {
     use rayon::prelude::*;
     let mut out = vec![0f32; a.len()];
-    out.par_chunks_mut(1 << 14).zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14))).for_each(|(o, (a, b))| {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the feature the copy is compiled for.
-            return unsafe { chunk_avx512(o, a, b, f) };
-        }
-        chunk(o, a, b, f)
-    });
+    out.par_chunks_mut(1 << 14)
+        .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
+        .for_each(|(o, (a, b))| chunk_dispatch(o, a, b, f));
     out
+}
+
+/// `o[i] = f(a[i], b[i])`, compiled for AVX-512 where the CPU has it.
+fn chunk_dispatch<F: Fn(f32, f32) -> f32>(o: &mut [f32], a: &[f32], b: &[f32], f: F) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the feature the copy is compiled for.
+        return unsafe { chunk_avx512(o, a, b, f) };
+    }
+    chunk(o, a, b, f)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn chunk_avx512(o: &mut [f32], a: &[f32], b: &[f32], f: fn(f32, f32) -> f32) {
+unsafe fn chunk_avx512<F: Fn(f32, f32) -> f32>(o: &mut [f32], a: &[f32], b: &[f32], f: F) {
     chunk(o, a, b, f)
 }
 
 #[inline(always)]
-fn chunk(o: &mut [f32], a: &[f32], b: &[f32], f: fn(f32, f32) -> f32) {
+fn chunk<F: Fn(f32, f32) -> f32>(o: &mut [f32], a: &[f32], b: &[f32], f: F) {
     o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = f(a, b));
 }
 
@@ -129,8 +159,14 @@ mod tests {
         let got = quick_gelu(&x).unwrap();
         let want = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap();
         assert!(max(got, want).to_scalar::<f32>().unwrap() < 1e-5);
-        let got = silu_mul(&x, &y).unwrap();
+        // Rows of gate then up; odd row lengths and several rows per parallel chunk.
+        let fused = Tensor::cat(&[&x, &y], 1).unwrap();
+        let got = silu_mul_halves(&fused).unwrap();
         let want = (candle_nn::ops::silu(&x).unwrap() * &y).unwrap();
         assert!(max(got, want).to_scalar::<f32>().unwrap() < 1e-5);
+        let small = Tensor::randn(0f32, 3.0, (3001, 14), &Device::Cpu).unwrap();
+        let (g, u) = (small.narrow(1, 0, 7).unwrap(), small.narrow(1, 7, 7).unwrap());
+        let want = (candle_nn::ops::silu(&g).unwrap() * &u).unwrap();
+        assert!(max(silu_mul_halves(&small).unwrap(), want).to_scalar::<f32>().unwrap() < 1e-5);
     }
 }

@@ -163,9 +163,8 @@ pub struct VisionOutput {
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// `q_proj`, `k_proj` and `v_proj` fused.
+    qkv: Linear,
     out_proj: Linear,
     num_heads: usize,
     head_dim: usize,
@@ -175,9 +174,12 @@ impl Attention {
     fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            q_proj: Linear::load(h, h, true, cfg.weights(), vb.pp("q_proj"))?,
-            k_proj: Linear::load(h, h, true, cfg.weights(), vb.pp("k_proj"))?,
-            v_proj: Linear::load(h, h, true, cfg.weights(), vb.pp("v_proj"))?,
+            qkv: Linear::load_fused(
+                h,
+                &[(h, vb.pp("q_proj")), (h, vb.pp("k_proj")), (h, vb.pp("v_proj"))],
+                true,
+                cfg.weights(),
+            )?,
             out_proj: Linear::load(h, h, true, cfg.weights(), vb.pp("out_proj"))?,
             num_heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
@@ -188,11 +190,11 @@ impl Attention {
     /// the keys averaged over heads.
     fn forward(&self, x: &Tensor, probe: bool) -> candle_core::Result<(Tensor, Option<(Tensor, Tensor)>)> {
         let t = x.dim(0)?;
-        // (heads, T, head_dim)
-        let heads =
-            |p: &Linear| p.forward(x)?.reshape((t, self.num_heads, self.head_dim))?.transpose(0, 1)?.contiguous();
+        // (3, heads, T, head_dim) in one copy; q, k and v are contiguous views of it.
+        let qkv =
+            self.qkv.forward(x)?.reshape((t, 3, self.num_heads, self.head_dim))?.permute((1, 2, 0, 3))?.contiguous()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let (q, k, v) = (heads(&self.q_proj)?, heads(&self.k_proj)?, heads(&self.v_proj)?);
+        let (q, k, v) = (qkv.i(0)?, qkv.i(1)?, qkv.i(2)?);
         if !probe && super::attention::supports(&q) {
             let out = super::attention::attention(&q, &k, &v, scale, super::attention::Mask::None)?;
             let out = out.transpose(0, 1)?.reshape((t, self.num_heads * self.head_dim))?;

@@ -211,9 +211,8 @@ impl RotaryTable {
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// `q_proj`, `k_proj` and `v_proj` fused.
+    qkv: Linear,
     o_proj: Linear,
     num_heads: usize,
     num_kv_heads: usize,
@@ -225,9 +224,12 @@ impl Attention {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads());
         Ok(Self {
-            q_proj: Linear::load(h, nh * hd, cfg.attention_bias || cfg.qkv_bias, cfg.weights, vb.pp("q_proj"))?,
-            k_proj: Linear::load(h, nkv * hd, cfg.attention_bias || cfg.qkv_bias, cfg.weights, vb.pp("k_proj"))?,
-            v_proj: Linear::load(h, nkv * hd, cfg.attention_bias || cfg.qkv_bias, cfg.weights, vb.pp("v_proj"))?,
+            qkv: Linear::load_fused(
+                h,
+                &[(nh * hd, vb.pp("q_proj")), (nkv * hd, vb.pp("k_proj")), (nkv * hd, vb.pp("v_proj"))],
+                cfg.attention_bias || cfg.qkv_bias,
+                cfg.weights,
+            )?,
             o_proj: Linear::load(nh * hd, h, cfg.attention_bias, cfg.weights, vb.pp("o_proj"))?,
             num_heads: nh,
             num_kv_heads: nkv,
@@ -238,12 +240,13 @@ impl Attention {
     /// (b, heads, T, head_dim) queries and keys with RoPE applied, and the values.
     fn qkv(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
-        let split = |proj: &Linear, heads: usize| -> candle_core::Result<Tensor> {
-            proj.forward(x)?.reshape((b, t, heads, self.head_dim))?.transpose(1, 2)?.contiguous()
-        };
-        let q = candle_nn::rotary_emb::rope(&split(&self.q_proj, self.num_heads)?, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&split(&self.k_proj, self.num_kv_heads)?, cos, sin)?;
-        Ok((q, k, split(&self.v_proj, self.num_kv_heads)?))
+        let (nh, nkv) = (self.num_heads, self.num_kv_heads);
+        // (b, t, heads of q, k and v, head_dim); each part is one copy into (b, heads, t, head_dim).
+        let qkv = self.qkv.forward(x)?.reshape((b, t, nh + 2 * nkv, self.head_dim))?;
+        let split = |first: usize, heads: usize| qkv.narrow(2, first, heads)?.transpose(1, 2)?.contiguous();
+        let q = candle_nn::rotary_emb::rope(&split(0, nh)?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&split(nh, nkv)?, cos, sin)?;
+        Ok((q, k, split(nh + nkv, nkv)?))
     }
 
     /// Softmax attention probabilities in f32 (transformers' choice whatever the weights' dtype).
@@ -339,8 +342,8 @@ fn repeat_kv(x: Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// `gate_proj` and `up_proj` fused.
+    gate_up: Linear,
     down_proj: Linear,
 }
 
@@ -348,15 +351,18 @@ impl Mlp {
     fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: Linear::load(h, i, cfg.mlp_bias, cfg.weights, vb.pp("gate_proj"))?,
-            up_proj: Linear::load(h, i, cfg.mlp_bias, cfg.weights, vb.pp("up_proj"))?,
+            gate_up: Linear::load_fused(
+                h,
+                &[(i, vb.pp("gate_proj")), (i, vb.pp("up_proj"))],
+                cfg.mlp_bias,
+                cfg.weights,
+            )?,
             down_proj: Linear::load(i, h, cfg.mlp_bias, cfg.weights, vb.pp("down_proj"))?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
-        self.down_proj.forward(&super::activation::silu_mul(&gate, &up)?)
+        self.down_proj.forward(&super::activation::silu_mul_halves(&self.gate_up.forward(x)?)?)
     }
 }
 

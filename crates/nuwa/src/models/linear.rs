@@ -117,6 +117,26 @@ impl Linear {
         Self::held_as(weight, bias, weights)
     }
 
+    /// Several layers reading the same input as one (their outputs side by side, in `parts`' order):
+    /// one product per call instead of one per layer, the input converted and packed once. Each output
+    /// is computed exactly as its own layer would.
+    pub fn load_fused(
+        in_dim: usize,
+        parts: &[(usize, VarBuilder)],
+        bias: bool,
+        weights: Weights,
+    ) -> candle_core::Result<Self> {
+        let weight =
+            parts.iter().map(|(out, vb)| vb.get((*out, in_dim), "weight")).collect::<candle_core::Result<Vec<_>>>()?;
+        let bias = if bias {
+            let b = parts.iter().map(|(out, vb)| vb.get(*out, "bias")).collect::<candle_core::Result<Vec<_>>>()?;
+            Some(Tensor::cat(&b, 0)?)
+        } else {
+            None
+        };
+        Self::held_as(Tensor::cat(&weight, 0)?, bias, weights)
+    }
+
     /// `weight` and `bias` held as `weights` says.
     pub fn held_as(weight: Tensor, bias: Option<Tensor>, weights: Weights) -> candle_core::Result<Self> {
         match (weights.quantize, weights.dtype) {

@@ -526,10 +526,15 @@ fn convert_rows(a: Rows<'_>, m: usize, k: usize, lda: usize, pairs: bool) -> Vec
     }
     let mut words = vec![0u32; m * lda];
     let rows_per_job = (1 << 16) / k.max(1) + 1;
+    #[cfg(target_arch = "x86_64")]
+    let vector_bf16 = std::arch::is_x86_feature_detected!("avx512bf16");
     let convert = |(i, out): (usize, &mut [u32])| {
         let rows = i * rows_per_job..(i * rows_per_job + out.len() / lda.max(1));
         for (r, o) in rows.zip(out.chunks_mut(lda.max(1))) {
             match a {
+                // SAFETY: the CPU has the features the conversion is compiled for.
+                #[cfg(target_arch = "x86_64")]
+                Rows::F32(v) if pairs && vector_bf16 => unsafe { avx512::bf16_pairs(&v[r * k..(r + 1) * k], o) },
                 Rows::F32(v) => row(&v[r * k..(r + 1) * k], o, pairs),
                 Rows::Bf16(v) => row(&v[r * k..(r + 1) * k], o, pairs),
                 Rows::F16(v) => row(&v[r * k..(r + 1) * k], o, pairs),
@@ -790,6 +795,22 @@ mod avx512 {
                 |i: usize| _mm512_add_ps(_mm512_add_ps(acc[0][i], acc[1][i]), _mm512_add_ps(acc[2][i], acc[3][i]));
             finish::<1>(t, &[[sum(0), sum(1)]]);
         }
+    }
+
+    /// `row` as bf16 pairs (`out[i]` = inputs 2i and 2i + 1, the last pair zero-padded when `row` is
+    /// odd), rounded to nearest even 16 at a time (`vcvtneps2bf16`, which reads subnormals as zero).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn bf16_pairs(row: &[f32], out: &mut [u32]) {
+        let chunks = row.chunks_exact(16);
+        let tail = chunks.remainder();
+        let whole = row.len() / 16;
+        unsafe {
+            for (i, c) in chunks.enumerate() {
+                let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(c.as_ptr()));
+                _mm256_storeu_si256(out.as_mut_ptr().add(8 * i).cast(), std::mem::transmute::<__m256bh, __m256i>(v));
+            }
+        }
+        super::RowWords::bf16_pairs(tail, &mut out[8 * whole..]);
     }
 
     #[target_feature(enable = "avx512f")]

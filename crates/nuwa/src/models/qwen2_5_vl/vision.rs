@@ -64,8 +64,8 @@ struct Block {
     norm2: RmsNorm,
     qkv: Linear,
     proj: Linear,
-    gate: Linear,
-    up: Linear,
+    /// `gate_proj` and `up_proj` fused.
+    gate_up: Linear,
     down: Linear,
     heads: usize,
 }
@@ -78,8 +78,12 @@ impl Block {
             norm2: rms_norm(d, EPS, vb.pp("norm2"))?,
             qkv: Linear::load(d, 3 * d, true, cfg.weights(), vb.pp("attn").pp("qkv"))?,
             proj: Linear::load(d, d, true, cfg.weights(), vb.pp("attn").pp("proj"))?,
-            gate: Linear::load(d, i, true, cfg.weights(), vb.pp("mlp").pp("gate_proj"))?,
-            up: Linear::load(d, i, true, cfg.weights(), vb.pp("mlp").pp("up_proj"))?,
+            gate_up: Linear::load_fused(
+                d,
+                &[(i, vb.pp("mlp").pp("gate_proj")), (i, vb.pp("mlp").pp("up_proj"))],
+                true,
+                cfg.weights(),
+            )?,
             down: Linear::load(i, d, true, cfg.weights(), vb.pp("mlp").pp("down_proj"))?,
             heads: cfg.num_heads,
         })
@@ -144,7 +148,7 @@ impl Block {
         let attn = Tensor::cat(&outs, 1)?.transpose(0, 1)?.reshape((n, d))?;
         let x = (x + self.proj.forward(&attn)?)?;
         let y = self.norm2.forward(&x)?;
-        let gated = crate::models::activation::silu_mul(&self.gate.forward(&y)?, &self.up.forward(&y)?)?;
+        let gated = crate::models::activation::silu_mul_halves(&self.gate_up.forward(&y)?)?;
         let mlp = self.down.forward(&gated)?;
         Ok(((x + mlp)?, sums))
     }
