@@ -214,11 +214,14 @@ def gemm_run(cfg):
 
 def llamabench_run(cfg):
     dt = cfg.split("-")[-1]
-    # llamabench-tg-DT: token generation only (llama.cpp 0.3.36's CPU build crashes on q8_0 prompt batches
-    # on this AMX machine, so its q8_0 decode is measured without a prompt).
-    pp = 0 if cfg.startswith("llamabench-tg-") else LLAMABENCH_PP
+    # llamabench-tg-DT: token generation only, from an empty cache (llama.cpp 0.3.36's CPU build crashes on
+    # q8_0 prompt batches on an AMX machine); llamabench-tgd-DT: token generation after a cache of the
+    # prompt's length (`-d`), as nuwa decodes after its prompt.
+    pp = 0 if cfg.startswith(("llamabench-tg-", "llamabench-tgd-")) else LLAMABENCH_PP
     cmd = [f"{args.llamacpp_bin}/llama-bench", "-m", f"{args.gguf_dir}/text-{dt}.gguf", "-p", str(pp),
            "-n", str(args.new_tokens), "-t", str(args.threads), "-r", "1", "-o", "json"]
+    if cfg.startswith("llamabench-tgd-"):
+        cmd += ["-d", str(LLAMABENCH_PP)]
     p = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     if p.returncode != 0:
         raise RuntimeError(f"{cfg} failed: {p.stderr[-2000:]}")

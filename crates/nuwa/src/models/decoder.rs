@@ -450,12 +450,10 @@ impl Decoder {
     /// `vb_model` points at the weights named `embed_tokens`, `layers.N.*`, `norm`; `vb_lm_head` at
     /// `lm_head` (ignored when the embeddings are tied).
     pub fn new(cfg: &Config, vb_model: VarBuilder, vb_lm_head: VarBuilder) -> candle_core::Result<Self> {
-        let embed_tokens = embedding(cfg.vocab_size(), cfg.hidden_size, vb_model.pp("embed_tokens"))?;
-        // The table is held in the weights' dtype; looked-up rows are widened to the activations'.
-        let embed_tokens = match cfg.weights.dtype {
-            Some(d) => Embedding::new(embed_tokens.embeddings().to_dtype(d)?, cfg.hidden_size),
-            None => embed_tokens,
-        };
+        // The table is read and held in the weights' dtype; looked-up rows are widened to the activations'.
+        let table = vb_model.pp("embed_tokens");
+        let table = cfg.weights.dtype.map_or(table.clone(), |d| table.to_dtype(d));
+        let embed_tokens = embedding(cfg.vocab_size(), cfg.hidden_size, table)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Block::new(cfg, vb_model.pp("layers").pp(i)))
             .collect::<candle_core::Result<Vec<_>>>()?;

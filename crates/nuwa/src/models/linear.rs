@@ -57,6 +57,17 @@ pub struct Weights {
     pub quantize: Option<Quantize>,
 }
 
+impl Weights {
+    /// `vb` reading weights in the dtype they are held in, so a half-precision checkpoint is never
+    /// widened to the activations' dtype on its way to being packed.
+    pub fn reader<'a>(&self, vb: &VarBuilder<'a>) -> VarBuilder<'a> {
+        match (self.quantize, self.dtype) {
+            (None, Some(dtype)) => vb.to_dtype(dtype),
+            _ => vb.clone(),
+        }
+    }
+}
+
 /// `y = x·Wᵀ + b`, with `W` packed for our CPU kernels, or for candle on other devices.
 #[derive(Debug, Clone)]
 pub enum Linear {
@@ -112,7 +123,7 @@ impl Linear {
         weights: Weights,
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
-        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let weight = weights.reader(&vb).get((out_dim, in_dim), "weight")?;
         let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
         Self::held_as(weight, bias, weights)
     }
@@ -126,15 +137,19 @@ impl Linear {
         bias: bool,
         weights: Weights,
     ) -> candle_core::Result<Self> {
-        let weight =
-            parts.iter().map(|(out, vb)| vb.get((*out, in_dim), "weight")).collect::<candle_core::Result<Vec<_>>>()?;
+        let weight = parts
+            .iter()
+            .map(|(out, vb)| weights.reader(vb).get((*out, in_dim), "weight"))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        // The parts are dropped before the fused weight is packed: one copy of it in flight, not two.
+        let weight = Tensor::cat(&weight, 0)?;
         let bias = if bias {
             let b = parts.iter().map(|(out, vb)| vb.get(*out, "bias")).collect::<candle_core::Result<Vec<_>>>()?;
             Some(Tensor::cat(&b, 0)?)
         } else {
             None
         };
-        Self::held_as(Tensor::cat(&weight, 0)?, bias, weights)
+        Self::held_as(weight, bias, weights)
     }
 
     /// `weight` and `bias` held as `weights` says.
