@@ -18,10 +18,9 @@ pub fn silu_mul_halves(x: &Tensor) -> candle_core::Result<Tensor> {
     if !last.is_multiple_of(2) {
         candle_core::bail!("silu_mul_halves: the last dimension {last} is not gate and up side by side");
     }
-    let (gate, up) =
-        (x.narrow(candle_core::D::Minus1, 0, last / 2)?, x.narrow(candle_core::D::Minus1, last / 2, last / 2)?);
     if !is_cpu_f32(x) {
-        return candle_nn::ops::silu(&gate)? * up;
+        let half = |from| x.narrow(candle_core::D::Minus1, from, last / 2);
+        return candle_nn::ops::silu(&half(0)?)? * half(last / 2)?;
     }
     x.contiguous()?.apply_op1_no_bwd(&SiluMulHalves)
 }

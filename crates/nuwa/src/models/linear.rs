@@ -123,14 +123,13 @@ impl Linear {
         weights: Weights,
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
-        let weight = weights.reader(&vb).get((out_dim, in_dim), "weight")?;
-        let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-        Self::held_as(weight, bias, weights)
+        Self::load_fused(in_dim, &[(out_dim, vb)], bias, weights)
     }
 
     /// Several layers reading the same input as one (their outputs side by side, in `parts`' order):
     /// one product per call instead of one per layer, the input converted and packed once. Each output
-    /// is computed exactly as its own layer would.
+    /// is computed exactly as its own layer would. (One part is a plain layer: `cat` of one tensor is
+    /// that tensor.)
     pub fn load_fused(
         in_dim: usize,
         parts: &[(usize, VarBuilder)],

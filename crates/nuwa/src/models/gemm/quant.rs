@@ -307,15 +307,14 @@ pub mod avx512 {
             // in plain loops with the format matched outside them: an iterator adaptor here stayed a
             // call per block, spilling the accumulators around it.
             macro_rules! each_block {
-                ($lines:literal, |$b:ident, $blk:ident| $body:block) => {{
-                    debug_assert_eq!(lines, $lines);
+                (|$b:ident, $blk:ident| $body:block) => {{
                     for i in 0..half {
                         for $b in [i, i + half] {
                             if $b < blocks {
-                                let $blk = panel.add($b * $lines * 64);
+                                let $blk = panel.add($b * lines * 64);
                                 // Each stream's block after next: enough reads in flight for the bandwidth.
-                                for line in 0..$lines {
-                                    _mm_prefetch::<_MM_HINT_T0>($blk.wrapping_add((2 * $lines + line) * 64).cast());
+                                for line in 0..lines {
+                                    _mm_prefetch::<_MM_HINT_T0>($blk.wrapping_add((2 * lines + line) * 64).cast());
                                 }
                                 $body
                             }
@@ -324,7 +323,7 @@ pub mod avx512 {
                 }};
             }
             match w.format {
-                Format::Q8_0 => each_block!(17, |b, blk| {
+                Format::Q8_0 => each_block!(|b, blk| {
                     let d = halves(blk);
                     // Four chains of four: one chain's latency, not the loads, would bound the block.
                     let mut dots = [[_mm512_setzero_si512(); 2]; 2];
@@ -344,7 +343,7 @@ pub mod avx512 {
                         acc[h] = _mm512_fmadd_ps(exact, _mm512_mul_ps(d[h], dx), acc[h]);
                     }
                 }),
-                Format::Q4K => each_block!(74, |b, blk| {
+                Format::Q4K => each_block!(|b, blk| {
                     let (d, dmin) = (halves(blk), halves(blk.add(64)));
                     let nibbles = _mm512_set1_epi8(0x0f);
                     for sb in 0..8 {
