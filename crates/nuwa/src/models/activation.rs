@@ -127,13 +127,17 @@ pub fn exp(x: f32) -> f32 {
     // Round to nearest by adding and subtracting 1.5·2²³ (`f32::round` is a libm call, not vectorised).
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let i = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let i = shifted - ROUND;
     let f = x - i * LN2_HI - i * LN2_LO;
     let mut p = 1.0 / 5040.0;
     for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
         p = p * f + c;
     }
-    p * f32::from_bits(((i as i32 + 127) as u32) << 23)
+    // `shifted` lies in [2²³, 2²⁴), where one unit is one ulp: its bits are ROUND's plus `i`. Reading
+    // them (instead of `i as i32`, whose saturating cast stays scalar) keeps the whole function in vectors.
+    let i = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    p * f32::from_bits(i.wrapping_add(127) << 23)
 }
 
 #[cfg(test)]

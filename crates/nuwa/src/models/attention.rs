@@ -24,10 +24,36 @@ pub enum Mask {
     Causal { past: usize },
 }
 
+/// What the two products multiply: f32 values, or the values rounded to bf16 (sums in f32), which the
+/// bf16 kernels (AMX where the CPU has it) multiply several times faster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Products {
+    F32,
+    Bf16,
+}
+
+impl Products {
+    /// bf16 for a model whose weights are bf16 (its linears already round their inputs to bf16), f32
+    /// for f32, f16 and quantised weights.
+    pub fn for_weights(weights: &super::linear::Weights) -> Self {
+        match (weights.quantize, weights.dtype) {
+            (None, Some(candle_core::DType::BF16)) => Products::Bf16,
+            _ => Products::F32,
+        }
+    }
+}
+
 /// `q` (heads, queries, d), `k` and `v` (heads, keys, d), all f32 on the CPU; returns (heads, queries, d).
 /// `k` and `v` may be views whose heads lie apart (a KV cache's filled part): only each head's rows
-/// must be contiguous.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Mask) -> candle_core::Result<Tensor> {
+/// must be contiguous. Decoding's few queries always multiply in f32.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: Mask,
+    products: Products,
+) -> candle_core::Result<Tensor> {
     let rows_contiguous = |t: &Tensor| -> candle_core::Result<Tensor> {
         let (_, _, d) = t.dims3()?;
         match t.stride() {
@@ -35,7 +61,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Mask) -> 
             _ => t.contiguous(),
         }
     };
-    let fused = Fused { scale: scale as f32, mask };
+    let fused = Fused { scale: scale as f32, mask, products };
     q.contiguous()?.apply_op3_no_bwd(&rows_contiguous(k)?, &rows_contiguous(v)?, &fused)
 }
 
@@ -47,6 +73,7 @@ pub fn supports(q: &Tensor) -> bool {
 struct Fused {
     scale: f32,
     mask: Mask,
+    products: Products,
 }
 
 impl CustomOp3 for Fused {
@@ -119,15 +146,32 @@ impl Fused {
     /// One head: `out` (tq × d) from `q` (tq × d), `k` and `v` (tk × d).
     #[allow(clippy::too_many_arguments)]
     fn head(&self, q: &[f32], k: &[f32], v: &[f32], tq: usize, tk: usize, d: usize, out: &mut [f32]) {
-        // Keys are the "weights" of q·kᵀ; vᵀ those of p·v.
-        let keys = Packed::new(Rows::F32(k), tk, d, Format::F32);
-        let values = Packed::transposed(v, tk, d);
-        let mut scores = vec![0f32; QUERY_BLOCK.min(tq) * tk];
+        // Keys are the "weights" of q·kᵀ; vᵀ those of p·v. In bf16 the keys are padded with zero rows
+        // to whole 32-blocks, so p·v's inputs fill AMX tiles; the padding's scores are zeroed below.
+        let (format, width) = match self.products {
+            Products::F32 => (Format::F32, tk),
+            Products::Bf16 => (Format::Bf16Pairs, tk.next_multiple_of(32)),
+        };
+        let mut padded = Vec::new();
+        let k = if width == tk {
+            k
+        } else {
+            padded.extend_from_slice(k);
+            padded.resize(width * d, 0.0);
+            &padded[..]
+        };
+        let keys = Packed::new(Rows::F32(k), width, d, format);
+        let mut vt = vec![0f32; d * width];
+        for (j, row) in v.chunks_exact(d).enumerate() {
+            row.iter().enumerate().for_each(|(c, &x)| vt[c * width + j] = x);
+        }
+        let values = Packed::new(Rows::F32(&vt), d, width, format);
+        let mut scores = vec![0f32; QUERY_BLOCK.min(tq) * width];
         for r0 in (0..tq).step_by(QUERY_BLOCK) {
             let rows = QUERY_BLOCK.min(tq - r0);
-            let s = &mut scores[..rows * tk];
+            let s = &mut scores[..rows * width];
             keys.matmul(Rows::F32(&q[r0 * d..(r0 + rows) * d]), rows, None, s, 1);
-            for (i, row) in s.chunks_exact_mut(tk).enumerate() {
+            for (i, row) in s.chunks_exact_mut(width).enumerate() {
                 softmax_prefix(row, self.seen(r0 + i, tk), self.scale);
             }
             values.matmul(Rows::F32(s), rows, None, &mut out[r0 * d..(r0 + rows) * d], 1);
@@ -221,7 +265,7 @@ mod tests {
     use candle_core::{DType, Device};
 
     /// The fused result equals the reference formula, with and without a causal mask, across query
-    /// blocks and uneven sizes.
+    /// blocks and uneven sizes (key counts off 32-blocks too), in f32 and, to bf16's precision, in bf16.
     #[test]
     fn fused_attention_matches_the_formula() {
         let dev = Device::Cpu;
@@ -231,6 +275,7 @@ mod tests {
             (2, 5, 140, 64, true),
             (1, 130, 0, 32, false),
             (2, 9, 40, 16, true),
+            (2, 100, 0, 64, false),
         ];
         for (h, tq, past, d, causal) in cases {
             let tk = past + tq;
@@ -240,7 +285,8 @@ mod tests {
             let (k, v) = (cache(), cache());
             let scale = 1.0 / (d as f64).sqrt();
             let mask = if causal { Mask::Causal { past } } else { Mask::None };
-            let got = attention(&q, &k, &v, scale, mask).unwrap();
+            let got = attention(&q, &k, &v, scale, mask, Products::F32).unwrap();
+            let got_bf16 = attention(&q, &k, &v, scale, mask, Products::Bf16).unwrap();
             let mut scores = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
             if causal {
                 let m: Vec<f32> = (0..tq)
@@ -249,10 +295,16 @@ mod tests {
                 scores = scores.broadcast_add(&Tensor::from_vec(m, (tq, tk), &dev).unwrap()).unwrap();
             }
             let want = candle_nn::ops::softmax_last_dim(&scores).unwrap().matmul(&v).unwrap();
-            assert_eq!(got.dims(), want.dims());
-            let err = (got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-            let err = err.to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap();
+            let max_err = |got: Tensor| {
+                assert_eq!(got.dims(), want.dims());
+                let err = (got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+                err.to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap()
+            };
+            let err = max_err(got);
             assert!(err < 2e-5, "h {h} tq {tq} past {past} d {d}: max |Δ| {err}");
+            // q, k, v and the probabilities rounded to bf16 (2⁻⁹ relative): a few 10⁻³ on outputs of order 1.
+            let err = max_err(got_bf16);
+            assert!(err < 2e-2, "bf16 products, h {h} tq {tq} past {past} d {d}: max |Δ| {err}");
         }
     }
 }

@@ -7,6 +7,7 @@
 use candle_core::{DType, IndexOp, Module, Tensor, D};
 use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 
+use super::attention::Products;
 use super::linear::Linear;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -168,6 +169,7 @@ struct Attention {
     out_proj: Linear,
     num_heads: usize,
     head_dim: usize,
+    products: Products,
 }
 
 impl Attention {
@@ -183,6 +185,7 @@ impl Attention {
             out_proj: Linear::load(h, h, true, cfg.weights(), vb.pp("out_proj"))?,
             num_heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
+            products: Products::for_weights(&cfg.weights()),
         })
     }
 
@@ -196,7 +199,7 @@ impl Attention {
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let (q, k, v) = (qkv.i(0)?, qkv.i(1)?, qkv.i(2)?);
         if !probe && super::attention::supports(&q) {
-            let out = super::attention::attention(&q, &k, &v, scale, super::attention::Mask::None)?;
+            let out = super::attention::attention(&q, &k, &v, scale, super::attention::Mask::None, self.products)?;
             let out = out.transpose(0, 1)?.reshape((t, self.num_heads * self.head_dim))?;
             return Ok((self.out_proj.forward(&out)?, None));
         }

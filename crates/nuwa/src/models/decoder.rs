@@ -8,7 +8,7 @@
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{embedding, kv_cache::KvCache, rms_norm, Embedding, RmsNorm, VarBuilder};
 
-use super::attention::{self, Mask};
+use super::attention::{self, Mask, Products};
 use super::linear::{Linear, Weights};
 use serde::Deserialize;
 
@@ -217,6 +217,7 @@ struct Attention {
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
+    products: Products,
 }
 
 impl Attention {
@@ -234,6 +235,7 @@ impl Attention {
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: hd,
+            products: Products::for_weights(&cfg.weights),
         })
     }
 
@@ -285,7 +287,7 @@ impl Attention {
                 _ => x.reshape((b * self.num_heads, x.dim(2)?, self.head_dim)),
             };
             let scale = 1.0 / (self.head_dim as f64).sqrt();
-            let out = attention::attention(&flat(&q)?, &flat(&k)?, &flat(&v)?, scale, mask)?;
+            let out = attention::attention(&flat(&q)?, &flat(&k)?, &flat(&v)?, scale, mask, self.products)?;
             let out = out.reshape((b, self.num_heads, t, self.head_dim))?.transpose(1, 2)?;
             return Ok((self.o_proj.forward(&out.reshape((b, t, self.num_heads * self.head_dim))?)?, None));
         }

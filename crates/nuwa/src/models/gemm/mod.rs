@@ -203,23 +203,6 @@ impl Packed {
         }
     }
 
-    /// Packs the f32 weight whose transpose `wt` (`k × n`, row-major) is given.
-    pub fn transposed(wt: &[f32], k: usize, n: usize) -> Self {
-        assert_eq!(wt.len(), n * k, "transposed weight of {k}×{n} has {} values", wt.len());
-        let lines_per_panel = (k * NR).div_ceil(16);
-        let mut lines = Lines::zeroed(n.div_ceil(NR) * lines_per_panel);
-        for (p, dst) in lines.as_mut_slice().chunks_mut(lines_per_panel.max(1)).enumerate() {
-            // SAFETY: `Line` is 16 plain u32s; the slice covers exactly the panel's lines.
-            let words = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u32>(), dst.len() * 16) };
-            let cols = (n - p * NR).min(NR);
-            for (j, out) in words.chunks_exact_mut(NR).enumerate() {
-                let src = &wt[j * n + p * NR..j * n + p * NR + cols];
-                out.iter_mut().zip(src).for_each(|(o, v)| *o = v.to_bits());
-            }
-        }
-        Self { n, k, format: Format::F32, panel_words: lines_per_panel * 16, lines }
-    }
-
     /// Packs `w` with `bits` giving each value's stored word (see [`Packed::new`]).
     fn pack<T: Copy + Sync>(w: &[T], n: usize, k: usize, format: Format, bits: impl Fn(T) -> u32 + Sync) -> Self {
         let panels = n.div_ceil(NR);
@@ -280,7 +263,9 @@ impl Packed {
         let per_thread = panels.div_ceil(threads);
         let out = SendPtr(c.as_mut_ptr());
         #[cfg(target_arch = "x86_64")]
-        let amx_rows = if amx::usable(kernel, k, m) { m / amx::ROWS * amx::ROWS } else { 0 };
+        // Every row goes to AMX when it is used, the last block padded with zero rows: the vector
+        // kernel would stream every weight again for a few leftover rows.
+        let amx_rows = if amx::usable(kernel, k, m) { m } else { 0 };
         #[cfg(not(target_arch = "x86_64"))]
         let amx_rows = 0;
         #[cfg(target_arch = "x86_64")]
@@ -292,7 +277,7 @@ impl Packed {
             // (see `tile`).
             #[cfg(target_arch = "x86_64")]
             if amx_rows > 0 {
-                unsafe { self.amx_columns(&blocks, a.lda, range.clone(), bias, out) };
+                unsafe { self.amx_columns(&blocks, a.lda, m, range.clone(), bias, out) };
             }
             unsafe { self.columns(kernel, &vector_rows, amx_rows..m, range, bias, out) };
         };
@@ -408,12 +393,14 @@ impl Packed {
 
 #[cfg(target_arch = "x86_64")]
 impl Packed {
-    /// The first `rows` rows (a multiple of [`amx::ROWS`]) of the output panels `panels`, on AMX tiles:
-    /// bf16 pairs in, f32 out, the whole input width per tile.
+    /// The `rows` rows of the output panels `panels` on AMX tiles, from `blocks` (the rows packed by
+    /// [`amx::pack_rows`], the last block zero-padded): bf16 pairs in, f32 out, the whole input width
+    /// per tile.
     unsafe fn amx_columns(
         &self,
         blocks: &[u32],
         lda: usize,
+        rows: usize,
         panels: std::ops::Range<usize>,
         bias: Option<&[f32]>,
         c: SendPtr,
@@ -421,37 +408,48 @@ impl Packed {
         let b = self.lines.as_ptr().cast::<u8>();
         let pairs = self.k / 2;
         let block_words = lda * amx::ROWS;
-        // A panel narrower than 32 outputs (the last) accumulates in a full-width copy.
-        let narrow = !self.n.is_multiple_of(NR) && panels.end == self.n.div_ceil(NR);
-        let mut scratch = if narrow { vec![0f32; blocks.len() / lda * NR] } else { Vec::new() };
+        // A tile that would overhang the output (the padded last block, the narrow last panel)
+        // accumulates here and only its live part is copied out.
+        let mut spill = [[0f32; amx::ROWS * NR]; amx::PANELS_PER_PASS];
         unsafe {
             amx::configure();
             for nc in panels.clone().step_by(amx::PANELS_PER_PASS) {
+                let pass = nc..(nc + amx::PANELS_PER_PASS).min(panels.end);
                 for (block, a) in blocks.chunks_exact(block_words).enumerate() {
-                    for p in nc..(nc + amx::PANELS_PER_PASS).min(panels.end) {
-                        let panel = b.add(p * self.panel_words * 4);
-                        let (c, stride) = if narrow && p + 1 == panels.end {
-                            (scratch.as_mut_ptr().add(block * amx::ROWS * NR), NR)
-                        } else {
-                            (c.0.add(block * amx::ROWS * self.n + p * NR), self.n)
-                        };
-                        let panel_hi = panel.add(self.panel_words * 2);
-                        amx::tile(a.as_ptr().cast(), panel, panel_hi, pairs, c, stride * 4);
+                    let live_rows = (rows - block * amx::ROWS).min(amx::ROWS);
+                    // The block's inputs a chunk at a time, every panel of the pass over each chunk:
+                    // the chunk's rows are read from L1 by all of them, only the weights come from L2.
+                    for p0 in (0..pairs).step_by(amx::CHUNK_PAIRS) {
+                        let chunk = (pairs - p0).min(amx::CHUNK_PAIRS);
+                        let a = a.as_ptr().cast::<u8>().add(p0 / 16 * 2048); // 2 KiB per 16 pairs
+                        for p in pass.clone() {
+                            let panel = b.add(p * self.panel_words * 4 + p0 * 64);
+                            let panel_hi = panel.add(self.panel_words * 2);
+                            let cols = (self.n - p * NR).min(NR);
+                            let at = c.0.add(block * amx::ROWS * self.n + p * NR);
+                            let (dst, stride) = if live_rows == amx::ROWS && cols == NR {
+                                (at, self.n)
+                            } else {
+                                (spill[p - nc].as_mut_ptr(), NR)
+                            };
+                            amx::tile(a, panel, panel_hi, chunk, dst, stride * 4, p0 > 0);
+                            if dst != at && p0 + chunk == pairs {
+                                for r in 0..live_rows {
+                                    std::ptr::copy_nonoverlapping(dst.add(r * NR), at.add(r * self.n), cols);
+                                }
+                            }
+                        }
                     }
                 }
             }
             amx::release();
         }
-        let rows = blocks.len() / lda;
-        for p in panels {
-            let cols = (self.n - p * NR).min(NR);
-            for r in 0..rows {
-                // SAFETY: row `r`, columns of panel `p`: inside `c`, written by this thread only.
-                let y = unsafe { std::slice::from_raw_parts_mut(c.0.add(r * self.n + p * NR), cols) };
-                if narrow && cols < NR {
-                    y.copy_from_slice(&scratch[r * NR..r * NR + cols]);
-                }
-                if let Some(bias) = bias {
+        if let Some(bias) = bias {
+            for p in panels {
+                let cols = (self.n - p * NR).min(NR);
+                for r in 0..rows {
+                    // SAFETY: row `r`, columns of panel `p`: inside `c`, written by this thread only.
+                    let y = unsafe { std::slice::from_raw_parts_mut(c.0.add(r * self.n + p * NR), cols) };
                     y.iter_mut().zip(&bias[p * NR..]).for_each(|(y, b)| *y += b);
                 }
             }
@@ -928,6 +926,8 @@ mod amx {
     pub const ROWS: usize = 32;
     /// Panels per pass over the row blocks: at 4096 inputs their 1 MiB of weights stays in L2.
     pub const PANELS_PER_PASS: usize = 4;
+    /// Input pairs per chunk of a row block: 32 KiB of bf16 rows, which stay in L1.
+    pub const CHUNK_PAIRS: usize = 256;
 
     /// Whether this call runs on AMX: a bf16 kernel, whole tile rows, the inputs in whole 32-blocks.
     pub fn usable(kernel: Kernel, k: usize, m: usize) -> bool {
@@ -972,14 +972,14 @@ mod amx {
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 
-    /// The first `rows` rows of `a` (bf16 pairs) in 32-row blocks, each 32 inputs of a block one
-    /// contiguous 2 KiB piece: its upper 16 rows' 64 bytes, then its lower 16's.
+    /// The first `rows` rows of `a` (bf16 pairs) in 32-row blocks, the last padded with zero rows, each
+    /// 32 inputs of a block one contiguous 2 KiB piece: its upper 16 rows' 64 bytes, then its lower 16's.
     pub fn pack_rows(a: &super::RowWords, rows: usize) -> Vec<u32> {
         let lda = a.lda;
-        let mut out = vec![0u32; rows * lda];
+        let mut out = vec![0u32; rows.next_multiple_of(ROWS) * lda];
         let pack = |(block, dst): (usize, &mut [u32])| {
             for (step, piece) in dst.chunks_exact_mut(2 * 16 * 16).enumerate() {
-                for (r, row) in piece.chunks_exact_mut(16).enumerate() {
+                for (r, row) in piece.chunks_exact_mut(16).enumerate().take(rows - block * ROWS) {
                     let src = (block * ROWS + r) * lda + step * 16;
                     row.copy_from_slice(&a.words[src..src + 16]);
                 }
@@ -990,8 +990,8 @@ mod amx {
         out
     }
 
-    /// `c[32 × 32] = a · panel` over `pairs` input pairs, `a` packed by [`pack_rows`], `c`'s rows
-    /// `c_stride` bytes apart.
+    /// `c[32 × 32] (+)= a · panel` over `pairs` input pairs (a multiple of 16), `a` packed by
+    /// [`pack_rows`], `c`'s rows `c_stride` bytes apart; with `accumulate`, added to `c`'s values.
     pub unsafe fn tile(
         a: *const u8,
         panel: *const u8,
@@ -999,10 +999,26 @@ mod amx {
         pairs: usize,
         c: *mut f32,
         c_stride: usize,
+        accumulate: bool,
     ) {
         unsafe {
             let lower = c.cast::<u8>().add(16 * c_stride);
-            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+            if accumulate {
+                asm!(
+                    "tileloadd tmm0, [{c} + {sc}]",
+                    "tileloadd tmm1, [{c2} + {sc}]",
+                    "tileloadd tmm2, [{l} + {sc}]",
+                    "tileloadd tmm3, [{l2} + {sc}]",
+                    c = in(reg) c,
+                    c2 = in(reg) c.cast::<u8>().add(64),
+                    l = in(reg) lower,
+                    l2 = in(reg) lower.add(64),
+                    sc = in(reg) c_stride,
+                    options(nostack, readonly),
+                );
+            } else {
+                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+            }
             let a_stride = 64usize;
             let a_lower = a.add(1024);
             for step in (0..pairs).step_by(16) {
@@ -1094,6 +1110,8 @@ mod tests {
             (1, 45, 512),
             (3, 70, 768),
             (20, 33, 1024),
+            (45, 40, 96),
+            (40, 70, 1088),
         ];
         for (m, n, k) in shapes {
             let (a, w, bias) = (values(m * k, 1), values(n * k, 2), values(n, 3));

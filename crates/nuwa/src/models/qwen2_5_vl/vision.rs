@@ -8,6 +8,7 @@ use super::config::VisionConfig;
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{rms_norm, RmsNorm, VarBuilder};
 
+use crate::models::attention::Products;
 use crate::models::linear::Linear;
 use std::collections::BTreeMap;
 
@@ -68,6 +69,7 @@ struct Block {
     gate_up: Linear,
     down: Linear,
     heads: usize,
+    products: Products,
 }
 
 impl Block {
@@ -86,6 +88,7 @@ impl Block {
             )?,
             down: Linear::load(i, d, true, cfg.weights(), vb.pp("mlp").pp("down_proj"))?,
             heads: cfg.num_heads,
+            products: Products::for_weights(&cfg.weights()),
         })
     }
 
@@ -123,6 +126,7 @@ impl Block {
                     &vs,
                     scale,
                     crate::models::attention::Mask::None,
+                    self.products,
                 )?);
                 continue;
             }
