@@ -183,23 +183,22 @@ impl Packed {
                 ),
             };
         }
-        // The 16-bit word each format stores (f32 panels take the whole 32 bits of the value).
-        fn half_bits<T: Copy>(format: Format, f32_of: impl Fn(T) -> f32) -> impl Fn(T) -> u32 {
+        if format == Format::Bf16Pairs {
+            return Self::pack_pairs(w, n, k);
+        }
+        // The word each format stores (f32 panels take the whole 32 bits of the value).
+        fn word<T: Copy>(format: Format, f32_of: impl Fn(T) -> f32) -> impl Fn(T) -> u32 {
             move |v| match format {
                 Format::F32 => f32_of(v).to_bits(),
-                Format::Bf16Pairs => u32::from(bf16::from_f32(f32_of(v)).to_bits()),
                 Format::F16 => u32::from(f16::from_f32(f32_of(v)).to_bits()),
-                Format::Q8_0 | Format::Q4K => unreachable!("quantised above"),
+                Format::Bf16Pairs | Format::Q8_0 | Format::Q4K => unreachable!("packed above"),
             }
         }
         match w {
-            Rows::F32(v) => Self::pack(v, n, k, format, half_bits(format, |x: f32| x)),
-            Rows::Bf16(v) if format == Format::Bf16Pairs => {
-                Self::pack(v, n, k, format, |x: bf16| u32::from(x.to_bits()))
-            }
-            Rows::Bf16(v) => Self::pack(v, n, k, format, half_bits(format, bf16::to_f32)),
+            Rows::F32(v) => Self::pack(v, n, k, format, word(format, |x: f32| x)),
+            Rows::Bf16(v) => Self::pack(v, n, k, format, word(format, bf16::to_f32)),
             Rows::F16(v) if format == Format::F16 => Self::pack(v, n, k, format, |x: f16| u32::from(x.to_bits())),
-            Rows::F16(v) => Self::pack(v, n, k, format, half_bits(format, f16::to_f32)),
+            Rows::F16(v) => Self::pack(v, n, k, format, word(format, f16::to_f32)),
         }
     }
 
@@ -209,7 +208,6 @@ impl Packed {
         let words_per_panel = format.steps(k) * format.words_per_step();
         let lines_per_panel = words_per_panel.div_ceil(16);
         let mut lines = Lines::zeroed(panels * lines_per_panel);
-        let half = words_per_panel / 2;
         let pack_panel = |(p, dst): (usize, &mut [Line])| {
             // SAFETY: `Line` is 16 plain u32s; the slice covers exactly the panel's lines.
             let words = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u32>(), dst.len() * 16) };
@@ -218,19 +216,38 @@ impl Packed {
                 let row = &w[(p * NR + c) * k..(p * NR + c + 1) * k];
                 match format {
                     Format::F32 => row.iter().enumerate().for_each(|(j, &v)| words[j * NR + c] = bits(v)),
-                    Format::Bf16Pairs => row.iter().enumerate().for_each(|(j, &v)| {
-                        words[(c / 16) * half + (j / 2) * 16 + c % 16] |= bits(v) << (16 * (j % 2));
-                    }),
                     Format::F16 => row.iter().enumerate().for_each(|(j, &v)| {
                         words[j * (NR / 2) + c / 2] |= bits(v) << (16 * (c % 2));
                     }),
-                    Format::Q8_0 | Format::Q4K => unreachable!("see `quant`"),
+                    Format::Bf16Pairs | Format::Q8_0 | Format::Q4K => unreachable!("see `pack_pairs`, `quant`"),
                 }
             }
         };
         use rayon::prelude::*;
         lines.as_mut_slice().par_chunks_mut(lines_per_panel.max(1)).enumerate().for_each(pack_panel);
         Self { n, k, format, panel_words: lines_per_panel * 16, lines }
+    }
+
+    /// Packs `w` as bf16 pairs: each panel's rows converted to pair words (vectorised), then laid out
+    /// as the panel's two 16-output halves.
+    fn pack_pairs(w: Rows<'_>, n: usize, k: usize) -> Self {
+        let pairs = k.div_ceil(2);
+        let half = pairs * 16;
+        let lines_per_panel = (2 * half).div_ceil(16);
+        let mut lines = Lines::zeroed(n.div_ceil(NR) * lines_per_panel);
+        let pack_panel = |(p, dst): (usize, &mut [Line])| {
+            // SAFETY: `Line` is 16 plain u32s; the slice covers exactly the panel's lines.
+            let words = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u32>(), dst.len() * 16) };
+            let mut row = vec![0u32; pairs];
+            for c in 0..(n - p * NR).min(NR) {
+                convert_row(w, p * NR + c, k, &mut row, true);
+                let out = &mut words[(c / 16) * half + c % 16..];
+                row.iter().enumerate().for_each(|(j, &v)| out[j * 16] = v);
+            }
+        };
+        use rayon::prelude::*;
+        lines.as_mut_slice().par_chunks_mut(lines_per_panel.max(1)).enumerate().for_each(pack_panel);
+        Self { n, k, format: Format::Bf16Pairs, panel_words: lines_per_panel * 16, lines }
     }
 
     pub fn dims(&self) -> (usize, usize) {
@@ -409,34 +426,24 @@ impl Packed {
         let pairs = self.k / 2;
         let block_words = lda * amx::ROWS;
         // A tile that would overhang the output (the padded last block, the narrow last panel)
-        // accumulates here and only its live part is copied out.
-        let mut spill = [[0f32; amx::ROWS * NR]; amx::PANELS_PER_PASS];
+        // lands here first and only its live part is copied out.
+        let mut spill = [0f32; amx::ROWS * NR];
         unsafe {
             amx::configure();
             for nc in panels.clone().step_by(amx::PANELS_PER_PASS) {
-                let pass = nc..(nc + amx::PANELS_PER_PASS).min(panels.end);
                 for (block, a) in blocks.chunks_exact(block_words).enumerate() {
                     let live_rows = (rows - block * amx::ROWS).min(amx::ROWS);
-                    // The block's inputs a chunk at a time, every panel of the pass over each chunk:
-                    // the chunk's rows are read from L1 by all of them, only the weights come from L2.
-                    for p0 in (0..pairs).step_by(amx::CHUNK_PAIRS) {
-                        let chunk = (pairs - p0).min(amx::CHUNK_PAIRS);
-                        let a = a.as_ptr().cast::<u8>().add(p0 / 16 * 2048); // 2 KiB per 16 pairs
-                        for p in pass.clone() {
-                            let panel = b.add(p * self.panel_words * 4 + p0 * 64);
-                            let panel_hi = panel.add(self.panel_words * 2);
-                            let cols = (self.n - p * NR).min(NR);
-                            let at = c.0.add(block * amx::ROWS * self.n + p * NR);
-                            let (dst, stride) = if live_rows == amx::ROWS && cols == NR {
-                                (at, self.n)
-                            } else {
-                                (spill[p - nc].as_mut_ptr(), NR)
-                            };
-                            amx::tile(a, panel, panel_hi, chunk, dst, stride * 4, p0 > 0);
-                            if dst != at && p0 + chunk == pairs {
-                                for r in 0..live_rows {
-                                    std::ptr::copy_nonoverlapping(dst.add(r * NR), at.add(r * self.n), cols);
-                                }
+                    for p in nc..(nc + amx::PANELS_PER_PASS).min(panels.end) {
+                        let panel = b.add(p * self.panel_words * 4);
+                        let panel_hi = panel.add(self.panel_words * 2);
+                        let cols = (self.n - p * NR).min(NR);
+                        let at = c.0.add(block * amx::ROWS * self.n + p * NR);
+                        if live_rows == amx::ROWS && cols == NR {
+                            amx::tile(a.as_ptr().cast(), panel, panel_hi, pairs, at, self.n * 4);
+                        } else {
+                            amx::tile(a.as_ptr().cast(), panel, panel_hi, pairs, spill.as_mut_ptr(), NR * 4);
+                            for r in 0..live_rows {
+                                std::ptr::copy_nonoverlapping(spill.as_ptr().add(r * NR), at.add(r * self.n), cols);
                             }
                         }
                     }
@@ -513,8 +520,8 @@ impl<'a> RowWords<'a> {
     }
 }
 
-/// `a`'s rows as rows of `lda` words (bf16 pairs when `pairs`, else f32), spread over the cores when large.
-fn convert_rows(a: Rows<'_>, m: usize, k: usize, lda: usize, pairs: bool) -> Vec<u32> {
+/// Row `r` of `a` (`k` values a row) as `out`'s words: bf16 pairs when `pairs`, else f32.
+fn convert_row(a: Rows<'_>, r: usize, k: usize, out: &mut [u32], pairs: bool) {
     fn row<T: Copy + Into<f32>>(row: &[T], out: &mut [u32], pairs: bool) {
         if pairs {
             RowWords::bf16_pairs(row, out)
@@ -522,21 +529,26 @@ fn convert_rows(a: Rows<'_>, m: usize, k: usize, lda: usize, pairs: bool) -> Vec
             RowWords::f32_words(row, out)
         }
     }
+    let at = r * k..(r + 1) * k;
+    match a {
+        // SAFETY: the CPU has the features the conversion is compiled for.
+        #[cfg(target_arch = "x86_64")]
+        Rows::F32(v) if pairs && std::arch::is_x86_feature_detected!("avx512bf16") => unsafe {
+            avx512::bf16_pairs(&v[at], out)
+        },
+        Rows::F32(v) => row(&v[at], out, pairs),
+        Rows::Bf16(v) => row(&v[at], out, pairs),
+        Rows::F16(v) => row(&v[at], out, pairs),
+    }
+}
+
+/// `a`'s rows as rows of `lda` words (bf16 pairs when `pairs`, else f32), spread over the cores when large.
+fn convert_rows(a: Rows<'_>, m: usize, k: usize, lda: usize, pairs: bool) -> Vec<u32> {
     let mut words = vec![0u32; m * lda];
     let rows_per_job = (1 << 16) / k.max(1) + 1;
-    #[cfg(target_arch = "x86_64")]
-    let vector_bf16 = std::arch::is_x86_feature_detected!("avx512bf16");
     let convert = |(i, out): (usize, &mut [u32])| {
-        let rows = i * rows_per_job..(i * rows_per_job + out.len() / lda.max(1));
-        for (r, o) in rows.zip(out.chunks_mut(lda.max(1))) {
-            match a {
-                // SAFETY: the CPU has the features the conversion is compiled for.
-                #[cfg(target_arch = "x86_64")]
-                Rows::F32(v) if pairs && vector_bf16 => unsafe { avx512::bf16_pairs(&v[r * k..(r + 1) * k], o) },
-                Rows::F32(v) => row(&v[r * k..(r + 1) * k], o, pairs),
-                Rows::Bf16(v) => row(&v[r * k..(r + 1) * k], o, pairs),
-                Rows::F16(v) => row(&v[r * k..(r + 1) * k], o, pairs),
-            }
+        for (j, o) in out.chunks_mut(lda.max(1)).enumerate() {
+            convert_row(a, i * rows_per_job + j, k, o, pairs);
         }
     };
     use rayon::prelude::*;
@@ -926,8 +938,6 @@ mod amx {
     pub const ROWS: usize = 32;
     /// Panels per pass over the row blocks: at 4096 inputs their 1 MiB of weights stays in L2.
     pub const PANELS_PER_PASS: usize = 4;
-    /// Input pairs per chunk of a row block: 32 KiB of bf16 rows, which stay in L1.
-    pub const CHUNK_PAIRS: usize = 256;
 
     /// Whether this call runs on AMX: a bf16 kernel, whole tile rows, the inputs in whole 32-blocks.
     pub fn usable(kernel: Kernel, k: usize, m: usize) -> bool {
@@ -990,8 +1000,8 @@ mod amx {
         out
     }
 
-    /// `c[32 × 32] (+)= a · panel` over `pairs` input pairs (a multiple of 16), `a` packed by
-    /// [`pack_rows`], `c`'s rows `c_stride` bytes apart; with `accumulate`, added to `c`'s values.
+    /// `c[32 × 32] = a · panel` over `pairs` input pairs, `a` packed by [`pack_rows`], `c`'s rows
+    /// `c_stride` bytes apart.
     pub unsafe fn tile(
         a: *const u8,
         panel: *const u8,
@@ -999,26 +1009,10 @@ mod amx {
         pairs: usize,
         c: *mut f32,
         c_stride: usize,
-        accumulate: bool,
     ) {
         unsafe {
             let lower = c.cast::<u8>().add(16 * c_stride);
-            if accumulate {
-                asm!(
-                    "tileloadd tmm0, [{c} + {sc}]",
-                    "tileloadd tmm1, [{c2} + {sc}]",
-                    "tileloadd tmm2, [{l} + {sc}]",
-                    "tileloadd tmm3, [{l2} + {sc}]",
-                    c = in(reg) c,
-                    c2 = in(reg) c.cast::<u8>().add(64),
-                    l = in(reg) lower,
-                    l2 = in(reg) lower.add(64),
-                    sc = in(reg) c_stride,
-                    options(nostack, readonly),
-                );
-            } else {
-                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-            }
+            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
             let a_stride = 64usize;
             let a_lower = a.add(1024);
             for step in (0..pairs).step_by(16) {
