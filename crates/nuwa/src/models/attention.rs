@@ -152,20 +152,18 @@ impl Fused {
             Products::F32 => (Format::F32, tk),
             Products::Bf16 => (Format::Bf16Pairs, tk.next_multiple_of(32)),
         };
-        let mut padded = Vec::new();
-        let k = if width == tk {
-            k
+        let (mut padded_k, mut padded_v) = (Vec::new(), Vec::new());
+        let (k, v) = if width == tk {
+            (k, v)
         } else {
-            padded.extend_from_slice(k);
-            padded.resize(width * d, 0.0);
-            &padded[..]
+            for (padded, x) in [(&mut padded_k, k), (&mut padded_v, v)] {
+                padded.extend_from_slice(x);
+                padded.resize(width * d, 0.0);
+            }
+            (&padded_k[..], &padded_v[..])
         };
         let keys = Packed::new(Rows::F32(k), width, d, format);
-        let mut vt = vec![0f32; d * width];
-        for (j, row) in v.chunks_exact(d).enumerate() {
-            row.iter().enumerate().for_each(|(c, &x)| vt[c * width + j] = x);
-        }
-        let values = Packed::new(Rows::F32(&vt), d, width, format);
+        let values = Packed::transposed(v, width, d, format);
         let mut scores = vec![0f32; QUERY_BLOCK.min(tq) * width];
         for r0 in (0..tq).step_by(QUERY_BLOCK) {
             let rows = QUERY_BLOCK.min(tq - r0);

@@ -202,6 +202,39 @@ impl Packed {
         }
     }
 
+    /// Packs, in f32 or bf16 pairs, the weight whose transpose `wt` (`k × n`, row-major) is given: a
+    /// panel's inputs are `wt`'s rows, read in order (no transposed copy is made).
+    pub fn transposed(wt: &[f32], k: usize, n: usize, format: Format) -> Self {
+        assert_eq!(wt.len(), n * k, "transposed weight of {k}×{n} has {} values", wt.len());
+        let pairs = format == Format::Bf16Pairs;
+        assert!(pairs || format == Format::F32, "transposed packing is f32 or bf16 pairs, not {format:?}");
+        let words_per_panel = format.steps(k) * NR;
+        let lines_per_panel = words_per_panel.div_ceil(16);
+        let mut lines = Lines::zeroed(n.div_ceil(NR) * lines_per_panel);
+        let bits = |v: f32| u32::from(bf16::from_f32(v).to_bits());
+        for (p, dst) in lines.as_mut_slice().chunks_mut(lines_per_panel.max(1)).enumerate() {
+            // SAFETY: `Line` is 16 plain u32s; the slice covers exactly the panel's lines.
+            let words = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u32>(), dst.len() * 16) };
+            let cols = (n - p * NR).min(NR);
+            let row = |j: usize| &wt[j * n + p * NR..j * n + p * NR + cols];
+            if pairs {
+                let half = words_per_panel / 2;
+                for j in (0..k).step_by(2) {
+                    let hi = (j + 1 < k).then(|| row(j + 1));
+                    for (c, &lo) in row(j).iter().enumerate() {
+                        let hi = hi.map_or(0, |h| bits(h[c]));
+                        words[(c / 16) * half + (j / 2) * 16 + c % 16] = bits(lo) | (hi << 16);
+                    }
+                }
+            } else {
+                for (j, out) in words.chunks_exact_mut(NR).enumerate() {
+                    out.iter_mut().zip(row(j)).for_each(|(o, v)| *o = v.to_bits());
+                }
+            }
+        }
+        Self { n, k, format, panel_words: lines_per_panel * 16, lines }
+    }
+
     /// Packs `w` with `bits` giving each value's stored word (see [`Packed::new`]).
     fn pack<T: Copy + Sync>(w: &[T], n: usize, k: usize, format: Format, bits: impl Fn(T) -> u32 + Sync) -> Self {
         let panels = n.div_ceil(NR);
