@@ -146,12 +146,14 @@ impl Fused {
     /// One head: `out` (tq × d) from `q` (tq × d), `k` and `v` (tk × d).
     #[allow(clippy::too_many_arguments)]
     fn head(&self, q: &[f32], k: &[f32], v: &[f32], tq: usize, tk: usize, d: usize, out: &mut [f32]) {
-        // Keys are the "weights" of q·kᵀ; vᵀ those of p·v. In bf16 the keys are padded with zero rows
-        // to whole 32-blocks, so p·v's inputs fill AMX tiles; the padding's scores are zeroed below.
-        let (format, width) = match self.products {
-            Products::F32 => (Format::F32, tk),
-            Products::Bf16 => (Format::Bf16Pairs, tk.next_multiple_of(32)),
+        // Keys are the "weights" of q·kᵀ; vᵀ those of p·v. Where AMX multiplies bf16 the keys are padded
+        // with zero rows to whole 32-blocks, so p·v's inputs fill its tiles; the padding's scores are
+        // zeroed below.
+        let format = match self.products {
+            Products::F32 => Format::F32,
+            Products::Bf16 => Format::Bf16Pairs,
         };
+        let width = tk.next_multiple_of(super::gemm::input_multiple(format));
         let (mut padded_k, mut padded_v) = (Vec::new(), Vec::new());
         let (k, v) = if width == tk {
             (k, v)

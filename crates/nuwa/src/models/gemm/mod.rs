@@ -27,6 +27,17 @@ const NC_PANELS: usize = 8;
 #[repr(C, align(64))]
 struct Line([u32; 16]);
 
+/// The input counts a product of `format` panels is fastest at multiples of: 32 where AMX multiplies
+/// bf16 (it takes whole 32-input blocks; other counts run on the vector kernels), else 1.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+pub fn input_multiple(format: Format) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if format == Format::Bf16Pairs && amx::available() {
+        return amx::INPUTS;
+    }
+    1
+}
+
 /// A weight matrix packed for [`Packed::matmul`].
 pub struct Packed {
     n: usize,
@@ -173,14 +184,11 @@ impl Packed {
     pub fn new(w: Rows<'_>, n: usize, k: usize, format: Format) -> Self {
         assert_eq!(w.len(), n * k, "weight of {n}×{k} has {} values", w.len());
         if format.is_quantized() {
+            use rayon::prelude::*;
             return match w {
                 Rows::F32(v) => Self::quantize(v, n, k, format),
-                _ => Self::quantize(
-                    &convert_rows(w, n, k, k, false).into_iter().map(f32::from_bits).collect::<Vec<_>>(),
-                    n,
-                    k,
-                    format,
-                ),
+                Rows::Bf16(v) => Self::quantize(&v.par_iter().map(|x| x.to_f32()).collect::<Vec<_>>(), n, k, format),
+                Rows::F16(v) => Self::quantize(&v.par_iter().map(|x| x.to_f32()).collect::<Vec<_>>(), n, k, format),
             };
         }
         if format == Format::Bf16Pairs {
@@ -211,7 +219,6 @@ impl Packed {
         let words_per_panel = format.steps(k) * NR;
         let lines_per_panel = words_per_panel.div_ceil(16);
         let mut lines = Lines::zeroed(n.div_ceil(NR) * lines_per_panel);
-        let bits = |v: f32| u32::from(bf16::from_f32(v).to_bits());
         for (p, dst) in lines.as_mut_slice().chunks_mut(lines_per_panel.max(1)).enumerate() {
             // SAFETY: `Line` is 16 plain u32s; the slice covers exactly the panel's lines.
             let words = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u32>(), dst.len() * 16) };
@@ -220,10 +227,11 @@ impl Packed {
             if pairs {
                 let half = words_per_panel / 2;
                 for j in (0..k).step_by(2) {
-                    let hi = (j + 1 < k).then(|| row(j + 1));
-                    for (c, &lo) in row(j).iter().enumerate() {
-                        let hi = hi.map_or(0, |h| bits(h[c]));
-                        words[(c / 16) * half + (j / 2) * 16 + c % 16] = bits(lo) | (hi << 16);
+                    let (lo, hi) = (row(j), (j + 1 < k).then(|| row(j + 1)));
+                    for c0 in (0..cols).step_by(16) {
+                        let c1 = (c0 + 16).min(cols);
+                        let out = &mut words[(c0 / 16) * half + (j / 2) * 16..][..c1 - c0];
+                        pair_words(&lo[c0..c1], hi.map(|h| &h[c0..c1]), out);
                     }
                 }
             } else {
@@ -307,7 +315,7 @@ impl Packed {
         if m == 0 || n == 0 {
             return;
         }
-        let a = RowWords::new(a, m, k, kernel.a_format());
+        let a = RowWords::new(a, k, kernel.a_format());
         let panels = n.div_ceil(NR);
         let threads = threads.clamp(1, panels);
         let per_thread = panels.div_ceil(threads);
@@ -508,30 +516,35 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// `A` as the kernels read it: row-major 32-bit words (f32 values or bf16 input pairs), `lda` a row.
+/// `A` as the kernels read it: rows of `lda` 32-bit words (f32 values or bf16 input pairs), each
+/// borrowed where `a` already holds it so, converted row by row where the caller packs it.
 struct RowWords<'a> {
-    words: std::borrow::Cow<'a, [u32]>,
+    a: Rows<'a>,
+    k: usize,
     lda: usize,
+    pairs: bool,
 }
 
 impl<'a> RowWords<'a> {
-    /// `a` in `format`'s words, borrowed when it already is.
-    fn new(a: Rows<'a>, m: usize, k: usize, format: Format) -> Self {
-        use std::borrow::Cow;
+    fn new(a: Rows<'a>, k: usize, format: Format) -> Self {
+        let pairs = format == Format::Bf16Pairs;
+        Self { a, k, lda: if pairs { k.div_ceil(2) } else { k }, pairs }
+    }
+
+    /// Row `r`'s words: in place when the rows already are them, else converted into `scratch`.
+    fn row<'s>(&'s self, r: usize, scratch: &'s mut [u32]) -> &'s [u32] {
+        let at = r * self.k..(r + 1) * self.k;
         // SAFETY (both casts): f32 and pairs of bf16 are plain 32-bit words.
-        match (format, a) {
-            (Format::F32, Rows::F32(v)) => {
-                Self { words: Cow::Borrowed(unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len()) }), lda: k }
-            }
-            (Format::Bf16Pairs, Rows::Bf16(v)) if k.is_multiple_of(2) => Self {
-                words: Cow::Borrowed(unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len() / 2) }),
-                lda: k / 2,
+        match (self.pairs, self.a) {
+            (false, Rows::F32(v)) => unsafe { std::slice::from_raw_parts(v[at].as_ptr().cast(), self.lda) },
+            (true, Rows::Bf16(v)) if self.k.is_multiple_of(2) => unsafe {
+                std::slice::from_raw_parts(v[at].as_ptr().cast(), self.lda)
             },
-            (Format::Bf16Pairs, a) => {
-                let lda = k.div_ceil(2);
-                Self { words: Cow::Owned(convert_rows(a, m, k, lda, true)), lda }
+            _ => {
+                let out = &mut scratch[..self.lda];
+                convert_row(self.a, r, self.k, out, self.pairs);
+                out
             }
-            (_, a) => Self { words: Cow::Owned(convert_rows(a, m, k, k, false)), lda: k },
         }
     }
 
@@ -550,6 +563,19 @@ impl<'a> RowWords<'a> {
 
     fn f32_words<T: Copy + Into<f32>>(row: &[T], out: &mut [u32]) {
         out.iter_mut().zip(row).for_each(|(o, &v)| *o = v.into().to_bits());
+    }
+}
+
+/// `out[c]` ← the bf16 pair of `lo[c]` (low half) and `hi[c]` (0 without `hi`), up to 16 values.
+fn pair_words(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(hi) = hi.filter(|_| lo.len() == 16 && std::arch::is_x86_feature_detected!("avx512bf16")) {
+        // SAFETY: 16 values in each slice and in `out`; the CPU has the features.
+        return unsafe { avx512::pair_words(lo, hi, out) };
+    }
+    let bits = |v: f32| u32::from(bf16::from_f32(v).to_bits());
+    for (c, (o, &l)) in out.iter_mut().zip(lo).enumerate() {
+        *o = bits(l) | (hi.map_or(0, |h| bits(h[c])) << 16);
     }
 }
 
@@ -575,20 +601,6 @@ fn convert_row(a: Rows<'_>, r: usize, k: usize, out: &mut [u32], pairs: bool) {
     }
 }
 
-/// `a`'s rows as rows of `lda` words (bf16 pairs when `pairs`, else f32), spread over the cores when large.
-fn convert_rows(a: Rows<'_>, m: usize, k: usize, lda: usize, pairs: bool) -> Vec<u32> {
-    let mut words = vec![0u32; m * lda];
-    let rows_per_job = (1 << 16) / k.max(1) + 1;
-    let convert = |(i, out): (usize, &mut [u32])| {
-        for (j, o) in out.chunks_mut(lda.max(1)).enumerate() {
-            convert_row(a, i * rows_per_job + j, k, o, pairs);
-        }
-    };
-    use rayon::prelude::*;
-    words.par_chunks_mut(rows_per_job * lda.max(1)).enumerate().for_each(convert);
-    words
-}
-
 /// Rows of `A` for the vector kernels: blocks of [`MR`] rows (fewer in the last), each holding its
 /// rows' words step by step, side by side, so a tile reads them front to back. (Rows read in place,
 /// a row apart, would all fall into the same few L1 sets at the usual power-of-two widths.)
@@ -598,16 +610,17 @@ struct PackedRows {
 }
 
 impl PackedRows {
-    /// Rows `rows` of `a`.
+    /// Rows `rows` of `a`, converted a row block at a time (no converted copy of the whole `A`).
     fn new(a: &RowWords, rows: std::ops::Range<usize>) -> Self {
         let steps = a.lda;
         let mut words = vec![0u32; rows.len() * steps];
         let pack = |(block, dst): (usize, &mut [u32])| {
-            let n = dst.len() / steps;
-            let src = &a.words[(rows.start + block * MR) * steps..];
-            for (s, out) in dst.chunks_exact_mut(n).enumerate() {
-                for (r, w) in out.iter_mut().enumerate() {
-                    *w = src[r * steps + s];
+            let n = dst.len() / steps.max(1);
+            let mut scratch = vec![0u32; steps];
+            for r in 0..n {
+                let src = a.row(rows.start + block * MR + r, &mut scratch);
+                for (s, &w) in src.iter().enumerate() {
+                    dst[s * n + r] = w;
                 }
             }
         };
@@ -856,6 +869,27 @@ mod avx512 {
         super::RowWords::bf16_pairs(tail, &mut out[8 * whole..]);
     }
 
+    /// [`super::pair_words`] of 16 values: both rows rounded at once, then interleaved.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pair_words(lo: &[f32], hi: &[f32], out: &mut [u32]) {
+        // Halfword e of the result: lo[e / 2] for even e, hi[e / 2] (at 16 + e / 2) for odd.
+        const ORDER: [u16; 32] = {
+            let mut order = [0u16; 32];
+            let mut e = 0;
+            while e < 32 {
+                order[e] = (e / 2 + 16 * (e % 2)) as u16;
+                e += 1;
+            }
+            order
+        };
+        unsafe {
+            let both = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(hi.as_ptr()), _mm512_loadu_ps(lo.as_ptr()));
+            let order = _mm512_loadu_si512(ORDER.as_ptr().cast());
+            let words = _mm512_permutexvar_epi16(order, std::mem::transmute::<__m512bh, __m512i>(both));
+            _mm512_storeu_si512(out.as_mut_ptr().cast(), words);
+        }
+    }
+
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn f32_tile<const R: usize>(t: &Tile) {
         unsafe {
@@ -972,12 +1006,15 @@ mod amx {
     /// Panels per pass over the row blocks: at 4096 inputs their 1 MiB of weights stays in L2.
     pub const PANELS_PER_PASS: usize = 4;
 
+    /// Inputs per tile step (16 pairs).
+    pub const INPUTS: usize = 32;
+
     /// Whether this call runs on AMX: a bf16 kernel, whole tile rows, the inputs in whole 32-blocks.
     pub fn usable(kernel: Kernel, k: usize, m: usize) -> bool {
-        matches!(kernel, Kernel::Avx512Bf16) && k.is_multiple_of(32) && m >= ROWS && available()
+        matches!(kernel, Kernel::Avx512Bf16) && k.is_multiple_of(INPUTS) && m >= ROWS && available()
     }
 
-    fn available() -> bool {
+    pub fn available() -> bool {
         static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *AVAILABLE.get_or_init(|| {
             // CPUID.(7,0):EDX bit 24 = AMX-TILE, bit 22 = AMX-BF16.
@@ -1021,10 +1058,11 @@ mod amx {
         let lda = a.lda;
         let mut out = vec![0u32; rows.next_multiple_of(ROWS) * lda];
         let pack = |(block, dst): (usize, &mut [u32])| {
-            for (step, piece) in dst.chunks_exact_mut(2 * 16 * 16).enumerate() {
-                for (r, row) in piece.chunks_exact_mut(16).enumerate().take(rows - block * ROWS) {
-                    let src = (block * ROWS + r) * lda + step * 16;
-                    row.copy_from_slice(&a.words[src..src + 16]);
+            let mut scratch = vec![0u32; lda];
+            for r in 0..(rows - block * ROWS).min(ROWS) {
+                let src = a.row(block * ROWS + r, &mut scratch);
+                for (step, piece) in src.chunks_exact(16).enumerate() {
+                    dst[step * 2 * 16 * 16 + r * 16..][..16].copy_from_slice(piece);
                 }
             }
         };
@@ -1178,9 +1216,15 @@ mod tests {
                     } else {
                         want.clone()
                     };
-                    for threads in [1, 3] {
+                    // bf16 rows are read in place when they already are pairs (even `k`), else converted.
+                    let a_bf16: Vec<bf16> = a.iter().map(|&v| bf16::from_f32(v)).collect();
+                    let mut inputs = vec![Rows::F32(&a)];
+                    if format == Format::Bf16Pairs {
+                        inputs.push(Rows::Bf16(&a_bf16));
+                    }
+                    for (input, threads) in inputs.iter().flat_map(|&a| [(a, 1), (a, 3)]) {
                         let mut c = vec![f32::NAN; m * n];
-                        packed.matmul_on(kernel, Rows::F32(&a), m, Some(&bias), &mut c, threads);
+                        packed.matmul_on(kernel, input, m, Some(&bias), &mut c, threads);
                         for (i, (got, want)) in c.iter().zip(&want).enumerate() {
                             let bound = 1e-5 * (k as f64).sqrt() + 1e-6 * want.abs();
                             assert!(
@@ -1190,6 +1234,23 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Packing a weight from its transpose stores exactly what packing the weight does.
+    #[test]
+    fn transposed_packing_equals_packing_the_weight() {
+        for (n, k) in [(1, 1), (16, 2), (45, 37), (64, 577), (70, 96)] {
+            let wt = values(n * k, 4);
+            let w: Vec<f32> = (0..n * k).map(|i| wt[(i % k) * n + i / k]).collect();
+            for format in [Format::F32, Format::Bf16Pairs] {
+                let (a, b) = (Packed::transposed(&wt, k, n, format), Packed::new(Rows::F32(&w), n, k, format));
+                // SAFETY: the panels are `len` lines of 16 words.
+                let words = |p: &Packed| {
+                    unsafe { std::slice::from_raw_parts(p.lines.as_ptr().cast::<u32>(), p.lines.len() * 16) }.to_vec()
+                };
+                assert_eq!(words(&a), words(&b), "{format:?} {n}×{k}");
             }
         }
     }
