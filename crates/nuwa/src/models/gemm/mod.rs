@@ -785,7 +785,7 @@ mod avx512 {
 
     /// How far ahead of its reads a streaming row kernel prefetches each stream: the hardware
     /// prefetchers alone keep too few lines in flight to use the memory bandwidth (f16: +25 %).
-    const AHEAD_BYTES: usize = 2048;
+    const AHEAD_BYTES: usize = 4096;
 
     /// The column masks of a tile's two vectors.
     #[inline(always)]
@@ -898,8 +898,8 @@ mod avx512 {
                 let d = AHEAD_BYTES / (NR * 4);
                 return row(t, |acc, s| {
                     let x = _mm512_set1_ps(*a.add(s));
-                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((s + d) * NR).cast());
-                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((s + d) * NR + 16).cast());
+                    _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add((s + d) * NR).cast());
+                    _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add((s + d) * NR + 16).cast());
                     acc[0] = _mm512_fmadd_ps(x, _mm512_load_ps(b.add(s * NR)), acc[0]);
                     acc[1] = _mm512_fmadd_ps(x, _mm512_load_ps(b.add(s * NR + 16)), acc[1]);
                 });
@@ -928,8 +928,8 @@ mod avx512 {
                 let (a, lo, hi) = (t.a, t.b, t.b_hi);
                 let d = AHEAD_BYTES / 64;
                 return row(t, |acc, s| {
-                    _mm_prefetch::<_MM_HINT_T0>(lo.wrapping_add((s + d) * 16).cast());
-                    _mm_prefetch::<_MM_HINT_T0>(hi.wrapping_add((s + d) * 16).cast());
+                    _mm_prefetch::<_MM_HINT_T1>(lo.wrapping_add((s + d) * 16).cast());
+                    _mm_prefetch::<_MM_HINT_T1>(hi.wrapping_add((s + d) * 16).cast());
                     let x = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*a.add(s) as i32));
                     let w = |b: *const u32| {
                         std::mem::transmute::<__m512i, __m512bh>(_mm512_load_si512(b.add(s * 16).cast()))
@@ -967,7 +967,7 @@ mod avx512 {
                 let d = AHEAD_BYTES / (NR * 2);
                 return row(t, |acc, s| {
                     let x = _mm512_set1_ps(*a.add(s));
-                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((s + d) * NR / 2).cast());
+                    _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add((s + d) * NR / 2).cast());
                     let halves = _mm512_load_si512(b.add(s * NR / 2).cast());
                     acc[0] = _mm512_fmadd_ps(x, _mm512_cvtph_ps(_mm512_castsi512_si256(halves)), acc[0]);
                     acc[1] = _mm512_fmadd_ps(x, _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(halves)), acc[1]);

@@ -314,7 +314,7 @@ pub mod avx512 {
                                 let $blk = panel.add($b * lines * 64);
                                 // Each stream's block after next: enough reads in flight for the bandwidth.
                                 for line in 0..lines {
-                                    _mm_prefetch::<_MM_HINT_T0>($blk.wrapping_add((2 * lines + line) * 64).cast());
+                                    _mm_prefetch::<_MM_HINT_T1>($blk.wrapping_add((4 * lines + line) * 64).cast());
                                 }
                                 $body
                             }
