@@ -184,11 +184,14 @@ impl Packed {
     pub fn new(w: Rows<'_>, n: usize, k: usize, format: Format) -> Self {
         assert_eq!(w.len(), n * k, "weight of {n}×{k} has {} values", w.len());
         if format.is_quantized() {
-            use rayon::prelude::*;
+            fn widened<T: Copy + Into<f32> + Sync>(v: &[T]) -> Vec<f32> {
+                use rayon::prelude::*;
+                v.par_iter().map(|&x| x.into()).collect()
+            }
             return match w {
                 Rows::F32(v) => Self::quantize(v, n, k, format),
-                Rows::Bf16(v) => Self::quantize(&v.par_iter().map(|x| x.to_f32()).collect::<Vec<_>>(), n, k, format),
-                Rows::F16(v) => Self::quantize(&v.par_iter().map(|x| x.to_f32()).collect::<Vec<_>>(), n, k, format),
+                Rows::Bf16(v) => Self::quantize(&widened(v), n, k, format),
+                Rows::F16(v) => Self::quantize(&widened(v), n, k, format),
             };
         }
         if format == Format::Bf16Pairs {
@@ -531,15 +534,27 @@ impl<'a> RowWords<'a> {
         Self { a, k, lda: if pairs { k.div_ceil(2) } else { k }, pairs }
     }
 
+    /// Whether the rows already are the kernel's words (read in place, no conversion).
+    fn in_place(&self) -> bool {
+        match self.a {
+            Rows::F32(_) => !self.pairs,
+            Rows::Bf16(_) => self.pairs && self.k.is_multiple_of(2),
+            Rows::F16(_) => false,
+        }
+    }
+
+    /// A buffer for [`RowWords::row`]: one row's words, or nothing when rows are read in place.
+    fn scratch(&self) -> Vec<u32> {
+        vec![0; if self.in_place() { 0 } else { self.lda }]
+    }
+
     /// Row `r`'s words: in place when the rows already are them, else converted into `scratch`.
     fn row<'s>(&'s self, r: usize, scratch: &'s mut [u32]) -> &'s [u32] {
         let at = r * self.k..(r + 1) * self.k;
         // SAFETY (both casts): f32 and pairs of bf16 are plain 32-bit words.
-        match (self.pairs, self.a) {
-            (false, Rows::F32(v)) => unsafe { std::slice::from_raw_parts(v[at].as_ptr().cast(), self.lda) },
-            (true, Rows::Bf16(v)) if self.k.is_multiple_of(2) => unsafe {
-                std::slice::from_raw_parts(v[at].as_ptr().cast(), self.lda)
-            },
+        match self.a {
+            Rows::F32(v) if self.in_place() => unsafe { std::slice::from_raw_parts(v[at].as_ptr().cast(), self.lda) },
+            Rows::Bf16(v) if self.in_place() => unsafe { std::slice::from_raw_parts(v[at].as_ptr().cast(), self.lda) },
             _ => {
                 let out = &mut scratch[..self.lda];
                 convert_row(self.a, r, self.k, out, self.pairs);
@@ -616,7 +631,7 @@ impl PackedRows {
         let mut words = vec![0u32; rows.len() * steps];
         let pack = |(block, dst): (usize, &mut [u32])| {
             let n = dst.len() / steps.max(1);
-            let mut scratch = vec![0u32; steps];
+            let mut scratch = a.scratch();
             for r in 0..n {
                 let src = a.row(rows.start + block * MR + r, &mut scratch);
                 for (s, &w) in src.iter().enumerate() {
@@ -1058,7 +1073,7 @@ mod amx {
         let lda = a.lda;
         let mut out = vec![0u32; rows.next_multiple_of(ROWS) * lda];
         let pack = |(block, dst): (usize, &mut [u32])| {
-            let mut scratch = vec![0u32; lda];
+            let mut scratch = a.scratch();
             for r in 0..(rows - block * ROWS).min(ROWS) {
                 let src = a.row(block * ROWS + r, &mut scratch);
                 for (step, piece) in src.chunks_exact(16).enumerate() {
