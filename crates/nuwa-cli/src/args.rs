@@ -53,8 +53,8 @@ pub struct ModelArgs {
     /// the model family is read from config.json. With the `hub` feature, a hub id such as llava-hf/llava-1.5-7b-hf.
     #[arg(long, value_name = "DIR")]
     pub model: String,
-    /// Weight dtype. On the CPU bf16 and f16 weights compute in f32 (activations, attention and the KV
-    /// cache stay f32); on CUDA everything runs in this dtype.
+    /// Weight dtype. On the CPU bf16 and f16 weights compute in f32 (activations and attention; the KV
+    /// cache is held in the weights' dtype); on CUDA everything runs in this dtype.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
     /// Where to run: cpu, or cuda (needs a build with `--features cuda`).
@@ -67,7 +67,7 @@ pub struct ModelArgs {
     /// Quantise the decoder's linears and LM head (and LLaVA's projector) at load, one layer at a time:
     /// q8_0 (8.5 bits a weight) or q4_k (4.5 in llama.cpp's files, 4.625 as held here), llama.cpp's
     /// formats, each weight held once; activations stay f32 (decoding's q8_0 products quantise the row
-    /// to 8 bits, as llama.cpp does). A layer whose input width does not fill q4_k's 256-blocks takes
+    /// to 8 bits, as llama.cpp does) and the KV cache is f16, as llama.cpp's. A layer whose input width does not fill q4_k's 256-blocks takes
     /// q8_0, one that does not fill 32-blocks stays dense.
     #[arg(long, value_enum)]
     pub quantize: Option<QuantizeArg>,

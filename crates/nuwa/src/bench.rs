@@ -486,8 +486,8 @@ pub fn memory_estimate(cfg: &BenchConfig, vision_tokens: usize, dtype: DType) ->
     };
     let largest = (t.vocab_size() * t.hidden_size) as u64 * 4;
     let context = BENCH_TEXT + vision_tokens;
-    // The cache holds activations: f32 on the CPU whatever the weights' dtype.
-    let kv_bytes = LoadOptions { dtype, ..LoadOptions::default() }.compute_dtype().size_in_bytes() as u64;
+    let opts = LoadOptions { dtype, quantize: t.weights.quantize, ..LoadOptions::default() };
+    let kv_bytes = opts.weights().cache_dtype(opts.compute_dtype(), true).size_in_bytes() as u64;
     let kv = (t.num_hidden_layers * 2 * context * t.num_key_value_heads() * t.head_dim()) as u64 * kv_bytes;
     weights + largest + kv + WORKSPACE_BYTES
 }

@@ -98,3 +98,26 @@ fn a_method_needing_missing_evidence_names_it() {
     let msg = err.to_string();
     assert!(msg.contains("visionzip") && msg.contains("[CLS]") && msg.contains("llava-1.5"), "{msg}");
 }
+
+/// Reserving room for an answer keeps what is cached and leaves that room in every layer, so decoding
+/// appends in place (a layer without room is regrown: copied into one twice its size, mid-decode).
+#[test]
+fn reserving_room_in_the_cache_keeps_it_and_decoding_fills_it_in_place() {
+    let e = engine();
+    let state = e.prefill(&request(8, vec![])).unwrap();
+    let mut reserved = state.cache.clone();
+    reserved.reserve(4).unwrap();
+    assert_eq!(reserved.layer_lengths(), state.cache.layer_lengths());
+    assert_eq!(reserved.bytes(), state.cache.bytes());
+    assert!(reserved.room().iter().all(|&r| r >= 4), "room {:?}", reserved.room());
+    // One generated token through both caches: the same logits, and the reserved one used its room.
+    let token = ids("unpruned.greedy")[0];
+    let embeds = e.decoder().embed(&[token]).unwrap();
+    let at = nuwa::layout::Positions::Linear(vec![state.next_position]);
+    let mut unreserved = state.cache.clone();
+    let want = e.decoder().forward(&embeds, &at, &mut unreserved, None).unwrap();
+    let room = reserved.room();
+    let got = e.decoder().forward(&embeds, &at, &mut reserved, None).unwrap();
+    assert_eq!(max_abs_diff(&got, &want), 0.0);
+    assert_eq!(reserved.room(), room.iter().map(|r| r - 1).collect::<Vec<_>>());
+}

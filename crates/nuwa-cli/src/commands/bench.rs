@@ -34,8 +34,8 @@ pub struct BenchArgs {
     /// Keep only the first N vision-encoder layers.
     #[arg(long, value_name = "N")]
     pub vision_layers: Option<usize>,
-    /// Weight dtype. On the CPU bf16 and f16 weights compute in f32 (activations, attention and the KV
-    /// cache stay f32); on CUDA everything runs in this dtype.
+    /// Weight dtype. On the CPU bf16 and f16 weights compute in f32 (activations and attention; the KV
+    /// cache is held in the weights' dtype); on CUDA everything runs in this dtype.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
     /// Quantise the decoder's linears and LM head at load: q8_0 or q4_k (see `nuwa generate --help`).

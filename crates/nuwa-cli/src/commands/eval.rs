@@ -23,8 +23,8 @@ pub struct EvalArgs {
     /// Quantise the decoder at load: q8_0 or q4_k (see `nuwa generate --help`).
     #[arg(long, value_enum)]
     pub quantize: Option<crate::args::QuantizeArg>,
-    /// Weight dtype. On the CPU bf16 and f16 weights compute in f32 (activations, attention and the KV
-    /// cache stay f32); on CUDA everything runs in this dtype.
+    /// Weight dtype. On the CPU bf16 and f16 weights compute in f32 (activations and attention; the KV
+    /// cache is held in the weights' dtype); on CUDA everything runs in this dtype.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
     /// Where to run: cpu, or cuda (needs a build with `--features cuda`).

@@ -94,9 +94,17 @@ pub struct Session<'e> {
 }
 
 impl<'e> Session<'e> {
-    pub(super) fn new(engine: &'e Engine, state: Prefill, sampling: &Sampling, opts: SessionOptions) -> Result<Self> {
+    pub(super) fn new(
+        engine: &'e Engine,
+        mut state: Prefill,
+        sampling: &Sampling,
+        opts: SessionOptions,
+    ) -> Result<Self> {
         opts.validate()?;
         let sampler = Sampler::new(sampling)?;
+        // Room for the answer up front (never more than the context holds).
+        let context = engine.decoder().config().max_position_embeddings;
+        state.cache.reserve(opts.max_new_tokens.min(context))?;
         let logits = Some(state.logits.clone());
         Ok(Self {
             engine,

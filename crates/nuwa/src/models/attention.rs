@@ -43,9 +43,11 @@ impl Products {
     }
 }
 
-/// `q` (heads, queries, d), `k` and `v` (heads, keys, d), all f32 on the CPU; returns (heads, queries, d).
-/// `k` and `v` may be views whose heads lie apart (a KV cache's filled part): only each head's rows
-/// must be contiguous. Decoding's few queries always multiply in f32.
+/// `q` (heads, queries, d) in f32 on the CPU; `k` and `v` (kv heads, keys, d) in f32, f16 or bf16 (a
+/// half-precision cache). The kv heads divide the heads: head `h` reads kv head `h / (heads / kv heads)`,
+/// so grouped-query attention needs no repeated copy of the cache. `k` and `v` may be views whose heads
+/// lie apart (a KV cache's filled part): only each head's rows must be contiguous. Returns (heads,
+/// queries, d). Decoding's few queries always multiply in f32.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -76,6 +78,32 @@ struct Fused {
     products: Products,
 }
 
+/// One operand's heads: head `i`'s `rows × d` values start at `data[start + i·head_stride]`.
+struct Heads<'a, T> {
+    data: &'a [T],
+    start: usize,
+    head_stride: usize,
+    rows: usize,
+    d: usize,
+}
+
+impl<'a, T> Heads<'a, T> {
+    fn new(data: &'a [T], l: &Layout) -> candle_core::Result<Self> {
+        let (_, rows, d) = l.shape().dims3()?;
+        match l.stride() {
+            &[head_stride, rs, 1] if rs == d || rows == 1 => {
+                Ok(Self { data, start: l.start_offset(), head_stride, rows, d })
+            }
+            _ => candle_core::bail!("fused-attention: operands with contiguous rows only"),
+        }
+    }
+
+    fn head(&self, i: usize) -> &'a [T] {
+        let s = self.start + i * self.head_stride;
+        &self.data[s..s + self.rows * self.d]
+    }
+}
+
 impl CustomOp3 for Fused {
     fn name(&self) -> &'static str {
         "fused-attention"
@@ -90,16 +118,8 @@ impl CustomOp3 for Fused {
         v: &CpuStorage,
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        /// Head `i`'s rows start at `data[start + i·head_stride]`.
-        fn heads<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<(&'a [f32], usize, usize)> {
-            let (_, rows, d) = l.shape().dims3()?;
-            match (s, l.stride()) {
-                (CpuStorage::F32(data), &[hs, rs, 1]) if rs == d || rows == 1 => Ok((data, l.start_offset(), hs)),
-                _ => candle_core::bail!("fused-attention: f32 operands with contiguous rows only"),
-            }
-        }
         let ((h, tq, d), (hk, tk, dk)) = (ql.shape().dims3()?, kl.shape().dims3()?);
-        if (hk, dk) != (h, d) || vl.shape().dims3()? != (h, tk, d) {
+        if dk != d || hk == 0 || !h.is_multiple_of(hk) || vl.shape().dims3()? != (hk, tk, d) {
             candle_core::bail!(
                 "fused-attention: q {:?}, k {:?}, v {:?} do not match",
                 ql.shape(),
@@ -112,24 +132,20 @@ impl CustomOp3 for Fused {
                 candle_core::bail!("fused-attention: {tq} causal queries after {past} cached keys, but {tk} keys");
             }
         }
-        let ((q, q0, qh), (k, k0, kh), (v, v0, vh)) = (heads(q, ql)?, heads(k, kl)?, heads(v, vl)?);
-        let mut out = vec![0f32; h * tq * d];
-        use rayon::prelude::*;
-        out.par_chunks_mut((tq * d).max(1)).enumerate().for_each(|(head, out)| {
-            let at = |start: usize, stride: usize, rows: usize| {
-                let s = start + head * stride;
-                s..s + rows * d
-            };
-            let (q, k, v) = (&q[at(q0, qh, tq)], &k[at(k0, kh, tk)], &v[at(v0, vh, tk)]);
-            if tq < DIRECT_QUERIES {
-                for (i, out) in out.chunks_exact_mut(d).enumerate() {
-                    let seen = self.seen(i, tk);
-                    direct(&q[i * d..(i + 1) * d], k, v, seen, self.scale, out);
-                }
-            } else {
-                self.head(q, k, v, tq, tk, d, out);
+        let CpuStorage::F32(q) = q else { candle_core::bail!("fused-attention: f32 queries only") };
+        let q = Heads::new(q, ql)?;
+        let out = match (k, v) {
+            (CpuStorage::F32(k), CpuStorage::F32(v)) => {
+                self.run(&q, &Heads::new(k, kl)?, &Heads::new(v, vl)?, h, h / hk)
             }
-        });
+            (CpuStorage::F16(k), CpuStorage::F16(v)) => {
+                self.run(&q, &Heads::new(k, kl)?, &Heads::new(v, vl)?, h, h / hk)
+            }
+            (CpuStorage::BF16(k), CpuStorage::BF16(v)) => {
+                self.run(&q, &Heads::new(k, kl)?, &Heads::new(v, vl)?, h, h / hk)
+            }
+            _ => candle_core::bail!("fused-attention: keys and values both f32, both f16 or both bf16"),
+        };
         Ok((CpuStorage::F32(out), Shape::from((h, tq, d))))
     }
 }
@@ -141,6 +157,25 @@ impl Fused {
             Mask::None => tk,
             Mask::Causal { past } => past + i + 1,
         }
+    }
+
+    /// Every head, spread over the cores; `group` query heads share each head of `k` and `v`.
+    fn run<T: Cached>(&self, q: &Heads<f32>, k: &Heads<T>, v: &Heads<T>, heads: usize, group: usize) -> Vec<f32> {
+        let (tq, tk, d) = (q.rows, k.rows, q.d);
+        let mut out = vec![0f32; heads * tq * d];
+        use rayon::prelude::*;
+        out.par_chunks_mut((tq * d).max(1)).enumerate().for_each(|(head, out)| {
+            let (q, k, v) = (q.head(head), k.head(head / group), v.head(head / group));
+            if tq < DIRECT_QUERIES {
+                for (i, out) in out.chunks_exact_mut(d).enumerate() {
+                    direct(&q[i * d..(i + 1) * d], k, v, self.seen(i, tk), self.scale, out);
+                }
+            } else {
+                let (mut wide_k, mut wide_v) = (Vec::new(), Vec::new());
+                self.head(q, T::widened(k, &mut wide_k), T::widened(v, &mut wide_v), tq, tk, d, out);
+            }
+        });
+        out
     }
 
     /// One head: `out` (tq × d) from `q` (tq × d), `k` and `v` (tk × d).
@@ -179,8 +214,37 @@ impl Fused {
     }
 }
 
+/// Cached keys and values: f32, or half precision widened to f32 as they are read.
+trait Cached: Copy + Send + Sync {
+    /// `src` as f32: itself, or widened into `scratch`.
+    fn widened<'a>(src: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32];
+}
+
+impl Cached for f32 {
+    fn widened<'a>(src: &'a [f32], _: &'a mut Vec<f32>) -> &'a [f32] {
+        src
+    }
+}
+
+macro_rules! widened_half {
+    ($($t:ty),*) => {$(
+        impl Cached for $t {
+            fn widened<'a>(src: &'a [$t], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+                use half::slice::HalfFloatSliceExt;
+                scratch.resize(src.len(), 0.0);
+                src.convert_to_f32_slice(scratch);
+                scratch
+            }
+        }
+    )*};
+}
+widened_half!(half::f16, half::bf16);
+
+/// Cached rows widened per block: 16 rows of 128 take 8 KiB of f32, which stays in L1.
+const DIRECT_ROWS: usize = 16;
+
 /// One query `q` against `k` and `v` (keys × d) read in place: `out = softmax(q·kᵀ·scale)[..seen] · v`.
-fn direct(q: &[f32], k: &[f32], v: &[f32], seen: usize, scale: f32, out: &mut [f32]) {
+fn direct<T: Cached>(q: &[f32], k: &[T], v: &[T], seen: usize, scale: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has the feature the copy is compiled for.
@@ -191,18 +255,28 @@ fn direct(q: &[f32], k: &[f32], v: &[f32], seen: usize, scale: f32, out: &mut [f
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn direct_avx512(q: &[f32], k: &[f32], v: &[f32], seen: usize, scale: f32, out: &mut [f32]) {
+unsafe fn direct_avx512<T: Cached>(q: &[f32], k: &[T], v: &[T], seen: usize, scale: f32, out: &mut [f32]) {
     direct_body(q, k, v, seen, scale, out)
 }
 
 #[inline(always)]
-fn direct_body(q: &[f32], k: &[f32], v: &[f32], seen: usize, scale: f32, out: &mut [f32]) {
+fn direct_body<T: Cached>(q: &[f32], k: &[T], v: &[T], seen: usize, scale: f32, out: &mut [f32]) {
     let d = q.len();
-    let mut scores: Vec<f32> = k.chunks_exact(d).take(seen).map(|key| dot(q, key)).collect();
-    softmax_body(&mut scores, seen, scale);
     out.fill(0.0);
-    for (p, value) in scores.iter().zip(v.chunks_exact(d)) {
-        out.iter_mut().zip(value).for_each(|(o, &x)| *o += p * x);
+    if d == 0 {
+        return;
+    }
+    let (k, v) = (&k[..seen * d], &v[..seen * d]);
+    let mut scratch = Vec::new();
+    let mut scores = Vec::with_capacity(seen);
+    for block in k.chunks(DIRECT_ROWS * d) {
+        scores.extend(T::widened(block, &mut scratch).chunks_exact(d).map(|key| dot(q, key)));
+    }
+    softmax_body(&mut scores, seen, scale);
+    for (p, block) in scores.chunks(DIRECT_ROWS).zip(v.chunks(DIRECT_ROWS * d)) {
+        for (p, value) in p.iter().zip(T::widened(block, &mut scratch).chunks_exact(d)) {
+            out.iter_mut().zip(value).for_each(|(o, &x)| *o += p * x);
+        }
     }
 }
 
@@ -265,46 +339,61 @@ mod tests {
     use candle_core::{DType, Device};
 
     /// The fused result equals the reference formula, with and without a causal mask, across query
-    /// blocks and uneven sizes (key counts off 32-blocks too), in f32 and, to bf16's precision, in bf16.
+    /// blocks and uneven sizes (key counts off 32-blocks too), with query heads sharing kv heads, keys
+    /// and values cached in f32, f16 and bf16, and, to bf16's precision, bf16 products.
     #[test]
     fn fused_attention_matches_the_formula() {
         let dev = Device::Cpu;
+        // (heads, queries, cached keys, d, causal, query heads per kv head)
         let cases = [
-            (2, 1, 0, 8, false),
-            (3, 200, 0, 40, true),
-            (2, 5, 140, 64, true),
-            (1, 130, 0, 32, false),
-            (2, 9, 40, 16, true),
-            (2, 100, 0, 64, false),
+            (2, 1, 0, 8, false, 1),
+            (3, 200, 0, 40, true, 1),
+            (2, 5, 140, 64, true, 1),
+            (1, 130, 0, 32, false, 1),
+            (2, 9, 40, 16, true, 1),
+            (2, 100, 0, 64, false, 1),
+            (6, 1, 50, 32, true, 3),
+            (4, 20, 30, 16, true, 2),
         ];
-        for (h, tq, past, d, causal) in cases {
-            let tk = past + tq;
+        for (h, tq, past, d, causal, group) in cases {
+            let (tk, hk) = (past + tq, h / group);
             let q = Tensor::randn(0f32, 1.0, (h, tq, d), &dev).unwrap();
             // Keys and values as a cache's filled part: heads further apart than their rows.
-            let cache = || Tensor::randn(0f32, 1.0, (h, tk + 7, d), &dev).unwrap().narrow(1, 0, tk).unwrap();
+            let cache = || Tensor::randn(0f32, 1.0, (hk, tk + 7, d), &dev).unwrap().narrow(1, 0, tk).unwrap();
             let (k, v) = (cache(), cache());
             let scale = 1.0 / (d as f64).sqrt();
             let mask = if causal { Mask::Causal { past } } else { Mask::None };
-            let got = attention(&q, &k, &v, scale, mask, Products::F32).unwrap();
-            let got_bf16 = attention(&q, &k, &v, scale, mask, Products::Bf16).unwrap();
-            let mut scores = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
-            if causal {
-                let m: Vec<f32> = (0..tq)
-                    .flat_map(|i| (0..tk).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-                    .collect();
-                scores = scores.broadcast_add(&Tensor::from_vec(m, (tq, tk), &dev).unwrap()).unwrap();
-            }
-            let want = candle_nn::ops::softmax_last_dim(&scores).unwrap().matmul(&v).unwrap();
-            let max_err = |got: Tensor| {
+            // Each query head against its kv head, the cache widened back to f32.
+            let want = |k: &Tensor, v: &Tensor| {
+                let repeat = |x: &Tensor| {
+                    let x = x.to_dtype(DType::F32).unwrap().contiguous().unwrap();
+                    Tensor::cat(&vec![&x; group], 1).unwrap().reshape((h, tk, d)).unwrap()
+                };
+                let (k, v) = (repeat(k), repeat(v));
+                let mut scores = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+                if causal {
+                    let m: Vec<f32> = (0..tq)
+                        .flat_map(|i| (0..tk).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+                        .collect();
+                    scores = scores.broadcast_add(&Tensor::from_vec(m, (tq, tk), &dev).unwrap()).unwrap();
+                }
+                candle_nn::ops::softmax_last_dim(&scores).unwrap().matmul(&v).unwrap()
+            };
+            let max_err = |got: Tensor, want: &Tensor| {
                 assert_eq!(got.dims(), want.dims());
-                let err = (got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+                let err = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
                 err.to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap()
             };
-            let err = max_err(got);
-            assert!(err < 2e-5, "h {h} tq {tq} past {past} d {d}: max |Δ| {err}");
+            let case = format!("h {h} tq {tq} past {past} d {d} group {group}");
+            for cached in [DType::F32, DType::F16, DType::BF16] {
+                let (k, v) = (k.to_dtype(cached).unwrap(), v.to_dtype(cached).unwrap());
+                let got = attention(&q, &k, &v, scale, mask, Products::F32).unwrap();
+                let err = max_err(got, &want(&k, &v));
+                assert!(err < 2e-5, "{case}, {cached:?} cache: max |Δ| {err}");
+            }
             // q, k, v and the probabilities rounded to bf16 (2⁻⁹ relative): a few 10⁻³ on outputs of order 1.
-            let err = max_err(got_bf16);
-            assert!(err < 2e-2, "bf16 products, h {h} tq {tq} past {past} d {d}: max |Δ| {err}");
+            let err = max_err(attention(&q, &k, &v, scale, mask, Products::Bf16).unwrap(), &want(&k, &v));
+            assert!(err < 2e-2, "bf16 products, {case}: max |Δ| {err}");
         }
     }
 }

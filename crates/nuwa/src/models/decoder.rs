@@ -218,6 +218,8 @@ struct Attention {
     num_kv_heads: usize,
     head_dim: usize,
     products: Products,
+    /// What the KV cache holds keys and values in ([`crate::models::linear::Weights::cache_dtype`]).
+    cache_dtype: DType,
 }
 
 impl Attention {
@@ -236,6 +238,7 @@ impl Attention {
             num_kv_heads: nkv,
             head_dim: hd,
             products: Products::for_weights(&cfg.weights),
+            cache_dtype: cfg.weights.cache_dtype(vb.dtype(), vb.device().is_cpu()),
         })
     }
 
@@ -275,23 +278,24 @@ impl Attention {
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let (b, t, _) = x.dims3()?;
         let (q, k, v) = self.qkv(x, cos, sin)?;
-        let (k, v) = cache.append(&k, &v)?;
-        let k = repeat_kv(k, self.num_heads / self.num_kv_heads)?;
-        let v = repeat_kv(v, self.num_heads / self.num_kv_heads)?;
+        let (k, v) = cache.append(&k.to_dtype(self.cache_dtype)?, &v.to_dtype(self.cache_dtype)?)?;
         if probe.rows.is_empty() && attention::supports(&q) {
             let (tq, tk) = (q.dim(2)?, k.dim(2)?);
             let mask = if mask.is_some() { Mask::Causal { past: tk - tq } } else { Mask::None };
             // One batch: the cache's views go in as they are (no copy of the cache per step).
+            // Query heads share the cache's kv heads inside the op: no repeated copy of the cache.
             let flat = |x: &Tensor| match b {
                 1 => x.squeeze(0),
-                _ => x.reshape((b * self.num_heads, x.dim(2)?, self.head_dim)),
+                _ => x.reshape((b * x.dim(1)?, x.dim(2)?, self.head_dim)),
             };
             let scale = 1.0 / (self.head_dim as f64).sqrt();
             let out = attention::attention(&flat(&q)?, &flat(&k)?, &flat(&v)?, scale, mask, self.products)?;
             let out = out.reshape((b, self.num_heads, t, self.head_dim))?.transpose(1, 2)?;
             return Ok((self.o_proj.forward(&out.reshape((b, t, self.num_heads * self.head_dim))?)?, None));
         }
-        let (k, v) = (k.contiguous()?, v.contiguous()?);
+        let n_rep = self.num_heads / self.num_kv_heads;
+        let k = repeat_kv(k.to_dtype(q.dtype())?, n_rep)?.contiguous()?;
+        let v = repeat_kv(v.to_dtype(q.dtype())?, n_rep)?.contiguous()?;
         let probs = self.probs(&q, &k, mask)?;
         let rows = if probe.rows.is_empty() { None } else { Some(probe_rows(&probs, probe)?) };
         let out = probs.to_dtype(v.dtype())?.matmul(&v)?;
@@ -417,6 +421,30 @@ impl Cache {
     /// Number of cached positions in each layer.
     pub fn layer_lengths(&self) -> Vec<usize> {
         self.layers.iter().map(|c| c.as_ref().map_or(0, |c| c.current_seq_len())).collect()
+    }
+
+    /// Makes room for `tokens` more entries in every layer, so that decoding never regrows a layer's
+    /// cache (a regrowth copies the layer into one twice its size, mid-decode). A filled layer short of
+    /// room is copied once into one that has it; layers not yet filled are made with it.
+    pub fn reserve(&mut self, tokens: usize) -> candle_core::Result<()> {
+        self.reserve = self.reserve.max(tokens);
+        for layer in self.layers.iter_mut().flatten() {
+            let len = layer.current_seq_len();
+            if layer.k_cache().max_seq_len() >= len + tokens {
+                continue;
+            }
+            if let (Some(k), Some(v)) = (layer.k()?, layer.v()?) {
+                let mut grown = KvCache::new(2, len + tokens);
+                grown.append(&k, &v)?;
+                *layer = grown;
+            }
+        }
+        Ok(())
+    }
+
+    /// Room for more entries in each layer before its cache must grow.
+    pub fn room(&self) -> Vec<usize> {
+        self.layers.iter().map(|c| c.as_ref().map_or(0, |c| c.k_cache().max_seq_len() - c.current_seq_len())).collect()
     }
 
     /// Bytes held by the cached keys and values (what is filled, not the reserve).
@@ -632,7 +660,7 @@ impl DecoderProbe for Probe<'_> {
     fn prev_keys(&self) -> crate::Result<Tensor> {
         let attn = &self.decoder.layers[self.layer - 1].self_attn;
         let kv = self.cache.layers[self.layer - 1].as_ref().expect("the previous layer has run");
-        let k = kv.k()?.expect("the previous layer cached its keys");
+        let k = kv.k()?.expect("the previous layer cached its keys").to_dtype(self.decoder.dtype)?;
         let k = repeat_kv(k, attn.num_heads / attn.num_kv_heads)?;
         // (1, heads, T, d) -> (T, heads·d)
         let (_, h, t, d) = k.dims4()?;

@@ -58,6 +58,17 @@ pub struct Weights {
 }
 
 impl Weights {
+    /// The KV cache's dtype for activations in `compute` on the CPU: half precision when the weights
+    /// are (bf16 for bf16 weights; f16 for f16 and quantised ones, as llama.cpp caches), which halves
+    /// the cache and what decoding reads of it; f32 weights cache f32. Elsewhere the activations'.
+    pub fn cache_dtype(&self, compute: DType, cpu: bool) -> DType {
+        match (self.quantize, self.dtype) {
+            (None, Some(dtype)) => dtype,
+            (Some(_), _) if cpu && compute == DType::F32 => DType::F16,
+            _ => compute,
+        }
+    }
+
     /// `vb` reading weights in the dtype they are held in, so a half-precision checkpoint is never
     /// widened to the activations' dtype on its way to being packed.
     pub fn reader<'a>(&self, vb: &VarBuilder<'a>) -> VarBuilder<'a> {

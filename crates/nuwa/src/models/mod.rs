@@ -37,9 +37,10 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
-    /// The activations' (and KV cache's) dtype. On the CPU half-precision weights compute in f32, as
-    /// llama.cpp's CPU backend does: our kernels read the half-precision weights directly, and candle's
-    /// half-precision elementwise ops and attention matmuls are several times slower than its f32 ones.
+    /// The activations' dtype (the KV cache's is [`linear::Weights::cache_dtype`]). On the CPU
+    /// half-precision weights compute in f32, as llama.cpp's CPU backend does: our kernels read the
+    /// half-precision weights directly, and candle's half-precision elementwise ops and attention
+    /// matmuls are several times slower than its f32 ones.
     pub fn compute_dtype(&self) -> DType {
         match self.dtype {
             DType::BF16 | DType::F16 if self.device.is_cpu() => DType::F32,
