@@ -1,5 +1,9 @@
 //! `nuwa` end to end on the tiny fixture: the same tokens and kept sets as the reference, and clear
 //! errors (exit status 1, a message naming the flag or file, never a panic) for bad input.
+#[path = "../../nuwa/tests/common/scratch.rs"]
+mod scratch;
+
+use scratch::Scratch;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -126,8 +130,7 @@ fn missing_model_dir_is_named() {
 
 #[test]
 fn score_rec_prints_the_means() {
-    let dir = std::env::temp_dir().join(format!("nuwa-cli-score-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("cli-score");
     let file = dir.join("preds.jsonl");
     std::fs::write(
         &file,
@@ -180,8 +183,7 @@ fn every_method_runs_and_reports_what_it_kept() {
 
 #[test]
 fn manual_keep_file_and_its_errors() {
-    let dir = std::env::temp_dir().join(format!("nuwa-cli-keep-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("cli-keep");
     let keep = dir.join("keep.json");
     std::fs::write(&keep, "[575, 0, 24, 300]").unwrap();
     let v = generate_json(&["--prune", "manual", "--keep-file", keep.to_str().unwrap(), "--positions", "original"]);

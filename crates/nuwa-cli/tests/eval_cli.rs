@@ -1,6 +1,10 @@
 //! `nuwa eval` and `nuwa eval merge` end to end on the tiny fixture: the output files and table, shards
 //! merged into the single run's summary, and flag or data errors (exit status 1, a message naming the
 //! flag or row). The library's tests cover scoring, resume and the Parquet layouts.
+#[path = "../../nuwa/tests/common/scratch.rs"]
+mod scratch;
+
+use scratch::Scratch;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,13 +15,6 @@ fn fixture(rel: &str) -> PathBuf {
 
 fn nuwa(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_nuwa")).args(args).output().expect("run nuwa")
-}
-
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nuwa-cli-eval-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// Three yes/no rows on the fixture image.
@@ -68,7 +65,7 @@ fn read_json(path: &Path) -> Value {
 
 #[test]
 fn eval_writes_outputs_and_shards_merge_to_the_single_run() {
-    let dir = scratch("run");
+    let dir = Scratch::new("cli-eval-run");
     let data = manifest(&dir, &[]);
     let single = dir.join("single");
     let out = eval(&data, &single, &[]);
@@ -112,12 +109,11 @@ fn eval_writes_outputs_and_shards_merge_to_the_single_run() {
     let printed: Value = serde_json::from_slice(&o.stdout).expect("--json prints the summary");
     assert_eq!(without_timings(printed), without_timings(summary.clone()));
     assert_eq!(without_timings(read_json(&merged.join("summary.json"))), without_timings(summary));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn eval_errors_name_the_flag_or_the_row() {
-    let dir = scratch("errors");
+    let dir = Scratch::new("cli-eval-errors");
     let data = manifest(&dir, &["{\"image\": \"image.png\", \"question\": ".into()]);
     let model = fixture("tiny-llava-1.5");
     for (args, needle) in [
@@ -159,5 +155,4 @@ fn eval_errors_name_the_flag_or_the_row() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("row 4") && err.contains("--resume"), "{err}");
     assert_eq!(std::fs::read_to_string(fail.join("predictions.jsonl")).unwrap().lines().count(), 6);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,6 +1,10 @@
 //! `nuwa ground` and `--overlay` end to end on the tiny fixture. Its random weights rarely produce
 //! a box, so these check the shape of the output and the pictures, and the errors (exit status 1,
 //! a message naming the flag or path).
+#[path = "../../nuwa/tests/common/scratch.rs"]
+mod scratch;
+
+use scratch::Scratch;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -10,14 +14,6 @@ fn fixture(rel: &str) -> String {
 
 fn nuwa(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_nuwa")).args(args).output().expect("run nuwa")
-}
-
-/// A fresh directory for one test's outputs.
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nuwa-cli-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// Width and height from a PNG's IHDR chunk.
@@ -40,7 +36,7 @@ fn assert_fails_with(out: &Output, needles: &[&str]) {
 
 #[test]
 fn ground_json_reports_the_box_the_vision_and_writes_the_overlay() {
-    let dir = scratch("ground-json");
+    let dir = Scratch::new("cli-ground-json");
     let png = dir.join("ground.png");
     let (model, image) = (fixture("tiny-llava-1.5"), fixture("tiny-llava-1.5/image.png"));
     let out = nuwa(&[
@@ -79,7 +75,6 @@ fn ground_json_reports_the_box_the_vision_and_writes_the_overlay() {
         assert!(v["timings_ms"][key].is_number(), "timings_ms.{key}");
     }
     assert_eq!(png_size(&png), (500, 375), "the overlay has the image's size");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -107,7 +102,7 @@ fn ground_text_names_the_three_box_forms_or_says_there_is_none() {
 
 #[test]
 fn generate_writes_overlays_at_the_image_size_one_panel_per_grid() {
-    let dir = scratch("generate-overlay");
+    let dir = Scratch::new("cli-generate-overlay");
     let (model, image) = (fixture("tiny-llava-1.5"), fixture("tiny-llava-1.5/image.png"));
     for (name, extra) in [("kept.png", &[][..]), ("heat.png", &["--heatmap"][..])] {
         let png = dir.join(name);
@@ -151,12 +146,11 @@ fn generate_writes_overlays_at_the_image_size_one_panel_per_grid() {
     ]);
     assert!(out.status.success(), "next: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(png_size(&png), (2 * 480 + 4, 307), "next: two panels and a 4-pixel gap");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn overlay_needs_an_image_file() {
-    let dir = scratch("overlay-pixels");
+    let dir = Scratch::new("cli-overlay-pixels");
     let png = dir.join("o.png");
     let out = nuwa(&[
         "generate",
@@ -171,12 +165,11 @@ fn overlay_needs_an_image_file() {
     ]);
     assert_fails_with(&out, &["--overlay", "--image", "--pixel-values"]);
     assert!(!png.exists());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn overlay_into_a_missing_directory_fails_before_the_model_runs() {
-    let dir = scratch("overlay-missing");
+    let dir = Scratch::new("cli-overlay-missing");
     let png = dir.join("no-such-dir/o.png");
     let (model, image) = (fixture("tiny-llava-1.5"), fixture("tiny-llava-1.5/image.png"));
     let out = nuwa(&[
@@ -192,7 +185,6 @@ fn overlay_into_a_missing_directory_fails_before_the_model_runs() {
     ]);
     assert_fails_with(&out, &["--overlay", "no-such-dir"]);
     assert!(out.stdout.is_empty(), "nothing ran");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

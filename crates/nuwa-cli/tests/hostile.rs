@@ -4,8 +4,11 @@
 //! status 1 (not a signal) and a message that names the file or flag.
 #[path = "../../nuwa/tests/common/hostile.rs"]
 mod hostile;
+#[path = "../../nuwa/tests/common/scratch.rs"]
+mod scratch;
 
 use hostile::{gif_claiming, jpeg_claiming, png_claiming, webp_claiming};
+use scratch::Scratch;
 use serde_json::json;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -18,13 +21,6 @@ const DEADLINE: Duration = Duration::from_secs(120);
 
 fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(rel)
-}
-
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nuwa-cli-hostile-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 struct Ran {
@@ -101,7 +97,7 @@ fn the_limit_leaves_room_for_a_real_run() {
 
 #[test]
 fn decompression_bombs_are_refused_within_the_limit() {
-    let dir = scratch("bombs");
+    let dir = Scratch::new("cli-hostile-bombs");
     for (name, bytes) in [
         ("bomb.png", png_claiming(100_000)),
         ("bomb.jpg", jpeg_claiming(60_000)),
@@ -116,10 +112,10 @@ fn decompression_bombs_are_refused_within_the_limit() {
 
 #[test]
 fn special_and_truncated_files_are_refused_without_blocking() {
-    let dir = scratch("special");
+    let dir = Scratch::new("cli-hostile-special");
     let fifo = dir.join("pipe.png");
     assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-    for path in [fifo.as_path(), Path::new("/dev/zero"), dir.as_path()] {
+    for path in [fifo.as_path(), Path::new("/dev/zero"), &dir] {
         refused(&strs(&generate(path)), &["not a regular file"]);
     }
     let mut jpeg = std::io::Cursor::new(Vec::new());
@@ -132,7 +128,7 @@ fn special_and_truncated_files_are_refused_without_blocking() {
 
 #[test]
 fn an_eval_over_hostile_rows_records_each_and_finishes() {
-    let dir = scratch("eval");
+    let dir = Scratch::new("cli-hostile-eval");
     std::fs::copy(fixture("tiny-llava-1.5/image.png"), dir.join("ok.png")).unwrap();
     std::fs::write(dir.join("bomb.png"), png_claiming(100_000)).unwrap();
     assert!(Command::new("mkfifo").arg(dir.join("pipe.png")).status().unwrap().success());
@@ -177,7 +173,7 @@ fn an_eval_over_hostile_rows_records_each_and_finishes() {
 
 #[test]
 fn configs_that_would_compute_nan_are_refused_by_field() {
-    let dir = scratch("nan-config");
+    let dir = Scratch::new("cli-hostile-nan-config");
     let src = fixture("tiny-llava-1.5");
     for f in ["model.safetensors", "tokenizer.json", "preprocessor_config.json", "generation_config.json"] {
         std::os::unix::fs::symlink(src.join(f), dir.join(f)).unwrap();

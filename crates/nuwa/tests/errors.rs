@@ -2,15 +2,14 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::hostile::*;
+use common::scratch::Scratch;
 use common::*;
 use nuwa::{Engine, Error, GenerateRequest, ImageInput, LoadOptions, Method, NuwaConfig, Sampling};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A copy of the tiny checkpoint in a fresh directory, with `edit` applied.
-fn broken_checkpoint(name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nuwa-errors-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+fn broken_checkpoint(name: &str, edit: impl FnOnce(&Path)) -> Scratch {
+    let dir = Scratch::new(&format!("errors-{name}"));
     for f in
         ["config.json", "generation_config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json"]
     {
@@ -160,8 +159,7 @@ fn request(method: Method, max_new_tokens: usize) -> GenerateRequest {
 }
 
 fn image_err(name: &str, bytes: &[u8]) -> String {
-    let dir = std::env::temp_dir().join(format!("nuwa-errors-img-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("errors-img");
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
     let mut req = request(Method::NONE, 1);
@@ -271,12 +269,11 @@ fn hostile_images_are_refused_before_decoding() {
 #[cfg(unix)]
 #[test]
 fn special_files_are_not_read_as_images() {
-    let dir = std::env::temp_dir().join(format!("nuwa-errors-fifo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("errors-fifo");
     let fifo = dir.join("pipe.png");
     let _ = std::fs::remove_file(&fifo);
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-    for path in [fifo.as_path(), Path::new("/dev/zero"), dir.as_path()] {
+    for path in [fifo.as_path(), Path::new("/dev/zero"), &dir] {
         let err = nuwa::preprocess::load_image(path).unwrap_err().to_string();
         assert!(err.contains("not a regular file") && err.contains(path.to_str().unwrap()), "{err}");
     }

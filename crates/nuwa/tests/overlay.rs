@@ -2,6 +2,8 @@
 //! have the colours the palette and the blend rule say (worked out here, not read back from the
 //! renderer). Geometry comes from LLaVA-1.5's real preprocessing (24×24 grid).
 
+mod common;
+use common::scratch::Scratch;
 use image::{Rgb, RgbImage};
 use nuwa::ground::ground_box;
 use nuwa::models::llava::processor::{preprocess, PreprocessConfig};
@@ -209,13 +211,11 @@ fn the_legend_stays_small_and_leaves_tiny_images_alone() {
 fn overlays_save_as_png_and_errors_name_the_path() {
     let (img, g) = synthetic(64, 48);
     let o = render(&img, &g, Layer::Pruning(&nuwa_marks()), None, None).unwrap();
-    let dir = std::env::temp_dir().join(format!("nuwa-overlay-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("overlay");
     let path = dir.join("o.png");
     o.save_png(&path).unwrap();
     assert_eq!(image::open(&path).unwrap().to_rgb8(), o.image);
     let bad = dir.join("missing-dir/o.png");
     let err = o.save_png(&bad).unwrap_err().to_string();
     assert!(err.contains("missing-dir/o.png"), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,4 +1,6 @@
-use std::path::{Path, PathBuf};
+mod common;
+use common::scratch::Scratch;
+use std::path::Path;
 
 use image::{ImageBuffer, Luma, LumaA, Rgb, RgbImage, Rgba};
 use nuwa::models::llava::processor::{preprocess, CropSize, PreprocessConfig, Size};
@@ -6,14 +8,6 @@ use nuwa::preprocess::{decode_image, expand_to_square, load_image, resize, Geome
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-llava-1.5");
 const CLIP_PAD: [u8; 3] = [122, 116, 104];
-
-/// A fresh, empty scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nuwa-preprocess-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Config that leaves pixels as raw 0..=255 values, to inspect geometry.
 fn raw_config() -> PreprocessConfig {
@@ -320,7 +314,7 @@ fn err_message<T: std::fmt::Debug>(r: Result<T, nuwa::preprocess::PreprocessErro
 
 #[test]
 fn image_errors_name_the_path() {
-    let dir = scratch("image-errors");
+    let dir = Scratch::new("preprocess-image-errors");
 
     let missing = dir.join("missing.png");
     let msg = err_message(load_image(&missing));
@@ -347,12 +341,11 @@ fn image_errors_name_the_path() {
 
     let msg = err_message(decode_image(&png[..40], "row 17 of train.parquet"));
     assert!(msg.contains("row 17 of train.parquet"), "{msg}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn config_errors_name_the_path_and_field() {
-    let dir = scratch("config-errors");
+    let dir = Scratch::new("preprocess-config-errors");
     let cases = [
         ("not-json.json", "{\"size\": ", "EOF"),
         ("not-object.json", "[1, 2]", "map"),
@@ -373,14 +366,13 @@ fn config_errors_name_the_path_and_field() {
     let missing = dir.join("absent.json");
     let msg = err_message(PreprocessConfig::from_file(&missing));
     assert!(msg.contains(&missing.display().to_string()), "{msg}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---------------------------------------------------------------- colour types
 
 #[test]
 fn colour_types_load_as_rgb() {
-    let dir = scratch("colour-types");
+    let dir = Scratch::new("preprocess-colour-types");
     let save = |name: &str, f: &dyn Fn(&Path)| {
         let p = dir.join(name);
         f(&p);
@@ -413,6 +405,4 @@ fn colour_types_load_as_rgb() {
     let two_colours = RgbImage::from_fn(4, 4, |x, _| if x < 2 { Rgb([255, 0, 0]) } else { Rgb([0, 0, 255]) });
     let gif = save("palette.gif", &|p| two_colours.save(p).unwrap());
     assert_eq!(gif, two_colours);
-
-    let _ = std::fs::remove_dir_all(&dir);
 }

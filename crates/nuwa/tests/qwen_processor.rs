@@ -2,6 +2,7 @@
 //! transformers' PIL processor): smart resize by the spec's formulas, the golden `pixel_values` and
 //! `image_grid_thw`, the patch row order on a portrait image with odd merged grids, and the config's errors.
 mod common;
+use common::scratch::Scratch;
 
 use candle_core::{Device, Tensor};
 use image::{Rgb, RgbImage};
@@ -15,14 +16,6 @@ fn dir() -> PathBuf {
 
 fn golden() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(dir().join("golden.safetensors"), &Device::Cpu).unwrap()
-}
-
-/// A fresh, empty scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nuwa-qwen-processor-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// smart_resize with the release's factor and pixel budget.
@@ -157,7 +150,7 @@ fn config_reads_the_fixture_and_transformers_defaults() {
     assert_eq!(cfg, expected);
     assert_eq!(PreprocessConfig::default(), expected);
 
-    let dir = scratch("defaults");
+    let dir = Scratch::new("qwen-processor-defaults");
     let read = |name: &str, text: &str| {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
@@ -170,12 +163,11 @@ fn config_reads_the_fixture_and_transformers_defaults() {
     assert_eq!((sized.min_pixels, sized.max_pixels), (1000, 200_000));
     let both = read("both.json", r#"{"size": {"shortest_edge": 1000, "longest_edge": 200000}, "max_pixels": 300000}"#);
     assert_eq!((both.min_pixels, both.max_pixels), (1000, 300_000));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn config_errors_name_the_file_and_field() {
-    let dir = scratch("errors");
+    let dir = Scratch::new("qwen-processor-errors");
     let cases = [
         ("not-json.json", "{\"min_pixels\": ", "malformed"),
         ("not-object.json", "[1, 2]", "malformed"),
@@ -200,7 +192,6 @@ fn config_errors_name_the_file_and_field() {
     let missing = dir.join("absent.json");
     let msg = PreprocessConfig::from_file(&missing).unwrap_err().to_string();
     assert!(msg.contains(&missing.display().to_string()), "{msg}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

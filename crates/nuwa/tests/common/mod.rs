@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod hostile;
+pub mod scratch;
 
 use candle_core::{Device, Tensor};
 use nuwa::{Engine, LoadOptions};
