@@ -8,6 +8,9 @@
 //!   cache: what each kernel computes per second when memory is not what bounds it.
 //! - `gemm_MxKxN`: prefill's products (CLIP ViT-L's MLP and the 7B decoder's projections at 577 / 620
 //!   rows), reported as multiply–adds per second (`elements` = 2·M·K·N FLOPs).
+//! - `attn_decode_32x625x128`: one decoded token's attention in a 7B layer after a 625-token prompt
+//!   (32 heads over a cache of f32 or f16 keys and values), 8 layers' caches per iteration so they come
+//!   from memory; reported as the rate the cache is read.
 //!
 //! `cargo bench -p nuwa --bench gemm [-- FILTER]`
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -73,5 +76,33 @@ fn bench_gemm(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_gemv, bench_gemm);
+fn bench_attn(c: &mut Criterion) {
+    use candle_core::{DType, Device, Tensor};
+    use nuwa::models::attention::{attention, Mask, Products};
+    let (heads, keys, d, layers) = (32, 625, 128, 8);
+    let dev = Device::Cpu;
+    let q = Tensor::randn(0f32, 1.0, (heads, 1, d), &dev).unwrap();
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut g = c.benchmark_group(format!("attn_decode_{heads}x{keys}x{d}"));
+    g.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    for dtype in [DType::F32, DType::F16] {
+        // As a cache's filled part: each head's rows contiguous, the heads further apart.
+        let cache = || {
+            let t = Tensor::randn(0f32, 1.0, (heads, keys + 64, d), &dev).unwrap();
+            t.to_dtype(dtype).unwrap().narrow(1, 0, keys).unwrap()
+        };
+        let kv: Vec<(Tensor, Tensor)> = (0..layers).map(|_| (cache(), cache())).collect();
+        g.throughput(Throughput::Bytes((layers * 2 * heads * keys * d * dtype.size_in_bytes()) as u64));
+        g.bench_function(BenchmarkId::from_parameter(format!("{dtype:?}")), |b| {
+            b.iter(|| {
+                for (k, v) in &kv {
+                    black_box(attention(&q, k, v, scale, Mask::None, Products::F32).unwrap());
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_gemv, bench_gemm, bench_attn);
 criterion_main!(benches);
