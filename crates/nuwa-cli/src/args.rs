@@ -67,8 +67,8 @@ pub struct ModelArgs {
     /// Quantise the decoder's linears and LM head (and LLaVA's projector) at load, one layer at a time:
     /// q8_0 (8.5 bits a weight) or q4_k (4.5 in llama.cpp's files, 4.625 as held here), llama.cpp's
     /// formats, each weight held once; activations stay f32 (decoding's q8_0 products quantise the row
-    /// to 8 bits, as llama.cpp does) and the KV cache is f16, as llama.cpp's. A layer whose input width does not fill q4_k's 256-blocks takes
-    /// q8_0, one that does not fill 32-blocks stays dense.
+    /// to 8 bits, as llama.cpp does) and the KV cache is f16, as llama.cpp's. A layer whose input
+    /// width does not fill q4_k's 256-blocks takes q8_0, one that does not fill 32-blocks stays dense.
     #[arg(long, value_enum)]
     pub quantize: Option<QuantizeArg>,
 }

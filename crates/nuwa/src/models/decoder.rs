@@ -282,8 +282,8 @@ impl Attention {
         if probe.rows.is_empty() && attention::supports(&q) {
             let (tq, tk) = (q.dim(2)?, k.dim(2)?);
             let mask = if mask.is_some() { Mask::Causal { past: tk - tq } } else { Mask::None };
-            // One batch: the cache's views go in as they are (no copy of the cache per step).
-            // Query heads share the cache's kv heads inside the op: no repeated copy of the cache.
+            // The cache's views go in as they are (one batch), its kv heads shared by the query heads
+            // inside the op: no copy of the cache per step.
             let flat = |x: &Tensor| match b {
                 1 => x.squeeze(0),
                 _ => x.reshape((b * x.dim(1)?, x.dim(2)?, self.head_dim)),
