@@ -252,18 +252,39 @@ pub mod avx512 {
     }
 
     impl RowQ8 {
-        pub fn new(x: &[f32]) -> Self {
+        /// # Safety
+        /// AVX-512F present; `x.len()` a multiple of 32.
+        #[target_feature(enable = "avx512f")]
+        pub unsafe fn new(x: &[f32]) -> Self {
             let blocks = x.len() / 32;
             let (mut quants, mut scales, mut sums) = (vec![0i8; blocks * 32], vec![0f32; blocks], vec![0i32; blocks]);
-            for (b, xs) in x.chunks_exact(32).enumerate() {
-                let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let d = amax / 127.0;
-                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-                for (q, &v) in quants[b * 32..].iter_mut().zip(xs) {
-                    *q = (v * inv).round() as i8;
+            unsafe {
+                let (half, one) = (_mm512_set1_ps(0.5), _mm512_set1_ps(1.0));
+                let sign = _mm512_set1_epi32(i32::MIN);
+                for b in 0..blocks {
+                    let at = x.as_ptr().add(32 * b);
+                    let v = [_mm512_loadu_ps(at), _mm512_loadu_ps(at.add(16))];
+                    // NaN is the first operand, so `max` passes over it, as `f32::max` does.
+                    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
+                    let d = amax / 127.0;
+                    let inv = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+                    let mut sum = _mm512_setzero_si512();
+                    for (h, &v) in v.iter().enumerate() {
+                        // Rounded half away from zero (`f32::round`), exactly: the truncated magnitude,
+                        // one more where the dropped fraction (exact) is at least a half, the sign put back.
+                        let y = _mm512_mul_ps(v, inv);
+                        let magnitude = _mm512_abs_ps(y);
+                        let whole = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(magnitude);
+                        let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_sub_ps(magnitude, whole), half);
+                        let rounded = _mm512_castps_si512(_mm512_mask_add_ps(whole, up, whole, one));
+                        let signed = _mm512_or_si512(rounded, _mm512_and_si512(_mm512_castps_si512(y), sign));
+                        let q = _mm512_cvttps_epi32(_mm512_castsi512_ps(signed));
+                        sum = _mm512_add_epi32(sum, q);
+                        _mm_storeu_si128(quants.as_mut_ptr().add(32 * b + 16 * h).cast(), _mm512_cvtsepi32_epi8(q));
+                    }
+                    scales[b] = d;
+                    sums[b] = _mm512_reduce_add_epi32(sum);
                 }
-                scales[b] = d;
-                sums[b] = quants[b * 32..b * 32 + 32].iter().map(|&q| i32::from(q)).sum();
             }
             Self { quants, scales, sums }
         }
