@@ -995,8 +995,8 @@ mod avx512 {
 
     /// The 32 f16 weights of one step at `b` (a line), widened to f32 by two conversions that read
     /// memory themselves. The intrinsic compiles to a line load, a lane extract and two register
-    /// conversions (its `{sae}` form takes no memory operand); the extra uops per step cost ≈ 10 %
-    /// of the streaming rate in decoding.
+    /// conversions (its `{sae}` form takes no memory operand): two uops more per step of a loop that
+    /// must keep up with memory.
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn widened(b: *const u32) -> (__m512, __m512) {
